@@ -1,0 +1,25 @@
+{
+  # Sitekeep's own Node-API addon: the few filesystem syscalls Node does not expose
+  # (nanosecond lutimes, mknod, l*xattr). Plain C, Node-API only, so one build
+  # works across Node versions with the same N-API level.
+  "targets": [
+    {
+      "target_name": "sitekeep_fs",
+      "sources": ["native/sitekeep_fs.c"],
+      "defines": ["NAPI_VERSION=8"],
+      "cflags": ["-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "conditions": [
+        [
+          "OS=='mac'",
+          {
+            "xcode_settings": {
+              # utimensat() appeared in macOS 10.13.
+              "MACOSX_DEPLOYMENT_TARGET": "10.13",
+              "WARNING_CFLAGS": ["-Wall", "-Wextra", "-Wno-unused-parameter"]
+            }
+          }
+        ]
+      ]
+    }
+  ]
+}

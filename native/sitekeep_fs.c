@@ -1,0 +1,517 @@
+/*
+ * sitekeep_fs: the filesystem syscalls that Node's fs module does not expose,
+ * needed to restore files faithfully:
+ *   lutimes    nanosecond atime/mtime on the path itself (symlinks included)
+ *   mknod      fifos and device nodes
+ *   l*xattr    extended attributes, never following symlinks
+ *
+ * All functions are synchronous: each is one cheap syscall and the restore
+ * loop already runs them in order, so a thread-pool hop would only add cost.
+ *
+ * Paths and attribute names may be JS strings or Buffers (file names are bytes
+ * on Unix and need not be valid UTF-8). Errors are thrown shaped like Node's own
+ * fs errors (code, negative errno, syscall, path) so callers handle both alike.
+ */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+
+#if defined(__linux__) || defined(__APPLE__)
+#include <sys/xattr.h>
+#endif
+
+#include <node_api.h>
+
+/* ---- xattr calls, per platform ------------------------------------------ */
+
+#if defined(__linux__)
+#define SK_LISTXATTR(p, buf, n) llistxattr((p), (buf), (n))
+#define SK_GETXATTR(p, k, buf, n) lgetxattr((p), (k), (buf), (n))
+#define SK_SETXATTR(p, k, v, n) lsetxattr((p), (k), (v), (n), 0)
+#elif defined(__APPLE__)
+/* macOS has no l* variants: the same calls take a position and an options arg. */
+#define SK_LISTXATTR(p, buf, n) listxattr((p), (buf), (n), XATTR_NOFOLLOW)
+#define SK_GETXATTR(p, k, buf, n) getxattr((p), (k), (buf), (n), 0, XATTR_NOFOLLOW)
+#define SK_SETXATTR(p, k, v, n) setxattr((p), (k), (v), (n), 0, XATTR_NOFOLLOW)
+#else
+/* Elsewhere report "not supported", which callers already treat as "no xattrs". */
+static ssize_t sk_no_xattr(void) {
+  errno = ENOTSUP;
+  return -1;
+}
+#define SK_LISTXATTR(p, buf, n) ((void)(p), (void)(buf), (void)(n), sk_no_xattr())
+#define SK_GETXATTR(p, k, buf, n) ((void)(p), (void)(k), (void)(buf), (void)(n), sk_no_xattr())
+#define SK_SETXATTR(p, k, v, n) ((void)(p), (void)(k), (void)(v), (void)(n), (int)sk_no_xattr())
+#endif
+
+/* ---- errors ---------------------------------------------------------------- */
+
+/* errno -> name, as Node reports it in err.code. A table rather than a switch
+ * because some values alias each other on some systems (ENOTSUP == EOPNOTSUPP on
+ * Linux); the first match wins, so Linux says "ENOTSUP" exactly like Node does. */
+typedef struct {
+  int num;
+  const char *name;
+} sk_errname;
+
+#define SK_E(x) {x, #x}
+static const sk_errname kErrnoNames[] = {
+    SK_E(EPERM),   SK_E(ENOENT),  SK_E(EIO),      SK_E(ENXIO),     SK_E(E2BIG),  SK_E(EBADF),
+    SK_E(EAGAIN),  SK_E(ENOMEM),  SK_E(EACCES),   SK_E(EFAULT),    SK_E(EBUSY),  SK_E(EEXIST),
+    SK_E(EXDEV),   SK_E(ENODEV),  SK_E(ENOTDIR),  SK_E(EISDIR),    SK_E(EINVAL), SK_E(ENFILE),
+    SK_E(EMFILE),  SK_E(ETXTBSY), SK_E(EFBIG),    SK_E(ENOSPC),    SK_E(EROFS),  SK_E(EMLINK),
+    SK_E(ERANGE),  SK_E(EINTR),   SK_E(ENAMETOOLONG), SK_E(ENOSYS), SK_E(ELOOP), SK_E(EDQUOT),
+    SK_E(EOVERFLOW), SK_E(ENOTSUP),
+#if defined(EOPNOTSUPP) && EOPNOTSUPP != ENOTSUP
+    SK_E(EOPNOTSUPP),
+#endif
+#ifdef ENODATA
+    SK_E(ENODATA),
+#endif
+#if defined(ENOATTR) && (!defined(ENODATA) || ENOATTR != ENODATA)
+    SK_E(ENOATTR),
+#endif
+};
+
+static const char *errno_name(int err) {
+  for (size_t i = 0; i < sizeof kErrnoNames / sizeof kErrnoNames[0]; i++) {
+    if (kErrnoNames[i].num == err) return kErrnoNames[i].name;
+  }
+  return "UNKNOWN";
+}
+
+static void set_str_prop(napi_env env, napi_value obj, const char *key, const char *val) {
+  napi_value v;
+  if (napi_create_string_utf8(env, val, NAPI_AUTO_LENGTH, &v) == napi_ok) {
+    napi_set_named_property(env, obj, key, v);
+  }
+}
+
+/* Throws `CODE: description, syscall 'path'` with code/errno/syscall/path set,
+ * matching Node's fs errors. A non-UTF-8 path shows with U+FFFD in the message. */
+static void throw_errno(napi_env env, int err, const char *syscall, const char *path) {
+  const char *code = errno_name(err);
+  char desc[128];
+  snprintf(desc, sizeof desc, "%s", strerror(err));
+  if (desc[0] >= 'A' && desc[0] <= 'Z') desc[0] = (char)(desc[0] - 'A' + 'a'); /* Node's style */
+
+  size_t n = strlen(code) + strlen(desc) + strlen(syscall) + (path ? strlen(path) : 0) + 16;
+  char *msg = malloc(n);
+  if (msg == NULL) {
+    napi_throw_error(env, code, "out of memory while reporting an error");
+    return;
+  }
+  if (path != NULL) {
+    snprintf(msg, n, "%s: %s, %s '%s'", code, desc, syscall, path);
+  } else {
+    snprintf(msg, n, "%s: %s, %s", code, desc, syscall);
+  }
+
+  napi_value jcode, jmsg, jerr, jerrno;
+  napi_status st = napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &jcode);
+  if (st == napi_ok) st = napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &jmsg);
+  free(msg);
+  if (st == napi_ok) st = napi_create_error(env, jcode, jmsg, &jerr);
+  if (st != napi_ok) {
+    napi_throw_error(env, code, "system call failed");
+    return;
+  }
+  if (napi_create_int32(env, -err, &jerrno) == napi_ok) {
+    napi_set_named_property(env, jerr, "errno", jerrno);
+  }
+  set_str_prop(env, jerr, "syscall", syscall);
+  if (path != NULL) set_str_prop(env, jerr, "path", path);
+  napi_throw(env, jerr);
+}
+
+/* After a failed napi_* call: make sure some exception is pending. */
+static void ensure_thrown(napi_env env) {
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (!pending) napi_throw_error(env, NULL, "sitekeep_fs: Node-API call failed");
+}
+
+static void throw_arg_type(napi_env env, const char *what, const char *expected) {
+  char msg[160];
+  snprintf(msg, sizeof msg, "The \"%s\" argument must be %s", what, expected);
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+}
+
+static void throw_arg_range(napi_env env, const char *what, const char *expected) {
+  char msg[160];
+  snprintf(msg, sizeof msg, "The value of \"%s\" is out of range. It must be %s", what, expected);
+  napi_throw_range_error(env, "ERR_OUT_OF_RANGE", msg);
+}
+
+/* ---- argument helpers (each returns false with an exception pending) ------ */
+
+static bool get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+    ensure_thrown(env);
+    return false;
+  }
+  if (argc < want) {
+    char msg[64];
+    snprintf(msg, sizeof msg, "expected %zu arguments, got %zu", want, argc);
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", msg);
+    return false;
+  }
+  return true;
+}
+
+/* Raw bytes of a Buffer / Uint8Array argument (not copied). */
+static bool get_bytes(napi_env env, napi_value v, const char *what, void **data, size_t *len) {
+  bool is_buf = false;
+  if (napi_is_buffer(env, v, &is_buf) != napi_ok || !is_buf) {
+    throw_arg_type(env, what, "an instance of Buffer");
+    return false;
+  }
+  if (napi_get_buffer_info(env, v, data, len) != napi_ok) {
+    ensure_thrown(env);
+    return false;
+  }
+  return true;
+}
+
+/* A string or Buffer argument copied into a fresh NUL-terminated C string
+ * (a Buffer has no terminator of its own). The caller frees it. */
+static char *get_cstr(napi_env env, napi_value v, const char *what) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok) {
+    ensure_thrown(env);
+    return NULL;
+  }
+  char *s = NULL;
+  size_t len = 0;
+  if (t == napi_string) {
+    if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
+      ensure_thrown(env);
+      return NULL;
+    }
+    s = malloc(len + 1);
+    if (s == NULL) goto oom;
+    if (napi_get_value_string_utf8(env, v, s, len + 1, &len) != napi_ok) {
+      free(s);
+      ensure_thrown(env);
+      return NULL;
+    }
+  } else {
+    bool is_buf = false;
+    void *data = NULL;
+    if (napi_is_buffer(env, v, &is_buf) != napi_ok || !is_buf) {
+      throw_arg_type(env, what, "of type string or an instance of Buffer");
+      return NULL;
+    }
+    if (napi_get_buffer_info(env, v, &data, &len) != napi_ok) {
+      ensure_thrown(env);
+      return NULL;
+    }
+    s = malloc(len + 1);
+    if (s == NULL) goto oom;
+    if (len > 0) memcpy(s, data, len);
+  }
+  s[len] = '\0';
+  /* An embedded NUL would silently cut the name short: refuse it, as Node does. */
+  if (memchr(s, '\0', len) != NULL) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "The argument '%s' must be a string or Buffer without null bytes", what);
+    napi_throw_type_error(env, "ERR_INVALID_ARG_VALUE", msg);
+    free(s);
+    return NULL;
+  }
+  return s;
+oom:
+  napi_throw_error(env, "ENOMEM", "out of memory");
+  return NULL;
+}
+
+/* A signed 64-bit integer from a BigInt or an integral Number (seconds since the
+ * epoch go past 2^31, and past 2^53 only as BigInt). */
+static bool get_i64(napi_env env, napi_value v, const char *what, int64_t *out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok) {
+    ensure_thrown(env);
+    return false;
+  }
+  if (t == napi_bigint) {
+    bool lossless = false;
+    if (napi_get_value_bigint_int64(env, v, out, &lossless) != napi_ok) {
+      ensure_thrown(env);
+      return false;
+    }
+    if (!lossless) {
+      throw_arg_range(env, what, "a signed 64-bit integer");
+      return false;
+    }
+    return true;
+  }
+  if (t == napi_number) {
+    double d;
+    if (napi_get_value_double(env, v, &d) != napi_ok) {
+      ensure_thrown(env);
+      return false;
+    }
+    /* Written so NaN fails too. 2^63 itself is out of range. */
+    if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0) || (double)(int64_t)d != d) {
+      throw_arg_range(env, what, "an integer");
+      return false;
+    }
+    *out = (int64_t)d;
+    return true;
+  }
+  throw_arg_type(env, what, "of type number or bigint");
+  return false;
+}
+
+/* An unsigned 64-bit integer from a BigInt or an integral Number. */
+static bool get_u64(napi_env env, napi_value v, const char *what, uint64_t *out) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok) {
+    ensure_thrown(env);
+    return false;
+  }
+  if (t == napi_bigint) {
+    bool lossless = false;
+    if (napi_get_value_bigint_uint64(env, v, out, &lossless) != napi_ok) {
+      ensure_thrown(env);
+      return false;
+    }
+    if (!lossless) {
+      throw_arg_range(env, what, "an unsigned 64-bit integer");
+      return false;
+    }
+    return true;
+  }
+  if (t == napi_number) {
+    double d;
+    if (napi_get_value_double(env, v, &d) != napi_ok) {
+      ensure_thrown(env);
+      return false;
+    }
+    if (!(d >= 0.0 && d < 18446744073709551616.0) || (double)(uint64_t)d != d) {
+      throw_arg_range(env, what, "a non-negative integer");
+      return false;
+    }
+    *out = (uint64_t)d;
+    return true;
+  }
+  throw_arg_type(env, what, "of type number or bigint");
+  return false;
+}
+
+/* ---- lutimes(path, atimeSec, atimeNsec, mtimeSec, mtimeNsec) --------------- */
+
+static bool to_timespec(napi_env env, napi_value sec_v, napi_value nsec_v, const char *what,
+                        struct timespec *ts) {
+  int64_t sec, nsec;
+  if (!get_i64(env, sec_v, what, &sec) || !get_i64(env, nsec_v, what, &nsec)) return false;
+  /* Also keeps UTIME_NOW / UTIME_OMIT from being passed by accident. */
+  if (nsec < 0 || nsec > 999999999) {
+    throw_arg_range(env, what, ">= 0 and <= 999999999 nanoseconds");
+    return false;
+  }
+  ts->tv_sec = (time_t)sec;
+  if ((int64_t)ts->tv_sec != sec) { /* 32-bit time_t */
+    throw_arg_range(env, what, "representable as time_t");
+    return false;
+  }
+  ts->tv_nsec = (long)nsec;
+  return true;
+}
+
+static napi_value sk_lutimes(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  struct timespec ts[2];
+  if (!get_args(env, info, 5, argv)) return NULL;
+  if (!to_timespec(env, argv[1], argv[2], "atime", &ts[0])) return NULL;
+  if (!to_timespec(env, argv[3], argv[4], "mtime", &ts[1])) return NULL;
+  char *path = get_cstr(env, argv[0], "path");
+  if (path == NULL) return NULL;
+  if (utimensat(AT_FDCWD, path, ts, AT_SYMLINK_NOFOLLOW) != 0) {
+    throw_errno(env, errno, "lutimes", path);
+  }
+  free(path);
+  return NULL;
+}
+
+/* ---- mknod(path, mode, dev) ------------------------------------------------ */
+
+static napi_value sk_mknod(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int64_t mode;
+  uint64_t dev;
+  if (!get_args(env, info, 3, argv)) return NULL;
+  if (!get_i64(env, argv[1], "mode", &mode)) return NULL;
+  if (mode < 0 || mode > 0xFFFFFFFF) {
+    throw_arg_range(env, "mode", "a 32-bit unsigned integer");
+    return NULL;
+  }
+  if (!get_u64(env, argv[2], "dev", &dev)) return NULL;
+  /* dev is the raw dev_t, as fs.Stats.rdev reports it; macOS's dev_t is 32 bits. */
+  dev_t d = (dev_t)dev;
+  if ((uint64_t)d != dev) {
+    throw_arg_range(env, "dev", "representable as dev_t");
+    return NULL;
+  }
+  char *path = get_cstr(env, argv[0], "path");
+  if (path == NULL) return NULL;
+  /* As with mknod(2), the process umask applies to the permission bits. */
+  if (mknod(path, (mode_t)mode, d) != 0) {
+    throw_errno(env, errno, "mknod", path);
+  }
+  free(path);
+  return NULL;
+}
+
+/* ---- extended attributes ------------------------------------------------- */
+
+/* Size-then-fetch. If the value (or name list) grows between the two calls the
+ * kernel answers ERANGE; then ask for the size again. `name` NULL = list. */
+static char *xattr_fetch(const char *path, const char *name, size_t *out_len, int *out_err) {
+  for (int attempt = 0; attempt < 16; attempt++) {
+    ssize_t size = name == NULL ? SK_LISTXATTR(path, NULL, 0) : SK_GETXATTR(path, name, NULL, 0);
+    if (size < 0) {
+      *out_err = errno;
+      return NULL;
+    }
+    char *buf = malloc(size > 0 ? (size_t)size : 1);
+    if (buf == NULL) {
+      *out_err = ENOMEM;
+      return NULL;
+    }
+    if (size == 0) { /* a zero-size buffer would mean "query the size" again */
+      *out_len = 0;
+      return buf;
+    }
+    ssize_t got = name == NULL ? SK_LISTXATTR(path, buf, (size_t)size)
+                               : SK_GETXATTR(path, name, buf, (size_t)size);
+    if (got >= 0) {
+      *out_len = (size_t)got;
+      return buf;
+    }
+    int err = errno;
+    free(buf);
+    if (err != ERANGE) {
+      *out_err = err;
+      return NULL;
+    }
+  }
+  *out_err = ERANGE;
+  return NULL;
+}
+
+static napi_value sk_llistxattr(napi_env env, napi_callback_info info) {
+  napi_value argv[1], result = NULL;
+  if (!get_args(env, info, 1, argv)) return NULL;
+  char *path = get_cstr(env, argv[0], "path");
+  if (path == NULL) return NULL;
+
+  size_t len = 0;
+  int err = 0;
+  char *names = xattr_fetch(path, NULL, &len, &err);
+  if (names == NULL) {
+    throw_errno(env, err, "llistxattr", path);
+    free(path);
+    return NULL;
+  }
+  free(path);
+
+  /* The list is NUL-separated names, each terminated. */
+  if (napi_create_array(env, &result) != napi_ok) goto fail;
+  uint32_t idx = 0;
+  for (size_t off = 0; off < len;) {
+    const char *p = names + off;
+    const char *end = memchr(p, '\0', len - off);
+    size_t n = end != NULL ? (size_t)(end - p) : len - off;
+    if (n > 0) {
+      napi_value s;
+      if (napi_create_string_utf8(env, p, n, &s) != napi_ok) goto fail;
+      if (napi_set_element(env, result, idx++, s) != napi_ok) goto fail;
+    }
+    off += n + 1;
+  }
+  free(names);
+  return result;
+fail:
+  free(names);
+  ensure_thrown(env);
+  return NULL;
+}
+
+static napi_value sk_lgetxattr(napi_env env, napi_callback_info info) {
+  napi_value argv[2], result = NULL;
+  if (!get_args(env, info, 2, argv)) return NULL;
+  char *name = get_cstr(env, argv[1], "name");
+  if (name == NULL) return NULL;
+  char *path = get_cstr(env, argv[0], "path");
+  if (path == NULL) {
+    free(name);
+    return NULL;
+  }
+  size_t len = 0;
+  int err = 0;
+  char *value = xattr_fetch(path, name, &len, &err);
+  if (value == NULL) {
+    throw_errno(env, err, "lgetxattr", path);
+  } else {
+    if (napi_create_buffer_copy(env, len, value, NULL, &result) != napi_ok) {
+      result = NULL;
+      ensure_thrown(env);
+    }
+    free(value);
+  }
+  free(path);
+  free(name);
+  return result;
+}
+
+static napi_value sk_lsetxattr(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  void *data = NULL;
+  size_t len = 0;
+  if (!get_args(env, info, 3, argv)) return NULL;
+  if (!get_bytes(env, argv[2], "value", &data, &len)) return NULL;
+  char *name = get_cstr(env, argv[1], "name");
+  if (name == NULL) return NULL;
+  char *path = get_cstr(env, argv[0], "path");
+  if (path == NULL) {
+    free(name);
+    return NULL;
+  }
+  /* flags 0: create or replace. */
+  if (SK_SETXATTR(path, name, data, len) != 0) {
+    throw_errno(env, errno, "lsetxattr", path);
+  }
+  free(path);
+  free(name);
+  return NULL;
+}
+
+/* ---- module ---------------------------------------------------------------- */
+
+NAPI_MODULE_INIT() {
+  napi_property_descriptor props[] = {
+      {"lutimes", NULL, sk_lutimes, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"mknod", NULL, sk_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"llistxattr", NULL, sk_llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lgetxattr", NULL, sk_lgetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lsetxattr", NULL, sk_lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) {
+    ensure_thrown(env);
+    return NULL;
+  }
+  return exports;
+}

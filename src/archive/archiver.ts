@@ -1,0 +1,503 @@
+// The archiver: walks the sources, reuses content of unchanged files from the parent snapshot,
+// chunks and stores the rest, writes one tree per directory and finally the snapshot.
+// Paths follow restic: an absolute source keeps its directory chain (/srv/app -> srv/app), "." puts
+// the working directory's contents at the root.
+import { promises as fsp, type BigIntStats } from "node:fs";
+import { hostname as osHostname, userInfo } from "node:os";
+import { resolve, sep } from "node:path";
+import { spawn } from "node:child_process";
+import { SitekeepError, errorMessage, isErrnoError } from "../errors.js";
+import type { Repository } from "../repo/repository.js";
+import { Chunker } from "../repo/chunker.js";
+import { sha256 } from "../repo/id.js";
+import type { Snapshot, SnapshotJSON } from "../repo/snapshot.js";
+import { formatTimeNs, nowNs, formatDate } from "../util/gotime.js";
+import { listXattrs, getXattr, isUnsupportedXattrError } from "../platform/fsx.js";
+import { forEachChunk, streamReader, type ReadFn } from "./chunk-reader.js";
+import { type PathMatcher, compileExcludes } from "./exclude.js";
+import { type NodeJSON, decodeName, encodeName, nodeFromStat } from "./node.js";
+import { encodeTree, loadTree } from "./tree.js";
+
+export const PROGRAM_VERSION = "sitekeep 0.1.0";
+
+export interface BackupOptions {
+  paths: string[];
+  tags?: string[];
+  host?: string;
+  excludes?: string[];
+  oneFileSystem?: boolean;
+  /** Parent snapshot: an ID, "none" to read everything, or undefined for the latest of the same host and paths. */
+  parent?: string;
+  /** A command whose stdout becomes the file `stdinFilename` in the snapshot. */
+  stdinCommand?: string;
+  stdinFilename?: string;
+  time?: Date;
+  /** Extra snapshot fields set by the site layer. */
+  onProgress?: (p: BackupProgress) => void;
+  /** Aborts the run: nothing is committed. */
+  signal?: AbortSignal;
+}
+
+export interface BackupProgress {
+  files: number;
+  dirs: number;
+  bytes: number;
+  bytesAdded: number;
+  currentPath?: string;
+}
+
+export interface BackupWarning {
+  path: string;
+  message: string;
+}
+
+export interface BackupSummary {
+  message_type: "summary";
+  files_new: number;
+  files_changed: number;
+  files_unmodified: number;
+  dirs_new: number;
+  dirs_changed: number;
+  dirs_unmodified: number;
+  data_blobs: number;
+  tree_blobs: number;
+  data_added: number;
+  total_files_processed: number;
+  total_bytes_processed: number;
+  total_duration: number;
+  snapshot_id: string;
+  parent?: string;
+  warnings: BackupWarning[];
+}
+
+interface Source {
+  /** Absolute filesystem path of the source (Buffer-safe string). */
+  abs: string;
+  /** Path elements from the snapshot root to the source. */
+  elements: string[];
+}
+
+/** The virtual top of the tree: intermediate directories down to each source. */
+interface VirtualDir {
+  abs: string;
+  children: Map<string, VirtualDir | Source>;
+}
+
+export class Archiver {
+  private readonly chunker: Chunker;
+  private readonly exclude: PathMatcher;
+  private readonly buffer: Buffer;
+  private readonly warnings: BackupWarning[] = [];
+  private readonly progress: BackupProgress = { files: 0, dirs: 0, bytes: 0, bytesAdded: 0 };
+  private readonly stats = {
+    files_new: 0,
+    files_changed: 0,
+    files_unmodified: 0,
+    dirs_new: 0,
+    dirs_changed: 0,
+    dirs_unmodified: 0,
+    data_blobs: 0,
+    tree_blobs: 0,
+  };
+  private lastProgress = 0;
+  private rootDev: bigint | undefined;
+
+  constructor(
+    private readonly repo: Repository,
+    private readonly opts: BackupOptions,
+  ) {
+    this.chunker = new Chunker(repo.polynomial);
+    this.exclude = compileExcludes(opts.excludes ?? []);
+    this.buffer = Buffer.allocUnsafe(2 * this.chunker.options.max);
+  }
+
+  async run(): Promise<BackupSummary> {
+    const started = Date.now();
+    const opts = this.opts;
+    const host = opts.host ?? osHostname();
+    let paths: string[];
+    let tree: string;
+    let parent: Snapshot | undefined;
+    if (opts.stdinCommand !== undefined) {
+      const name = opts.stdinFilename ?? "stdin";
+      paths = ["/" + name];
+      tree = await this.saveTree([await this.stdinNode(opts.stdinCommand, name)]);
+    } else {
+      if (opts.paths.length === 0) {
+        throw new SitekeepError("backup.nopaths", "nothing to back up: no paths given", { hint: "name at least one file or folder" });
+      }
+      const sources = await this.resolveSources(opts.paths);
+      paths = sources.map((s) => s.abs).sort();
+      parent = await this.findParent(host, paths);
+      const root = this.buildVirtual(sources);
+      const parentNodes = parent ? await this.safeLoadTree(parent.tree) : undefined;
+      tree = await this.saveTree(await this.virtualNodes(root, "", parentNodes));
+    }
+    this.checkAbort();
+    await this.repo.flush();
+    const user = safeUser();
+    const snap: SnapshotJSON = {
+      time: opts.time ? formatDate(opts.time) : formatTimeNs(nowNs()),
+      ...(parent ? { parent: parent.id } : {}),
+      tree,
+      paths,
+      hostname: host,
+      username: user.username,
+      ...(user.uid ? { uid: user.uid } : {}),
+      ...(user.gid ? { gid: user.gid } : {}),
+      ...(opts.excludes?.length ? { excludes: opts.excludes } : {}),
+      ...(opts.tags?.length ? { tags: opts.tags } : {}),
+      program_version: PROGRAM_VERSION,
+    };
+    // The snapshot is written last: until then nothing refers to the new data.
+    const id = await this.repo.saveSnapshot(snap);
+    return {
+      message_type: "summary",
+      ...this.stats,
+      data_added: this.progress.bytesAdded,
+      total_files_processed: this.progress.files,
+      total_bytes_processed: this.progress.bytes,
+      total_duration: (Date.now() - started) / 1000,
+      snapshot_id: id,
+      ...(parent ? { parent: parent.id } : {}),
+      warnings: this.warnings,
+    };
+  }
+
+  private checkAbort(): void {
+    if (this.opts.signal?.aborted) {
+      throw new SitekeepError("backup.interrupted", "backup interrupted; no snapshot was written", { exitCode: 130 });
+    }
+  }
+
+  private async resolveSources(paths: string[]): Promise<Source[]> {
+    const out: Source[] = [];
+    for (const p of paths) {
+      const abs = resolve(p);
+      try {
+        await fsp.lstat(abs);
+      } catch (err) {
+        throw new SitekeepError("backup.source", `cannot back up ${p}: ${isErrnoError(err, "ENOENT") ? "no such file or directory" : errorMessage(err)}`, {
+          hint: "check the path; every named source must exist",
+        });
+      }
+      // "." and other relative paths to the working directory put their contents at the root (restic).
+      const elements = p === "." || resolve(p) === process.cwd() ? [] : abs.split(sep).filter(Boolean);
+      out.push({ abs, elements });
+    }
+    return out;
+  }
+
+  private buildVirtual(sources: Source[]): VirtualDir | Source {
+    const rootSrc = sources.find((s) => s.elements.length === 0);
+    if (rootSrc) {
+      if (sources.length > 1) {
+        throw new SitekeepError("backup.sources", "\".\" cannot be combined with other paths in one backup", {
+          hint: "back up the parent folder instead, or run separate backups",
+        });
+      }
+      return rootSrc;
+    }
+    const root: VirtualDir = { abs: "/", children: new Map() };
+    for (const s of sources) {
+      let dir = root;
+      for (let i = 0; i < s.elements.length - 1; i++) {
+        const el = s.elements[i];
+        let next = dir.children.get(el);
+        if (!next) {
+          next = { abs: "/" + s.elements.slice(0, i + 1).join("/"), children: new Map() };
+          dir.children.set(el, next);
+        }
+        if (!("children" in next)) break; // a parent of this source is itself a source: it is inside it
+        dir = next;
+      }
+      const last = s.elements[s.elements.length - 1];
+      if (!dir.children.has(last)) dir.children.set(last, s);
+    }
+    return root;
+  }
+
+  private async findParent(host: string, paths: string[]): Promise<Snapshot | undefined> {
+    const ref = this.opts.parent;
+    if (ref === "none") return undefined;
+    try {
+      if (ref) return await this.repo.findSnapshot(ref);
+      const key = JSON.stringify(paths);
+      const all = await this.repo.listSnapshots(() => undefined);
+      return all.find((s) => s.hostname === host && JSON.stringify([...s.paths].sort()) === key);
+    } catch (err) {
+      if (ref) throw err;
+      return undefined;
+    }
+  }
+
+  private async safeLoadTree(id: string | undefined): Promise<Map<string, NodeJSON> | undefined> {
+    if (!id) return undefined;
+    try {
+      const nodes = await loadTree(this.repo, id);
+      return new Map(nodes.map((n) => [n.name, n]));
+    } catch {
+      return undefined; // an unreadable parent only costs speed
+    }
+  }
+
+  /** Nodes at one level of the virtual tree (or of the single "." source). */
+  private async virtualNodes(v: VirtualDir | Source, _path: string, parent: Map<string, NodeJSON> | undefined): Promise<NodeJSON[]> {
+    if (!("children" in v)) {
+      const st = await fsp.lstat(v.abs, { bigint: true });
+      if (!st.isDirectory()) {
+        throw new SitekeepError("backup.source", `"." must be a directory`);
+      }
+      this.rootDev = st.dev;
+      return this.dirEntries(Buffer.from(v.abs), v.abs, parent);
+    }
+    const nodes: NodeJSON[] = [];
+    for (const [name, child] of v.children) {
+      const prev = parent?.get(encodeName(Buffer.from(name)));
+      if ("children" in child) {
+        const st = await fsp.lstat(child.abs, { bigint: true });
+        const node = nodeFromStat(Buffer.from(name), st);
+        const sub = await this.virtualNodes(child, child.abs, await this.safeLoadTree(prev?.subtree));
+        node.subtree = await this.saveTree(sub);
+        nodes.push(node);
+      } else {
+        const st = await fsp.lstat(child.abs, { bigint: true });
+        this.rootDev = st.dev;
+        const node = await this.entryNode(Buffer.from(child.abs), child.abs, Buffer.from(name), st, prev);
+        if (node) nodes.push(node);
+      }
+    }
+    return nodes;
+  }
+
+  private async dirEntries(absDir: Buffer, displayDir: string, parent: Map<string, NodeJSON> | undefined): Promise<NodeJSON[]> {
+    let names: Buffer[];
+    try {
+      names = await fsp.readdir(absDir, { encoding: "buffer" });
+    } catch (err) {
+      this.warn(displayDir, `cannot read directory: ${errorMessage(err)}`);
+      return [];
+    }
+    const nodes: NodeJSON[] = [];
+    for (const rawName of names) {
+      this.checkAbort();
+      const abs = Buffer.concat([absDir, absDir[absDir.length - 1] === 0x2f ? Buffer.alloc(0) : Buffer.from("/"), rawName]);
+      const display = abs.toString("utf8");
+      if (this.exclude(display)) continue;
+      let st: BigIntStats;
+      try {
+        st = await fsp.lstat(abs, { bigint: true });
+      } catch (err) {
+        this.warn(display, `cannot stat: ${errorMessage(err)}`);
+        continue;
+      }
+      const node = await this.entryNode(abs, display, rawName, st, parent?.get(encodeName(rawName)));
+      if (node) nodes.push(node);
+    }
+    return nodes;
+  }
+
+  private async entryNode(
+    abs: Buffer,
+    display: string,
+    rawName: Buffer,
+    st: BigIntStats,
+    prev: NodeJSON | undefined,
+  ): Promise<NodeJSON | undefined> {
+    let node: NodeJSON;
+    if (st.isSymbolicLink()) {
+      let target: Buffer;
+      try {
+        target = await fsp.readlink(abs, { encoding: "buffer" });
+      } catch (err) {
+        this.warn(display, `cannot read symlink: ${errorMessage(err)}`);
+        return undefined;
+      }
+      node = nodeFromStat(rawName, st, target);
+    } else node = nodeFromStat(rawName, st);
+    this.addXattrs(abs, display, node);
+    if (st.isDirectory()) {
+      if (this.opts.oneFileSystem && this.rootDev !== undefined && st.dev !== this.rootDev) {
+        // restic keeps the mount point as an empty directory.
+        node.subtree = await this.saveTree([]);
+        return node;
+      }
+      this.progress.dirs++;
+      const sub = await this.dirEntries(abs, display, await this.safeLoadTree(prev?.subtree));
+      node.subtree = await this.saveTree(sub);
+      if (!prev) this.stats.dirs_new++;
+      else if (prev.subtree === node.subtree) this.stats.dirs_unmodified++;
+      else this.stats.dirs_changed++;
+      return node;
+    }
+    if (st.isFile()) {
+      this.progress.files++;
+      this.progress.currentPath = display;
+      if (prev && prev.type === "file" && this.unchanged(prev, node) && this.allKnown(prev.content)) {
+        node.content = prev.content;
+        node.size = prev.size;
+        this.progress.bytes += prev.size ?? 0;
+        this.stats.files_unmodified++;
+        this.report();
+        return node;
+      }
+      const content = await this.readFile(abs, display, st);
+      if (!content) return undefined;
+      node.content = content.ids;
+      node.size = content.size || undefined;
+      if (!prev) this.stats.files_new++;
+      else this.stats.files_changed++;
+      return node;
+    }
+    return node;
+  }
+
+  private unchanged(prev: NodeJSON, cur: NodeJSON): boolean {
+    return prev.size === cur.size && prev.mtime === cur.mtime && prev.ctime === cur.ctime && prev.inode === cur.inode;
+  }
+
+  private allKnown(content: string[] | null): boolean {
+    if (!content) return false;
+    return content.every((h) => this.repo.hasBlob("data", Buffer.from(h, "hex")));
+  }
+
+  private addXattrs(abs: Buffer, display: string, node: NodeJSON): void {
+    let names: string[];
+    try {
+      names = listXattrs(abs);
+    } catch (err) {
+      if (!isUnsupportedXattrError(err) && !isErrnoError(err, "ENOENT")) this.warn(display, `cannot list extended attributes: ${errorMessage(err)}`);
+      return;
+    }
+    if (names.length === 0) return;
+    node.extended_attributes = [];
+    for (const name of names.sort()) {
+      try {
+        node.extended_attributes.push({ name, value: getXattr(abs, name).toString("base64") });
+      } catch (err) {
+        this.warn(display, `cannot read extended attribute ${name}: ${errorMessage(err)}`);
+      }
+    }
+  }
+
+  private async readFile(abs: Buffer, display: string, st: BigIntStats): Promise<{ ids: string[]; size: number } | undefined> {
+    let fh: fsp.FileHandle;
+    try {
+      fh = await fsp.open(abs, "r");
+    } catch (err) {
+      this.warn(display, `cannot read file: ${errorMessage(err)}`);
+      return undefined;
+    }
+    try {
+      const read: ReadFn = async (buf, off, len) => (await fh.read(buf, off, len, null)).bytesRead;
+      const ids = await this.storeChunks(read);
+      const after = await fh.stat({ bigint: true });
+      if (after.mtimeNs !== st.mtimeNs || after.size !== st.size || after.ctimeNs !== st.ctimeNs) {
+        this.warn(display, "file changed while it was read; the snapshot holds what was read");
+      }
+      return ids;
+    } catch (err) {
+      if (err instanceof SitekeepError) throw err;
+      this.warn(display, `error while reading file: ${errorMessage(err)}`);
+      return undefined;
+    } finally {
+      await fh.close();
+    }
+  }
+
+  private async storeChunks(read: ReadFn): Promise<{ ids: string[]; size: number }> {
+    const ids: string[] = [];
+    const size = await forEachChunk(
+      this.chunker,
+      read,
+      async (chunk) => {
+        const id = sha256(chunk);
+        const r = await this.repo.saveBlob("data", chunk, id);
+        if (r.added) {
+          this.stats.data_blobs++;
+          this.progress.bytesAdded += r.storedSize;
+        }
+        this.progress.bytes += chunk.length;
+        ids.push(id.toString("hex"));
+        this.report();
+      },
+      this.buffer,
+    );
+    return { ids, size };
+  }
+
+  private async stdinNode(command: string, name: string): Promise<NodeJSON> {
+    const child = spawn("/bin/sh", ["-c", command], { stdio: ["ignore", "pipe", "pipe"] });
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => {
+      if (stderr.length < 4000) stderr += d.toString();
+    });
+    const exited = new Promise<number | null>((res, rej) => {
+      child.on("error", rej);
+      child.on("close", (code, signal) => res(signal ? 128 : code));
+    });
+    let content: { ids: string[]; size: number };
+    try {
+      content = await this.storeChunks(streamReader(child.stdout));
+    } catch (err) {
+      child.kill();
+      throw err;
+    }
+    const code = await exited;
+    if (code !== 0) {
+      throw new SitekeepError("backup.command", `the command ${JSON.stringify(command)} exited with status ${code}; no snapshot was written${stderr ? ": " + stderr.trim().split("\n").slice(-3).join(" | ") : ""}`, {
+        hint: "fix the command so that it exits 0 when its output is complete",
+      });
+    }
+    this.progress.files++;
+    this.stats.files_new++;
+    const now = formatTimeNs(nowNs());
+    const user = safeUser();
+    return {
+      name: encodeName(Buffer.from(name)),
+      type: "file",
+      mode: 0o644,
+      mtime: now,
+      atime: now,
+      ctime: now,
+      uid: user.uid,
+      gid: user.gid,
+      size: content.size || undefined,
+      content: content.ids,
+    };
+  }
+
+  private async saveTree(nodes: NodeJSON[]): Promise<string> {
+    const data = encodeTree(nodes);
+    const r = await this.repo.saveBlob("tree", data);
+    if (r.added) {
+      this.stats.tree_blobs++;
+      this.progress.bytesAdded += r.storedSize;
+    }
+    return r.id.toString("hex");
+  }
+
+  private warn(path: string, message: string): void {
+    this.warnings.push({ path, message });
+  }
+
+  private report(): void {
+    const cb = this.opts.onProgress;
+    if (!cb) return;
+    const now = Date.now();
+    if (now - this.lastProgress < 250) return;
+    this.lastProgress = now;
+    cb({ ...this.progress });
+  }
+}
+
+function safeUser(): { username: string; uid: number; gid: number } {
+  try {
+    const u = userInfo();
+    return { username: u.username, uid: u.uid, gid: u.gid };
+  } catch {
+    return { username: "", uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
+  }
+}
+
+export { decodeName };

@@ -1,0 +1,46 @@
+// Exclude patterns with restic's meaning: a glob matched against the whole path when it starts
+// with "/", else against any trailing part of the path ("*.tmp", "logs/**", "cache").
+// "*" and "?" stay inside one path element, "**" crosses elements, "[...]" is a class.
+
+export type PathMatcher = (path: string) => boolean;
+
+function globToRegex(glob: string): string {
+  let re = "";
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i];
+    if (c === "*") {
+      if (glob[i + 1] === "*") {
+        i++;
+        if (glob[i + 1] === "/") {
+          i++;
+          re += "(?:.*/)?";
+        } else re += ".*";
+      } else re += "[^/]*";
+    } else if (c === "?") re += "[^/]";
+    else if (c === "[") {
+      const end = glob.indexOf("]", i + 1);
+      if (end < 0) re += "\\[";
+      else {
+        let cls = glob.slice(i + 1, end);
+        if (cls.startsWith("!")) cls = "^" + cls.slice(1);
+        re += "[" + cls.replace(/\\/g, "\\\\") + "]";
+        i = end;
+      }
+    } else if (c === "\\" && i + 1 < glob.length) {
+      re += "\\" + glob[++i];
+    } else re += c.replace(/[.+^${}()|\\]/g, "\\$&");
+  }
+  return re;
+}
+
+export function compileExcludes(patterns: readonly string[]): PathMatcher {
+  const res = patterns
+    .map((p) => p.trim())
+    .filter((p) => p && !p.startsWith("#"))
+    .map((p) => {
+      const clean = p.replace(/\/+$/, "");
+      return clean.startsWith("/") ? new RegExp("^" + globToRegex(clean) + "$") : new RegExp("(?:^|/)" + globToRegex(clean) + "$");
+    });
+  if (res.length === 0) return () => false;
+  return (path) => res.some((r) => r.test(path));
+}

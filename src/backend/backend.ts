@@ -1,0 +1,35 @@
+// The storage interface every repository sits on: named immutable files grouped by type, as in
+// restic's layout. Implementations: local (path / mounted share), s3; wrappers add retries and faults.
+
+export type FileType = "config" | "keys" | "locks" | "snapshots" | "index" | "data";
+
+export const FILE_TYPES: readonly FileType[] = ["config", "keys", "locks", "snapshots", "index", "data"];
+
+export interface Handle {
+  type: FileType;
+  /** 64 hex digits (the SHA-256 of the content), or "config". */
+  name: string;
+}
+
+export interface FileInfo {
+  name: string;
+  size: number;
+}
+
+export interface Backend {
+  /** Where the repository is, for messages (never contains secrets). */
+  readonly location: string;
+  /** True when the repository's config file exists. */
+  exists(): Promise<boolean>;
+  /** Creates the layout (directories) for a new repository. */
+  create(): Promise<void>;
+  /** Stores a file durably and atomically: it is either absent or complete. Never overwrites. */
+  save(h: Handle, data: Uint8Array): Promise<void>;
+  /** Reads a whole file, or `length` bytes at `offset` (a negative offset counts from the end). */
+  load(h: Handle, offset?: number, length?: number): Promise<Buffer>;
+  stat(h: Handle): Promise<FileInfo>;
+  remove(h: Handle): Promise<void>;
+  /** Files of a type whose names are valid IDs (temporary files are not listed). */
+  list(type: FileType): AsyncIterable<FileInfo>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,218 @@
+// A repository on a local path or a mounted network share, laid out exactly as restic's local
+// backend: config, keys/, locks/, snapshots/, index/, data/00..ff/.
+import { constants, promises as fsp } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { join, dirname } from "node:path";
+import { SitekeepError, isErrnoError } from "../errors.js";
+import type { Backend, FileInfo, FileType, Handle } from "./backend.js";
+import { isIdHex } from "../repo/id.js";
+
+const DIR_MODE = 0o700;
+// Stored files are never modified; read-only modes guard against accidents, as restic does.
+const FILE_MODE = 0o400;
+
+export class LocalBackend implements Backend {
+  readonly location: string;
+
+  constructor(readonly root: string) {
+    this.location = root;
+  }
+
+  path(h: Handle): string {
+    if (h.type === "config") return join(this.root, "config");
+    if (h.type === "data") return join(this.root, "data", h.name.slice(0, 2), h.name);
+    return join(this.root, h.type, h.name);
+  }
+
+  async exists(): Promise<boolean> {
+    try {
+      await fsp.stat(join(this.root, "config"));
+      return true;
+    } catch (err) {
+      if (isErrnoError(err, "ENOENT", "ENOTDIR")) return false;
+      throw err;
+    }
+  }
+
+  async create(): Promise<void> {
+    await fsp.mkdir(this.root, { recursive: true, mode: DIR_MODE });
+    for (const t of ["keys", "locks", "snapshots", "index", "data"]) {
+      await fsp.mkdir(join(this.root, t), { mode: DIR_MODE }).catch(ignoreExists);
+    }
+    for (let i = 0; i < 256; i++) {
+      await fsp.mkdir(join(this.root, "data", i.toString(16).padStart(2, "0")), { mode: DIR_MODE }).catch(ignoreExists);
+    }
+  }
+
+  async save(h: Handle, data: Uint8Array): Promise<void> {
+    const final = this.path(h);
+    const dir = dirname(final);
+    const tmp = `${final}-tmp-${randomBytes(8).toString("hex")}`;
+    let fh: fsp.FileHandle | undefined;
+    try {
+      fh = await openForWrite(tmp, dir);
+      await fh.writeFile(data);
+      await fh.sync();
+      await fh.chmod(FILE_MODE);
+      await fh.close();
+      fh = undefined;
+      await publish(tmp, final, h);
+      await syncDir(dir);
+    } catch (err) {
+      await fh?.close().catch(() => undefined);
+      await fsp.unlink(tmp).catch(() => undefined);
+      throw wrapIoError(err, `saving ${h.type}/${h.name}`, this.root);
+    }
+  }
+
+  async load(h: Handle, offset = 0, length?: number): Promise<Buffer> {
+    const p = this.path(h);
+    try {
+      if (offset === 0 && length === undefined) return await fsp.readFile(p);
+      const fh = await fsp.open(p, "r");
+      try {
+        let start = offset;
+        let len = length;
+        if (start < 0 || len === undefined) {
+          const { size } = await fh.stat();
+          if (start < 0) start = Math.max(0, size + start);
+          if (len === undefined) len = size - start;
+        }
+        const buf = Buffer.allocUnsafe(len);
+        let got = 0;
+        while (got < len) {
+          const { bytesRead } = await fh.read(buf, got, len - got, start + got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+        }
+        return got === len ? buf : buf.subarray(0, got);
+      } finally {
+        await fh.close();
+      }
+    } catch (err) {
+      throw wrapIoError(err, `reading ${h.type}/${h.name}`, this.root);
+    }
+  }
+
+  async stat(h: Handle): Promise<FileInfo> {
+    const st = await fsp.stat(this.path(h));
+    return { name: h.name, size: st.size };
+  }
+
+  async remove(h: Handle): Promise<void> {
+    try {
+      await fsp.unlink(this.path(h));
+    } catch (err) {
+      if (isErrnoError(err, "ENOENT")) return;
+      throw wrapIoError(err, `removing ${h.type}/${h.name}`, this.root);
+    }
+  }
+
+  async *list(type: FileType): AsyncIterable<FileInfo> {
+    if (type === "config") {
+      if (await this.exists()) yield { name: "config", size: (await fsp.stat(join(this.root, "config"))).size };
+      return;
+    }
+    const dirs =
+      type === "data"
+        ? (await readdirOrEmpty(join(this.root, "data"))).filter((d) => /^[0-9a-f]{2}$/.test(d)).map((d) => join(this.root, "data", d))
+        : [join(this.root, type)];
+    for (const dir of dirs) {
+      for (const name of await readdirOrEmpty(dir)) {
+        if (!isIdHex(name)) continue;
+        try {
+          const st = await fsp.stat(join(dir, name));
+          if (st.isFile()) yield { name, size: st.size };
+        } catch (err) {
+          if (!isErrnoError(err, "ENOENT")) throw err; // removed meanwhile
+        }
+      }
+    }
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** Moves a finished temp file to its final name without ever replacing an existing file. */
+async function publish(tmp: string, final: string, h: Handle): Promise<void> {
+  try {
+    // link() fails instead of replacing: nothing is ever overwritten.
+    await fsp.link(tmp, final);
+  } catch (err) {
+    if (isErrnoError(err, "EEXIST")) {
+      await fsp.unlink(tmp);
+      if (h.type === "config" || h.type === "keys") {
+        throw new SitekeepError("backend.exists", `${h.type} file ${h.name} already exists`);
+      }
+      return; // content-addressed: the existing file already holds these bytes
+    }
+    // Shares without hard links (SMB, some FUSE filesystems): fall back to a checked rename.
+    if (!isErrnoError(err, "EPERM", "ENOTSUP", "EOPNOTSUPP", "EXDEV", "EMLINK")) throw err;
+    if (await fsp.stat(final).then(() => true, () => false)) {
+      await fsp.unlink(tmp);
+      return;
+    }
+    await fsp.rename(tmp, final);
+    return;
+  }
+  await fsp.unlink(tmp);
+}
+
+async function openForWrite(tmp: string, dir: string): Promise<fsp.FileHandle> {
+  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL;
+  try {
+    return await fsp.open(tmp, flags, 0o600);
+  } catch (err) {
+    if (!isErrnoError(err, "ENOENT")) throw err;
+    // A data/xx folder can be missing in repositories made by other tools; create it on demand.
+    await fsp.mkdir(dir, { recursive: true, mode: DIR_MODE });
+    return await fsp.open(tmp, flags, 0o600);
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await fsp.open(dir, "r");
+  try {
+    await fh.sync();
+  } catch (err) {
+    // Some filesystems (network shares) refuse fsync on directories; the rename is still atomic.
+    if (!isErrnoError(err, "EINVAL", "ENOTSUP", "EBADF", "EPERM")) throw err;
+  } finally {
+    await fh.close();
+  }
+}
+
+async function readdirOrEmpty(dir: string): Promise<string[]> {
+  try {
+    return await fsp.readdir(dir);
+  } catch (err) {
+    if (isErrnoError(err, "ENOENT")) return [];
+    throw err;
+  }
+}
+
+function ignoreExists(err: unknown): void {
+  if (!isErrnoError(err, "EEXIST")) throw err;
+}
+
+export function wrapIoError(err: unknown, what: string, root: string): unknown {
+  if (err instanceof SitekeepError || !isErrnoError(err)) return err;
+  switch (err.code) {
+    case "ENOSPC":
+      return new SitekeepError("backend.nospace", `no space left on the device of ${root} while ${what}`, {
+        hint: "free space on the destination or choose another one; nothing was committed",
+        cause: err,
+      });
+    case "EACCES":
+    case "EPERM":
+    case "EROFS":
+      return new SitekeepError("backend.denied", `permission denied while ${what} in ${root}`, {
+        hint: "make the repository writable by this user (or read it with a user that may)",
+        cause: err,
+      });
+    case "ENOENT":
+      return new SitekeepError("backend.missing", `${what}: file not found in ${root}`, { cause: err });
+    default:
+      return new SitekeepError("backend.io", `${err.code} while ${what} in ${root}: ${err.message}`, { cause: err });
+  }
+}

@@ -1,0 +1,239 @@
+// Real syscalls on real files in a temp dir: what restore depends on is that the kernel ends up with
+// exactly the times, node types, modes and xattrs we asked for.
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { after, before, describe, test } from "node:test";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import {
+  getXattr,
+  isUnsupportedXattrError,
+  listXattrs,
+  lutimesNs,
+  makeDev,
+  mknod,
+  nativeAvailable,
+  setXattr,
+} from "./fsx.js";
+
+const { S_IFIFO, S_IFCHR } = fs.constants;
+const isRoot = process.getuid?.() === 0;
+
+let dir: string;
+before(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), "sitekeep-fsx-"));
+});
+after(() => {
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+function file(name: string): string {
+  const p = path.join(dir, name);
+  fs.writeFileSync(p, "x");
+  return p;
+}
+
+function times(p: string | Buffer): [bigint, bigint] {
+  const st = fs.lstatSync(p, { bigint: true });
+  return [st.atimeNs, st.mtimeNs];
+}
+
+/** Runs `body` with umask 0 so mode bits can be checked exactly. */
+function withUmask0(body: () => void): void {
+  const old = process.umask(0);
+  try {
+    body();
+  } finally {
+    process.umask(old);
+  }
+}
+
+function throwsErrno(fn: () => unknown, code: string, syscall: string, p: string): void {
+  assert.throws(fn, (err: NodeJS.ErrnoException) => {
+    assert.ok(err instanceof Error);
+    assert.equal(err.code, code);
+    assert.equal(err.syscall, syscall);
+    assert.equal(err.errno, -(os.constants.errno as Record<string, number>)[code]);
+    assert.equal(err.path, p);
+    assert.ok(err.message.startsWith(`${code}: `), err.message);
+    assert.ok(err.message.endsWith(`, ${syscall} '${p}'`), err.message);
+    return true;
+  });
+}
+
+test("the addon is built and loaded", () => {
+  assert.equal(nativeAvailable, true, "run `npx node-gyp rebuild` first");
+});
+
+describe("lutimesNs", () => {
+  test("sets nanosecond atime and mtime on a file", () => {
+    const p = file("times");
+    lutimesNs(p, 1_700_000_000_123_456_789n, 1_600_000_000_987_654_321n);
+    assert.deepEqual(times(p), [1_700_000_000_123_456_789n, 1_600_000_000_987_654_321n]);
+  });
+
+  test("sets the symlink's own times and leaves the target's alone", () => {
+    const target = file("target");
+    lutimesNs(target, 1_000_000_000_000_000_001n, 1_000_000_000_000_000_002n);
+    const link = path.join(dir, "link");
+    fs.symlinkSync(target, link);
+    lutimesNs(link, 1_234_567_890_111_111_111n, 1_234_567_890_222_222_222n);
+    assert.deepEqual(times(link), [1_234_567_890_111_111_111n, 1_234_567_890_222_222_222n]);
+    assert.deepEqual(times(target), [1_000_000_000_000_000_001n, 1_000_000_000_000_000_002n]);
+  });
+
+  test("handles times before 1970 and after 2038", () => {
+    const p = file("extremes");
+    // -1 ns is 1969-12-31T23:59:59.999999999: seconds -1, nanoseconds 999999999.
+    lutimesNs(p, -1n, -1_000_000_000_123_456_789n); // and 1938
+    assert.deepEqual(times(p), [-1n, -1_000_000_000_123_456_789n]);
+    lutimesNs(p, 2_147_483_648_000_000_001n, 4_102_444_800_999_999_999n); // 2038 + 1s, 2100
+    assert.deepEqual(times(p), [2_147_483_648_000_000_001n, 4_102_444_800_999_999_999n]);
+  });
+
+  test("throws a Node-style error for a missing path", () => {
+    const p = path.join(dir, "missing");
+    throwsErrno(() => lutimesNs(p, 0n, 0n), "ENOENT", "lutimes", p);
+    assert.throws(() => lutimesNs(p, 0n, 0n), {
+      message: `ENOENT: no such file or directory, lutimes '${p}'`,
+    });
+  });
+
+  test("refuses a path with an embedded NUL", () => {
+    assert.throws(() => lutimesNs(path.join(dir, "a\0b"), 0n, 0n), {
+      name: "TypeError",
+      code: "ERR_INVALID_ARG_VALUE",
+    });
+  });
+});
+
+describe("mknod", () => {
+  test("creates a fifo with the requested permission bits", () => {
+    const p = path.join(dir, "fifo");
+    withUmask0(() => mknod(p, S_IFIFO | 0o754, 0n));
+    const st = fs.lstatSync(p);
+    assert.ok(st.isFIFO());
+    assert.equal(st.mode & 0o7777, 0o754);
+  });
+
+  test("creates a character device (root only)", { skip: !isRoot && "needs root" }, () => {
+    const p = path.join(dir, "null");
+    const dev = makeDev(1, 3);
+    assert.equal(dev, fs.statSync("/dev/null", { bigint: true }).rdev); // makeDev matches the kernel's encoding
+    withUmask0(() => mknod(p, S_IFCHR | 0o600, dev));
+    const st = fs.lstatSync(p, { bigint: true });
+    assert.ok(st.isCharacterDevice());
+    assert.equal(st.rdev, dev);
+    assert.equal(st.mode & 0o7777n, 0o600n);
+  });
+
+  test("reports EEXIST", () => {
+    const p = file("exists");
+    throwsErrno(() => mknod(p, S_IFIFO | 0o600, 0n), "EEXIST", "mknod", p);
+  });
+});
+
+describe("xattrs", () => {
+  test("round-trips binary values on a user.* name", (t) => {
+    const p = file("xattr");
+    const value = Buffer.from([0, 1, 2, 0, 0xff, 0x80, 0]);
+    try {
+      setXattr(p, "user.sitekeep.bin", value);
+    } catch (err) {
+      if (isUnsupportedXattrError(err)) return t.skip("filesystem has no user xattrs");
+      throw err;
+    }
+    setXattr(p, "user.sitekeep.empty", Buffer.alloc(0));
+    const big = Buffer.alloc(3000, 0xab); // larger than a first guess would be
+    setXattr(p, "user.sitekeep.big", big);
+    assert.deepEqual(getXattr(p, "user.sitekeep.bin"), value);
+    assert.deepEqual(getXattr(p, "user.sitekeep.empty"), Buffer.alloc(0));
+    assert.deepEqual(getXattr(p, "user.sitekeep.big"), big);
+    const names = listXattrs(p).filter((n) => n.startsWith("user.sitekeep."));
+    assert.deepEqual(names.sort(), ["user.sitekeep.big", "user.sitekeep.bin", "user.sitekeep.empty"]);
+
+    // Replace, not append.
+    setXattr(p, "user.sitekeep.bin", Buffer.from("v2"));
+    assert.deepEqual(getXattr(p, "user.sitekeep.bin"), Buffer.from("v2"));
+
+    // A symlink is not followed: the target's attributes are not listed for the link.
+    const link = path.join(dir, "xattr-link");
+    fs.symlinkSync(p, link);
+    assert.ok(!listXattrs(link).includes("user.sitekeep.bin"));
+
+    throwsErrno(() => getXattr(p, "user.sitekeep.absent"), "ENODATA", "lgetxattr", p);
+  });
+
+  test("isUnsupportedXattrError", () => {
+    assert.equal(isUnsupportedXattrError(Object.assign(new Error("x"), { code: "ENOTSUP" })), true);
+    assert.equal(isUnsupportedXattrError(Object.assign(new Error("x"), { code: "EOPNOTSUPP" })), true);
+    assert.equal(isUnsupportedXattrError(Object.assign(new Error("x"), { code: "ENOENT" })), false);
+    assert.equal(isUnsupportedXattrError(undefined), false);
+    assert.equal(isUnsupportedXattrError("ENOTSUP"), false);
+  });
+});
+
+test("accepts a non-UTF-8 file name as a Buffer", (t) => {
+  const name = Buffer.concat([
+    Buffer.from(dir + "/bad-"),
+    Buffer.from([0xff, 0xfe, 0x80]),
+    Buffer.from("-name"),
+  ]);
+  fs.writeFileSync(name, "x"); // a regular file: Linux allows user.* xattrs only on files and dirs
+  const listed = fs.readdirSync(dir, { encoding: "buffer" });
+  assert.ok(listed.some((n) => n.equals(name.subarray(Buffer.byteLength(dir) + 1))));
+
+  const fifo = Buffer.concat([name, Buffer.from([0xc3, 0x28])]); // invalid 2-byte sequence
+  withUmask0(() => mknod(fifo, S_IFIFO | 0o600, 0n));
+  assert.ok(fs.lstatSync(fifo).isFIFO());
+
+  lutimesNs(name, 1_111_111_111_000_000_007n, 2_222_222_222_000_000_009n);
+  assert.deepEqual(times(name), [1_111_111_111_000_000_007n, 2_222_222_222_000_000_009n]);
+
+  try {
+    setXattr(name, "user.sitekeep.n", Buffer.from("ok"));
+  } catch (err) {
+    if (isUnsupportedXattrError(err)) return t.skip("filesystem has no user xattrs");
+    throw err;
+  }
+  assert.deepEqual(getXattr(name, "user.sitekeep.n"), Buffer.from("ok"));
+});
+
+test("falls back to plain Node without the addon", () => {
+  const moduleUrl = pathToFileURL(fileURLToPath(new URL("./fsx.ts", import.meta.url))).href;
+  const script = `
+    const fsx = await import(${JSON.stringify(moduleUrl)});
+    const fs = await import("node:fs");
+    const dir = ${JSON.stringify(dir)};
+    const out = { nativeAvailable: fsx.nativeAvailable, list: fsx.listXattrs(dir) };
+    try { fsx.setXattr(dir, "user.x", Buffer.from("v")); } catch (e) { out.setCode = e.code; }
+    try { fsx.mknod(dir + "/fb-chr", fs.constants.S_IFCHR | 0o600, 259n); } catch (e) { out.chrCode = e.code; }
+    process.umask(0);
+    fsx.mknod(dir + "/fb-fifo", fs.constants.S_IFIFO | 0o640, 0n);
+    const st = fs.lstatSync(dir + "/fb-fifo");
+    out.fifo = st.isFIFO(); out.mode = st.mode & 0o7777;
+    fs.writeFileSync(dir + "/fb-file", "x");
+    fsx.lutimesNs(dir + "/fb-file", 1700000000123456789n, -1500000000n);
+    const bt = fs.lstatSync(dir + "/fb-file", { bigint: true });
+    out.atimeNs = String(bt.atimeNs); out.mtimeNs = String(bt.mtimeNs);
+    console.log(JSON.stringify(out));
+  `;
+  const res = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+    encoding: "utf8",
+    env: { ...process.env, SITEKEEP_NO_NATIVE: "1" },
+  });
+  assert.equal(res.status, 0, res.stderr);
+  const out = JSON.parse(res.stdout.trim().split("\n").pop() ?? "");
+  assert.equal(out.nativeAvailable, false);
+  assert.deepEqual(out.list, []);
+  assert.equal(out.setCode, "ENOTSUP");
+  assert.equal(out.chrCode, "ENOSYS");
+  assert.equal(out.fifo, true);
+  assert.equal(out.mode, 0o640);
+  // Seconds as a double: only about microsecond precision survives.
+  assert.ok(Math.abs(Number(BigInt(out.atimeNs) - 1_700_000_000_123_456_789n)) < 1000, out.atimeNs);
+  // Before 1970 it goes as a Date: milliseconds.
+  assert.equal(out.mtimeNs, "-1500000000");
+});

@@ -1,0 +1,163 @@
+// Filesystem calls Node lacks (nanosecond lutimes, mknod, xattrs), backed by our own Node-API addon
+// (native/sitekeep_fs.c, built by `node-gyp rebuild` on install). When the addon is missing (build
+// failed, unsupported platform) each call falls back to the best plain-Node equivalent or fails with
+// a clear errno-style code, so a restore degrades instead of crashing.
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import { createRequire } from "node:module";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export type PathLike = Buffer | string;
+
+interface NativeFs {
+  lutimes(p: PathLike, atimeSec: bigint, atimeNsec: number, mtimeSec: bigint, mtimeNsec: number): void;
+  mknod(p: PathLike, mode: number, dev: bigint): void;
+  llistxattr(p: PathLike): string[];
+  lgetxattr(p: PathLike, name: string): Buffer;
+  lsetxattr(p: PathLike, name: string, value: Buffer): void;
+}
+
+// The addon sits at <package root>/build/Release, while this module runs from src/platform (tsx) or
+// dist/platform (compiled): walk up to our own package.json rather than hard-coding the depth.
+function findPackageRoot(start: string): string | undefined {
+  for (let dir = start; ; dir = path.dirname(dir)) {
+    try {
+      const pkg = JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8")) as { name?: unknown };
+      if (pkg.name === "sitekeep") return dir;
+    } catch {
+      // no (readable) package.json here: keep walking
+    }
+    if (path.dirname(dir) === dir) return undefined;
+  }
+}
+
+function loadNative(): NativeFs | undefined {
+  // Lets tests (and users with a broken build) exercise the pure-Node fallbacks.
+  if (process.env.SITEKEEP_NO_NATIVE === "1") return undefined;
+  const root = findPackageRoot(path.dirname(fileURLToPath(import.meta.url)));
+  if (root === undefined) return undefined;
+  try {
+    return createRequire(import.meta.url)(
+      path.join(root, "build", "Release", "sitekeep_fs.node"),
+    ) as NativeFs;
+  } catch {
+    return undefined;
+  }
+}
+
+const native = loadNative();
+
+export const nativeAvailable: boolean = native !== undefined;
+
+function errnoError(code: string, syscall: string, p: PathLike, detail: string): NodeJS.ErrnoException {
+  const shown = typeof p === "string" ? p : p.toString();
+  const err: NodeJS.ErrnoException = new Error(`${code}: ${detail}, ${syscall} '${shown}'`);
+  err.code = code;
+  err.errno = -((os.constants.errno as Record<string, number>)[code] ?? 0);
+  err.syscall = syscall;
+  err.path = shown;
+  return err;
+}
+
+const NS_PER_S = 1_000_000_000n;
+
+/** Splits ns since the epoch into [seconds, nanoseconds] with nanoseconds in [0, 1e9), also before 1970. */
+function splitNs(ns: bigint): [bigint, number] {
+  let sec = ns / NS_PER_S; // BigInt division truncates toward zero...
+  let rem = ns % NS_PER_S;
+  if (rem < 0n) {
+    // ...so step down one second for negative times (floor division).
+    rem += NS_PER_S;
+    sec -= 1n;
+  }
+  return [sec, Number(rem)];
+}
+
+/** Sets atime and mtime of `p` itself (a symlink is not followed), in nanoseconds since the epoch. */
+export function lutimesNs(p: PathLike, atimeNs: bigint, mtimeNs: bigint): void {
+  if (native) {
+    const [as, ans] = splitNs(atimeNs);
+    const [ms, mns] = splitNs(mtimeNs);
+    native.lutimes(p, as, ans, ms, mns);
+    return;
+  }
+  // Fallback: Node takes seconds as a double, which keeps only about microsecond precision for
+  // present-day times, so the restored nanoseconds may be off in the last digits.
+  fs.lutimesSync(p, fallbackTime(atimeNs), fallbackTime(mtimeNs));
+}
+
+// fs.lutimesSync silently replaces a negative number with "now", but takes a pre-1970 Date as is
+// (at millisecond precision), so times before the epoch go as Dates.
+function fallbackTime(ns: bigint): number | Date {
+  return ns >= 0n ? Number(ns) / 1e9 : new Date(Number(ns / 1_000_000n));
+}
+
+/**
+ * Creates a fifo or device node. `mode` holds the file type (S_IFIFO, S_IFCHR, S_IFBLK) and the
+ * permission bits (the process umask applies, as with mknod(2)); `dev` is the raw device number as
+ * `fs.Stats.rdev` reports it (see makeDev).
+ */
+export function mknod(p: PathLike, mode: number, dev: bigint): void {
+  if (native) {
+    native.mknod(p, mode, dev);
+    return;
+  }
+  // Fallback: fifos need no privilege and coreutils can make them; device nodes cannot be done.
+  if ((mode & fs.constants.S_IFMT) !== fs.constants.S_IFIFO) {
+    throw errnoError("ENOSYS", "mknod", p, "function not implemented (native addon not built)");
+  }
+  const arg = typeof p === "string" ? p : p.toString("utf8");
+  if (typeof p !== "string" && !Buffer.from(arg, "utf8").equals(p)) {
+    // Arguments of a child process are strings, so a non-UTF-8 name cannot be passed through.
+    throw errnoError("ENOSYS", "mknod", p, "non-UTF-8 name needs the native addon");
+  }
+  const perm = (mode & 0o7777).toString(8);
+  const res = spawnSync("mkfifo", ["-m", perm, "--", arg], { encoding: "utf8" });
+  if (res.error) throw res.error;
+  if (res.status !== 0) {
+    const reason = res.stderr.trim();
+    throw errnoError(/File exists/i.test(reason) ? "EEXIST" : "EIO", "mknod", p, reason || "mkfifo failed");
+  }
+}
+
+/**
+ * The raw device number for a major/minor pair, encoded as this platform's makedev() does, so it
+ * compares equal to `fs.Stats.rdev` and can be passed to mknod.
+ */
+export function makeDev(major: number, minor: number): bigint {
+  const ma = BigInt(major >>> 0);
+  const mi = BigInt(minor >>> 0);
+  if (process.platform === "darwin") return (ma << 24n) | (mi & 0xffffffn);
+  // glibc/Linux: 12 low bits of major at 8..19, 8 low bits of minor at 0..7, the rest above.
+  return ((ma & 0xfffff000n) << 32n) | ((ma & 0xfffn) << 8n) | ((mi & 0xffffff00n) << 12n) | (mi & 0xffn);
+}
+
+/** Names of the extended attributes of `p` itself (a symlink is not followed). [] without the addon. */
+export function listXattrs(p: PathLike): string[] {
+  return native ? native.llistxattr(p) : [];
+}
+
+/** The value of one extended attribute of `p` itself. */
+export function getXattr(p: PathLike, name: string): Buffer {
+  if (!native)
+    throw errnoError("ENOTSUP", "lgetxattr", p, "operation not supported (native addon not built)");
+  return native.lgetxattr(p, name);
+}
+
+/** Creates or replaces one extended attribute of `p` itself. */
+export function setXattr(p: PathLike, name: string, value: Buffer): void {
+  if (!native)
+    throw errnoError("ENOTSUP", "lsetxattr", p, "operation not supported (native addon not built)");
+  native.lsetxattr(p, name, value);
+}
+
+/**
+ * True for "this filesystem (or platform) has no xattrs of that kind". Linux reports EOPNOTSUPP under
+ * the name ENOTSUP (same number); macOS has two distinct codes.
+ */
+export function isUnsupportedXattrError(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  return code === "ENOTSUP" || code === "EOPNOTSUPP";
+}

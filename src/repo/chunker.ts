@@ -1,0 +1,162 @@
+// Content-defined chunking, FastCDC style (Xia et al., "FastCDC: a Fast and Efficient Content-Defined
+// Chunking Approach for Data Deduplication", USENIX ATC 2016).
+//
+// A chunk boundary is placed after byte i when a rolling "gear" hash of the bytes just before i has
+// certain bits all zero. Because the decision depends only on nearby content, inserting or deleting
+// bytes moves the boundaries around the edit and leaves the others (and so the blobs) unchanged.
+//
+// - Gear hash: h = (h << 1) + gear[byte], kept in 32 bits. Each step shifts older bytes one bit
+//   further left, so after 32 steps a byte has left the hash entirely: bit k of h depends on the
+//   last k+1 bytes only, and h as a whole on the last 32. One shift, one add, one table lookup per
+//   byte, and it all stays in int32 arithmetic that V8 compiles to plain machine instructions.
+// - Skipping min: no boundary may fall before `min`, so those bytes are not hashed at all (except
+//   the 32 just before `min`, which prime the hash so every checked position sees a full window
+//   and the decision is a function of the content alone, not of where the chunk started).
+// - Normalized chunking: between min and avg the test uses maskS, with log2(avg)+2 one-bits (a cut
+//   is 4x less likely than 1/avg); after avg it uses maskL, with log2(avg)-2 bits (4x more likely).
+//   This squeezes the size distribution towards avg: fewer tiny and fewer huge chunks than a single
+//   mask would give, which is what keeps deduplication good while min skipping saves time.
+// - Mask bits are spread over the high bits of the hash and always include bit 31: the high bits
+//   are the ones that depend on the widest window (bit 31 on all 32 bytes), and spreading rather
+//   than packing them follows the paper's observation that it decorrelates neighbouring positions.
+// - The gear table is derived from the repository's chunker polynomial (SHA-256 in counter mode
+//   over its hex form), so different repositories cut differently, which hides file sizes and
+//   boundaries from anyone comparing blob sizes across repositories, while one repository always
+//   cuts the same way (required for deduplication).
+import { createHash } from "node:crypto";
+import { formatPolynomial } from "./polynomial.js";
+
+export interface ChunkerOptions {
+  min: number;
+  avg: number;
+  max: number;
+}
+
+export const DEFAULT_CHUNKER_OPTIONS: Readonly<ChunkerOptions> = Object.freeze({
+  min: 512 * 1024,
+  avg: 1024 * 1024,
+  max: 8 * 1024 * 1024,
+});
+
+/** Bytes that influence the 32-bit gear hash at any position. */
+const WINDOW = 32;
+const TOP_BIT = 0x80000000 | 0;
+
+const gearCache = new Map<string, Uint32Array>();
+
+function* sha256Words(seed: string): Generator<number> {
+  const counter = Buffer.alloc(4);
+  for (let c = 0; ; c++) {
+    counter.writeUInt32BE(c >>> 0, 0);
+    const d = createHash("sha256").update(seed).update(counter).digest();
+    for (let j = 0; j < 32; j += 4) yield d.readUInt32BE(j);
+  }
+}
+
+/**
+ * 256 pseudo-random 32-bit values derived from the polynomial. gear[0] is constrained: a run of
+ * zero bytes settles on h = -gear[0] (mod 2^32), and requiring bit 31 of that to be set (every mask
+ * contains bit 31) means zero-filled data (sparse files, empty disk images) never cuts before max,
+ * instead of cutting at min over and over by bad luck of the draw.
+ */
+export function gearTable(polynomial: bigint): Uint32Array {
+  const hex = formatPolynomial(polynomial);
+  let gear = gearCache.get(hex);
+  if (gear) return gear;
+  gear = new Uint32Array(256);
+  const words = sha256Words(`sitekeep gear v1 ${hex}\n`);
+  const next = (): number => words.next().value as number;
+  for (let b = 1; b < 256; b++) gear[b] = next();
+  let g = next();
+  while ((-g & TOP_BIT) === 0) g = next();
+  gear[0] = g;
+  gearCache.set(hex, gear);
+  return gear;
+}
+
+/** A 32-bit mask with n one-bits spread evenly over the top min(32, 2n) bits, bit 31 included. */
+export function spreadMask(n: number): number {
+  if (!Number.isInteger(n) || n < 1 || n > 32) throw new RangeError(`mask bit count out of range: ${n}`);
+  const span = Math.min(32, 2 * n);
+  let m = 0;
+  for (let j = 0; j < n; j++) m |= 1 << (31 - Math.floor((j * span) / n));
+  return m | 0;
+}
+
+function validate(o: ChunkerOptions): number {
+  for (const k of ["min", "avg", "max"] as const) {
+    if (!Number.isSafeInteger(o[k]) || o[k] < 0) throw new RangeError(`chunker ${k} must be a non-negative integer`);
+  }
+  const bits = Math.log2(o.avg);
+  if (!Number.isInteger(bits) || bits < 3 || bits > 30) {
+    throw new RangeError(`chunker avg must be a power of two between 8 and 2^30, not ${o.avg}`);
+  }
+  if (!(o.min <= o.avg && o.avg <= o.max)) throw new RangeError("chunker sizes must satisfy min <= avg <= max");
+  if (o.max > 0x7fffffff) throw new RangeError("chunker max must be below 2 GiB");
+  return bits;
+}
+
+export class Chunker {
+  readonly options: ChunkerOptions;
+  private readonly gear: Uint32Array;
+  private readonly maskS: number;
+  private readonly maskL: number;
+  private readonly min: number;
+  private readonly avg: number;
+  private readonly max: number;
+
+  constructor(polynomial: bigint, options?: Partial<ChunkerOptions>) {
+    const o: ChunkerOptions = { ...DEFAULT_CHUNKER_OPTIONS };
+    for (const k of ["min", "avg", "max"] as const) {
+      const v = options?.[k];
+      if (v !== undefined) o[k] = v;
+    }
+    const bits = validate(o);
+    this.options = Object.freeze(o);
+    this.gear = gearTable(polynomial);
+    this.maskS = spreadMask(bits + 2);
+    this.maskL = spreadMask(bits - 2);
+    this.min = o.min;
+    this.avg = o.avg;
+    this.max = o.max;
+  }
+
+  /** Length of the chunk that starts at data[start]. The caller guarantees that data holds at least
+   *  `options.max` bytes after start, or all the remaining bytes of the stream when `eof` is true.
+   *  Returns a length in [1, max] (at eof, possibly fewer than min: the tail). */
+  cut(data: Uint8Array, start: number, end: number, eof: boolean): number {
+    const avail = end - start;
+    if (!(start >= 0 && end <= data.length && avail > 0)) {
+      throw new RangeError(`Chunker.cut: bad range [${start}, ${end}) of ${data.length} bytes`);
+    }
+    const min = this.min;
+    const max = this.max;
+    let limit: number;
+    if (avail >= max) limit = max;
+    else if (eof) limit = avail;
+    else throw new RangeError(`Chunker.cut: needs ${max} bytes (or eof), got ${avail}`);
+    if (limit <= min) return limit;
+
+    const gear = this.gear;
+    const maskS = this.maskS;
+    const maskL = this.maskL;
+    const first = start + min;
+    const normal = start + (this.avg < limit ? this.avg : limit);
+    const stop = start + limit;
+    let h = 0;
+    let i = min > WINDOW ? first - WINDOW : start;
+    // Prime the hash with the window just before min; no boundary is possible there.
+    for (; i < first; i++) h = ((h << 1) + gear[data[i]]) | 0;
+    // min..avg: the strict mask (cuts 4x rarer than 1/avg).
+    for (; i < normal; i++) {
+      h = ((h << 1) + gear[data[i]]) | 0;
+      if ((h & maskS) === 0) return i - start + 1;
+    }
+    // avg..max: the loose mask (cuts 4x more often than 1/avg).
+    for (; i < stop; i++) {
+      h = ((h << 1) + gear[data[i]]) | 0;
+      if ((h & maskL) === 0) return i - start + 1;
+    }
+    return limit;
+  }
+}

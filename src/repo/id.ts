@@ -1,0 +1,22 @@
+// IDs are SHA-256 digests: of a blob's plaintext, or of a file's stored bytes (its name).
+import { createHash } from "node:crypto";
+
+export const ID_SIZE = 32;
+
+export function sha256(data: Uint8Array): Buffer {
+  return createHash("sha256").update(data).digest();
+}
+
+export function hashHex(data: Uint8Array): string {
+  return createHash("sha256").update(data).digest("hex");
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
+
+export function isIdHex(s: string): boolean {
+  return HEX64.test(s);
+}
+
+export function shortId(id: string): string {
+  return id.slice(0, 8);
+}

@@ -1,0 +1,118 @@
+// Pack files: encrypted blobs back to back, then the encrypted header listing them, then the
+// header's length as 4 bytes little-endian. Header entries are restic v2's: type byte, sealed
+// length (u32 LE), [plaintext length (u32 LE) for compressed types], blob ID (32 bytes).
+import { SitekeepError } from "../errors.js";
+import { type MasterKey, EXTENSION, open, seal } from "./crypto.js";
+
+export type BlobType = "data" | "tree";
+
+export interface PackedBlob {
+  id: Buffer;
+  type: BlobType;
+  offset: number;
+  /** Stored (sealed) length. */
+  length: number;
+  /** Plaintext length when the blob is compressed, else 0. */
+  uncompressedLength: number;
+}
+
+const T_DATA = 0;
+const T_TREE = 1;
+const T_DATA_Z = 2;
+const T_TREE_Z = 3;
+const ENTRY_PLAIN = 1 + 4 + 32;
+const ENTRY_Z = 1 + 4 + 4 + 32;
+
+export function headerSize(blobs: readonly PackedBlob[]): number {
+  let n = 0;
+  for (const b of blobs) n += b.uncompressedLength ? ENTRY_Z : ENTRY_PLAIN;
+  return n + EXTENSION;
+}
+
+export function encodeHeader(key: MasterKey, blobs: readonly PackedBlob[]): Buffer {
+  const plain = Buffer.allocUnsafe(headerSize(blobs) - EXTENSION);
+  let o = 0;
+  for (const b of blobs) {
+    const z = b.uncompressedLength !== 0;
+    plain[o++] = b.type === "data" ? (z ? T_DATA_Z : T_DATA) : z ? T_TREE_Z : T_TREE;
+    plain.writeUInt32LE(b.length, o);
+    o += 4;
+    if (z) {
+      plain.writeUInt32LE(b.uncompressedLength, o);
+      o += 4;
+    }
+    b.id.copy(plain, o);
+    o += 32;
+  }
+  const sealed = seal(key, plain);
+  const out = Buffer.allocUnsafe(sealed.length + 4);
+  sealed.copy(out, 0);
+  out.writeUInt32LE(sealed.length, sealed.length);
+  return out;
+}
+
+export function decodeHeader(key: MasterKey, sealedHeader: Buffer, packName: string): PackedBlob[] {
+  const plain = open(key, sealedHeader);
+  const blobs: PackedBlob[] = [];
+  let o = 0;
+  let offset = 0;
+  while (o < plain.length) {
+    const t = plain[o++];
+    if (t > T_TREE_Z || o + (t >= T_DATA_Z ? 40 : 36) > plain.length) {
+      throw new SitekeepError("pack.header", `pack ${packName}: invalid header entry at byte ${o - 1}`);
+    }
+    const length = plain.readUInt32LE(o);
+    o += 4;
+    let uncompressedLength = 0;
+    if (t >= T_DATA_Z) {
+      uncompressedLength = plain.readUInt32LE(o);
+      o += 4;
+    }
+    const id = Buffer.from(plain.subarray(o, o + 32));
+    o += 32;
+    blobs.push({ id, type: t === T_DATA || t === T_DATA_Z ? "data" : "tree", offset, length, uncompressedLength });
+    offset += length;
+  }
+  return blobs;
+}
+
+/** Reads the header of a pack given its tail bytes (at least the header and length field). */
+export function parsePackTail(key: MasterKey, tail: Buffer, packSize: number, packName: string): PackedBlob[] {
+  if (tail.length < 4) throw new SitekeepError("pack.short", `pack ${packName} is too short (${packSize} bytes)`);
+  const hlen = tail.readUInt32LE(tail.length - 4);
+  if (hlen + 4 > packSize || hlen < EXTENSION) {
+    throw new SitekeepError("pack.header", `pack ${packName}: header length ${hlen} is invalid for a ${packSize}-byte file`);
+  }
+  if (hlen + 4 > tail.length) throw new RangeError(`need ${hlen + 4} tail bytes`);
+  const blobs = decodeHeader(key, tail.subarray(tail.length - 4 - hlen, tail.length - 4), packName);
+  const dataEnd = packSize - hlen - 4;
+  const last = blobs.length ? blobs[blobs.length - 1] : undefined;
+  if ((last ? last.offset + last.length : 0) !== dataEnd) {
+    throw new SitekeepError("pack.header", `pack ${packName}: header describes ${last ? last.offset + last.length : 0} bytes of blobs, file holds ${dataEnd}`);
+  }
+  return blobs;
+}
+
+/** Collects sealed blobs into one pack file in memory (packs are a few MiB). */
+export class PackBuilder {
+  private readonly parts: Buffer[] = [];
+  readonly blobs: PackedBlob[] = [];
+  size = 0;
+
+  constructor(readonly type: BlobType) {}
+
+  add(id: Buffer, sealed: Buffer, uncompressedLength: number): PackedBlob {
+    const entry: PackedBlob = { id, type: this.type, offset: this.size, length: sealed.length, uncompressedLength };
+    this.parts.push(sealed);
+    this.blobs.push(entry);
+    this.size += sealed.length;
+    return entry;
+  }
+
+  finish(key: MasterKey): Buffer {
+    this.parts.push(encodeHeader(key, this.blobs));
+    return Buffer.concat(this.parts);
+  }
+}
+
+export { seal as sealBlob, open as openBlob };

@@ -1,0 +1,392 @@
+// A restic-format repository: opens with a password, holds the master key, the config and the
+// blob index, stores blobs in packs and unpacked files (index, snapshots, locks) as JSON.
+//
+// Write ordering is what makes it crash safe: a pack is durable before an index file names it, and
+// an index file is durable before a snapshot refers to its blobs. A crash leaves only unreferenced
+// packs, which prune collects.
+import { randomBytes } from "node:crypto";
+import type { Backend, FileType } from "../backend/backend.js";
+import { ExitCode, SitekeepError, errorMessage } from "../errors.js";
+import { BlobIndex, type BlobLocation } from "./blob-index.js";
+import { packUnpacked, unpackUnpacked, compress, decompress } from "./compression.js";
+import { type RepoConfig, SUPPORTED_VERSIONS } from "./config.js";
+import { type MasterKey, newRandomKey, open, seal } from "./crypto.js";
+import { hashHex, isIdHex, sha256 } from "./id.js";
+import { type IndexFileJSON, type IndexPackJSON, parseIndexFile } from "./index-file.js";
+import { addKey, openWithPassword, type KdfParams } from "./keyfile.js";
+import { type BlobType, PackBuilder, type PackedBlob } from "./pack.js";
+import { formatPolynomial, parsePolynomial, randomPolynomial } from "./polynomial.js";
+import { type Snapshot, type SnapshotJSON, byTimeDesc } from "./snapshot.js";
+
+export interface RepositoryOptions {
+  /** Target size of a pack file in bytes (restic's default is 16 MiB). */
+  packSize?: number;
+  /** Packs uploaded at the same time. */
+  uploadConcurrency?: number;
+  /** Refuse every operation that deletes (forget, prune, key removal). */
+  appendOnly?: boolean;
+  /** zstd for blobs in v2 repositories ("auto": keep when it shrinks, "off": never). */
+  compression?: "auto" | "off";
+}
+
+export interface InitOptions extends RepositoryOptions {
+  version?: 1 | 2;
+  polynomial?: bigint;
+  kdf?: KdfParams;
+}
+
+export interface SaveBlobResult {
+  id: Buffer;
+  /** True when the blob was new and was stored; false when deduplicated. */
+  added: boolean;
+  /** Bytes the blob adds to the repository (sealed size), 0 when deduplicated. */
+  storedSize: number;
+}
+
+const INDEX_EVERY_PACKS = 8;
+const INDEX_EVERY_MS = 60_000;
+
+export class Repository {
+  readonly index = new BlobIndex();
+  readonly packSize: number;
+  readonly appendOnly: boolean;
+  private readonly uploadConcurrency: number;
+  private readonly compression: "auto" | "off";
+  private readonly builders: Record<BlobType, PackBuilder | undefined> = { data: undefined, tree: undefined };
+  /** Blobs in open or uploading packs, keyed "type:hex", so a backup never stores one twice. */
+  private readonly inflight = new Set<string>();
+  private readonly uploads = new Set<Promise<void>>();
+  private uploadError: unknown;
+  /** Durable packs not yet named by an index file. */
+  private unindexed: IndexPackJSON[] = [];
+  private lastIndexWrite = Date.now();
+  private indexWrite: Promise<void> = Promise.resolve();
+  polynomial: bigint;
+
+  private constructor(
+    readonly backend: Backend,
+    readonly key: MasterKey,
+    readonly config: RepoConfig,
+    readonly keyId: string,
+    opts: RepositoryOptions,
+  ) {
+    this.packSize = opts.packSize ?? 16 * 1024 * 1024;
+    this.uploadConcurrency = opts.uploadConcurrency ?? 2;
+    this.appendOnly = opts.appendOnly ?? false;
+    this.compression = opts.compression ?? "auto";
+    this.polynomial = parsePolynomial(config.chunker_polynomial);
+  }
+
+  get id(): string {
+    return this.config.id;
+  }
+
+  get version(): number {
+    return this.config.version;
+  }
+
+  static async init(backend: Backend, password: string, opts: InitOptions = {}): Promise<Repository> {
+    if (await backend.exists()) {
+      throw new SitekeepError("repo.exists", `a repository already exists at ${backend.location}`, {
+        hint: "use it as it is, or choose an empty destination",
+      });
+    }
+    await backend.create();
+    const master = newRandomKey();
+    const config: RepoConfig = {
+      version: opts.version ?? 2,
+      id: randomBytes(32).toString("hex"),
+      chunker_polynomial: formatPolynomial(opts.polynomial ?? randomPolynomial()),
+    };
+    const keyId = await addKey(backend, master, password, { params: opts.kdf });
+    await backend.save({ type: "config", name: "config" }, seal(master, Buffer.from(JSON.stringify(config))));
+    return new Repository(backend, master, config, keyId, opts);
+  }
+
+  static async open(backend: Backend, password: string, opts: RepositoryOptions = {}): Promise<Repository> {
+    if (!(await backend.exists())) {
+      throw new SitekeepError("repo.missing", `there is no repository at ${backend.location}`, {
+        hint: "create one with `sitekeep init`, or check the path / SITEKEEP_REPOSITORY",
+        exitCode: ExitCode.noRepository,
+      });
+    }
+    const { master, keyId } = await openWithPassword(backend, password);
+    let config: RepoConfig;
+    try {
+      const raw = await backend.load({ type: "config", name: "config" });
+      config = JSON.parse(unpackUnpacked(open(master, raw)).toString("utf8")) as RepoConfig;
+    } catch (err) {
+      throw new SitekeepError("repo.config", `the repository config at ${backend.location} cannot be read: ${errorMessage(err)}`, {
+        hint: "the config file is damaged; restore it from a copy of the repository",
+      });
+    }
+    if (!SUPPORTED_VERSIONS.includes(config.version)) {
+      throw new SitekeepError(
+        "repo.version",
+        `the repository at ${backend.location} has format version ${config.version}; this Sitekeep reads versions ${SUPPORTED_VERSIONS.join(" and ")}`,
+        { hint: "upgrade Sitekeep to a release that supports this format" },
+      );
+    }
+    if (!isIdHex(config.id) || !config.chunker_polynomial) {
+      throw new SitekeepError("repo.config", `the repository config at ${backend.location} is invalid`);
+    }
+    return new Repository(backend, master, config, keyId, opts);
+  }
+
+  /** Adds another password that unlocks this repository; returns the new key file's ID. */
+  addPassword(password: string, params?: KdfParams): Promise<string> {
+    return addKey(this.backend, this.key, password, { params });
+  }
+
+  assertMayDelete(what: string): void {
+    if (this.appendOnly) {
+      throw new SitekeepError("repo.appendonly", `${what} refused: the repository was opened append-only`, {
+        hint: "open it without --append-only (with a credential that may delete) to do this",
+      });
+    }
+  }
+
+  // ---- unpacked files -------------------------------------------------------------------------
+
+  async saveUnpacked(type: Exclude<FileType, "data" | "config">, plain: Uint8Array): Promise<string> {
+    const body = this.version >= 2 ? packUnpacked(plain) : Buffer.from(plain);
+    const sealed = seal(this.key, body);
+    const id = hashHex(sealed);
+    await this.backend.save({ type, name: id }, sealed);
+    return id;
+  }
+
+  async loadUnpacked(type: Exclude<FileType, "data" | "config">, id: string): Promise<Buffer> {
+    const raw = await this.backend.load({ type, name: id });
+    if (hashHex(raw) !== id) {
+      throw new SitekeepError("repo.damaged", `${type} file ${id} is damaged: its content does not match its name`, {
+        hint: "run `sitekeep check` to see what it affects",
+      });
+    }
+    return unpackUnpacked(open(this.key, raw));
+  }
+
+  saveJSON(type: Exclude<FileType, "data" | "config">, obj: unknown): Promise<string> {
+    return this.saveUnpacked(type, Buffer.from(JSON.stringify(obj)));
+  }
+
+  async loadJSON<T>(type: Exclude<FileType, "data" | "config">, id: string): Promise<T> {
+    return JSON.parse((await this.loadUnpacked(type, id)).toString("utf8")) as T;
+  }
+
+  async listIds(type: FileType): Promise<string[]> {
+    const ids: string[] = [];
+    for await (const fi of this.backend.list(type)) ids.push(fi.name);
+    return ids;
+  }
+
+  // ---- index ----------------------------------------------------------------------------------
+
+  /** Loads every index file into the in-memory index. Returns the index file IDs read. */
+  async loadIndex(onError?: (id: string, err: unknown) => void): Promise<string[]> {
+    const ids = await this.listIds("index");
+    await mapLimit(ids, 4, async (id) => {
+      let file: IndexFileJSON;
+      try {
+        file = parseIndexFile(await this.loadJSON<unknown>("index", id), id);
+      } catch (err) {
+        if (onError) return onError(id, err);
+        throw new SitekeepError("repo.index", `index file ${id} cannot be read: ${errorMessage(err)}`, {
+          hint: "run `sitekeep check` to see what it affects",
+          cause: err,
+        });
+      }
+      this.addIndexFile(file);
+    });
+    return ids;
+  }
+
+  addIndexFile(file: IndexFileJSON): void {
+    for (const p of file.packs) {
+      for (const b of p.blobs) {
+        this.index.add(Buffer.from(b.id, "hex"), b.type, p.id, b.offset, b.length, b.uncompressed_length ?? 0);
+      }
+    }
+  }
+
+  // ---- blobs ----------------------------------------------------------------------------------
+
+  hasBlob(type: BlobType, id: Uint8Array): boolean {
+    return this.index.has(id, type) || this.inflight.has(type + ":" + Buffer.from(id).toString("hex"));
+  }
+
+  /** Stores a blob unless the repository already has it. `id` may be passed when already computed. */
+  async saveBlob(type: BlobType, plain: Buffer, id: Buffer = sha256(plain)): Promise<SaveBlobResult> {
+    if (this.uploadError) throw this.uploadError;
+    const key = type + ":" + id.toString("hex");
+    if (this.index.has(id, type) || this.inflight.has(key)) return { id, added: false, storedSize: 0 };
+    this.inflight.add(key);
+    const { sealed, uncompressedLength } = this.encodeBlob(plain);
+    let b = this.builders[type];
+    if (!b) b = this.builders[type] = new PackBuilder(type);
+    b.add(id, sealed, uncompressedLength);
+    if (b.size >= this.packSize) {
+      this.builders[type] = undefined;
+      await this.upload(b);
+    }
+    return { id, added: true, storedSize: sealed.length };
+  }
+
+  private encodeBlob(plain: Buffer): { sealed: Buffer; uncompressedLength: number } {
+    if (this.version >= 2 && this.compression === "auto" && plain.length > 0) {
+      const z = compress(plain);
+      if (z.length < plain.length) return { sealed: seal(this.key, z), uncompressedLength: plain.length };
+    }
+    return { sealed: seal(this.key, plain), uncompressedLength: 0 };
+  }
+
+  /** Decodes a sealed blob as stored in a pack, verifying that its content matches its ID. */
+  decodeBlob(loc: { type: BlobType; uncompressedLength: number }, sealed: Buffer, id: Uint8Array): Buffer {
+    let plain = open(this.key, sealed);
+    if (loc.uncompressedLength) {
+      plain = decompress(plain);
+      if (plain.length !== loc.uncompressedLength) {
+        throw new SitekeepError("repo.damaged", `blob ${Buffer.from(id).toString("hex")} decompressed to the wrong length`);
+      }
+    }
+    if (!sha256(plain).equals(id)) {
+      throw new SitekeepError("repo.damaged", `blob ${Buffer.from(id).toString("hex")} does not match its ID`);
+    }
+    return plain;
+  }
+
+  async loadBlob(type: BlobType, id: Uint8Array): Promise<Buffer> {
+    const loc = this.index.get(id, type);
+    if (!loc) {
+      throw new SitekeepError("repo.noblob", `${type} blob ${Buffer.from(id).toString("hex")} is not in the index`, {
+        hint: "the repository is missing data; run `sitekeep check`",
+      });
+    }
+    const sealed = await this.backend.load({ type: "data", name: loc.packId }, loc.offset, loc.length);
+    try {
+      return this.decodeBlob(loc, sealed, id);
+    } catch (err) {
+      throw new SitekeepError("repo.damaged", `pack ${loc.packId} is damaged: ${type} blob ${Buffer.from(id).toString("hex").slice(0, 16)}… cannot be read (${errorMessage(err)})`, {
+        hint: "run `sitekeep check --read-data` to see what it affects",
+        cause: err,
+      });
+    }
+  }
+
+  lookup(type: BlobType, id: Uint8Array): BlobLocation | undefined {
+    return this.index.get(id, type);
+  }
+
+  private async upload(b: PackBuilder): Promise<void> {
+    // Back-pressure: never more than uploadConcurrency packs in memory waiting to be written.
+    while (this.uploads.size >= this.uploadConcurrency) await Promise.race(this.uploads);
+    if (this.uploadError) throw this.uploadError;
+    const data = b.finish(this.key);
+    const packId = hashHex(data);
+    const p = this.backend
+      .save({ type: "data", name: packId }, data)
+      .then(() => this.packDurable(packId, b.blobs))
+      .catch((err: unknown) => {
+        this.uploadError ??= err;
+      })
+      .finally(() => this.uploads.delete(p));
+    this.uploads.add(p);
+  }
+
+  private packDurable(packId: string, blobs: PackedBlob[]): void {
+    const entry: IndexPackJSON = { id: packId, blobs: [] };
+    for (const bl of blobs) {
+      const idHex = bl.id.toString("hex");
+      this.index.add(bl.id, bl.type, packId, bl.offset, bl.length, bl.uncompressedLength);
+      this.inflight.delete(bl.type + ":" + idHex);
+      const j: IndexPackJSON["blobs"][number] = { id: idHex, type: bl.type, offset: bl.offset, length: bl.length };
+      if (bl.uncompressedLength) j.uncompressed_length = bl.uncompressedLength;
+      entry.blobs.push(j);
+    }
+    this.unindexed.push(entry);
+    if (this.unindexed.length >= INDEX_EVERY_PACKS || Date.now() - this.lastIndexWrite > INDEX_EVERY_MS) {
+      this.indexWrite = this.indexWrite.then(() => this.writeIndex()).catch((err: unknown) => {
+        this.uploadError ??= err;
+      });
+    }
+  }
+
+  /** Writes an index file for the durable packs that no index names yet. */
+  private async writeIndex(): Promise<void> {
+    if (this.unindexed.length === 0) return;
+    const packs = this.unindexed;
+    this.unindexed = [];
+    this.lastIndexWrite = Date.now();
+    await this.saveJSON("index", { packs } satisfies IndexFileJSON);
+  }
+
+  /** Finishes open packs, waits for every upload and writes the index: afterwards all saved blobs are durable and indexed. */
+  async flush(): Promise<void> {
+    for (const t of ["data", "tree"] as const) {
+      const b = this.builders[t];
+      if (b && b.blobs.length) {
+        this.builders[t] = undefined;
+        await this.upload(b);
+      }
+    }
+    while (this.uploads.size) await Promise.race(this.uploads);
+    await this.indexWrite;
+    if (this.uploadError) throw this.uploadError;
+    await this.writeIndex();
+  }
+
+  // ---- snapshots ------------------------------------------------------------------------------
+
+  async saveSnapshot(s: SnapshotJSON): Promise<string> {
+    return this.saveJSON("snapshots", s);
+  }
+
+  async loadSnapshot(id: string): Promise<Snapshot> {
+    return { ...(await this.loadJSON<SnapshotJSON>("snapshots", id)), id };
+  }
+
+  /** All snapshots, newest first; unreadable ones are reported through onError and skipped. */
+  async listSnapshots(onError?: (id: string, err: unknown) => void): Promise<Snapshot[]> {
+    const ids = await this.listIds("snapshots");
+    const out: Snapshot[] = [];
+    await mapLimit(ids, 8, async (id) => {
+      try {
+        out.push(await this.loadSnapshot(id));
+      } catch (err) {
+        if (!onError) throw err;
+        onError(id, err);
+      }
+    });
+    return out.sort(byTimeDesc);
+  }
+
+  /** Resolves `latest`, a full ID or a unique prefix. */
+  async findSnapshot(ref: string, filter: (s: Snapshot) => boolean = () => true): Promise<Snapshot> {
+    if (ref === "latest") {
+      const all = (await this.listSnapshots()).filter(filter);
+      if (!all.length) throw new SitekeepError("snapshot.none", "no snapshot found", { hint: "make one with `sitekeep backup`" });
+      return all[0];
+    }
+    const ids = (await this.listIds("snapshots")).filter((id) => id.startsWith(ref.toLowerCase()));
+    if (ids.length === 0) {
+      throw new SitekeepError("snapshot.notfound", `no snapshot matches ${JSON.stringify(ref)}`, {
+        hint: "list them with `sitekeep snapshots`",
+      });
+    }
+    if (ids.length > 1) {
+      throw new SitekeepError("snapshot.ambiguous", `snapshot prefix ${JSON.stringify(ref)} matches ${ids.length} snapshots`, {
+        hint: "give more characters of the ID",
+      });
+    }
+    return this.loadSnapshot(ids[0]);
+  }
+}
+
+/** Runs fn over items with at most `limit` in flight. */
+export async function mapLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) await fn(items[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}

@@ -1,0 +1,81 @@
+// Times as Go's encoding/json writes them (RFC 3339 with up to nine fractional digits), held as
+// nanoseconds since the epoch in a bigint so that no precision is lost.
+
+const NS_PER_SEC = 1_000_000_000n;
+const SEC_PER_DAY = 86_400n;
+
+function daysFromCivil(y: number, m: number, d: number): number {
+  // Howard Hinnant's algorithm: days since 1970-01-01 for a proleptic Gregorian date.
+  const yy = m <= 2 ? y - 1 : y;
+  const era = Math.floor(yy / 400);
+  const yoe = yy - era * 400;
+  const mp = (m + 9) % 12;
+  const doy = Math.floor((153 * mp + 2) / 5) + d - 1;
+  const doe = yoe * 365 + Math.floor(yoe / 4) - Math.floor(yoe / 100) + doy;
+  return era * 146097 + doe - 719468;
+}
+
+function civilFromDays(z: number): [number, number, number] {
+  const zz = z + 719468;
+  const era = Math.floor(zz / 146097);
+  const doe = zz - era * 146097;
+  const yoe = Math.floor((doe - Math.floor(doe / 1460) + Math.floor(doe / 36524) - Math.floor(doe / 146096)) / 365);
+  const doy = doe - (365 * yoe + Math.floor(yoe / 4) - Math.floor(yoe / 100));
+  const mp = Math.floor((5 * doy + 2) / 153);
+  const d = doy - Math.floor((153 * mp + 2) / 5) + 1;
+  const m = mp < 10 ? mp + 3 : mp - 9;
+  return [yoe + era * 400 + (m <= 2 ? 1 : 0), m, d];
+}
+
+const pad = (n: number, w = 2): string => String(n).padStart(w, "0");
+
+/** Formats nanoseconds since the epoch as RFC 3339 in UTC, trailing fractional zeros trimmed (Go's RFC3339Nano). */
+export function formatTimeNs(ns: bigint): string {
+  let secs = ns / NS_PER_SEC;
+  let frac = ns % NS_PER_SEC;
+  if (frac < 0n) {
+    frac += NS_PER_SEC;
+    secs -= 1n;
+  }
+  let days = secs / SEC_PER_DAY;
+  let sod = secs % SEC_PER_DAY;
+  if (sod < 0n) {
+    sod += SEC_PER_DAY;
+    days -= 1n;
+  }
+  const [y, mo, d] = civilFromDays(Number(days));
+  const s = Number(sod);
+  let out = `${pad(y, 4)}-${pad(mo)}-${pad(d)}T${pad(Math.floor(s / 3600))}:${pad(Math.floor((s % 3600) / 60))}:${pad(s % 60)}`;
+  if (frac !== 0n) out += "." + frac.toString().padStart(9, "0").replace(/0+$/, "");
+  return out + "Z";
+}
+
+const RFC3339 = /^(-?\d{4,})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|z|[+-]\d{2}:\d{2})$/;
+
+/** Parses an RFC 3339 time (any offset, any number of fractional digits) into nanoseconds since the epoch. */
+export function parseTimeNs(s: string): bigint {
+  const m = RFC3339.exec(s);
+  if (!m) throw new Error(`invalid RFC 3339 time: ${JSON.stringify(s)}`);
+  const days = daysFromCivil(Number(m[1]), Number(m[2]), Number(m[3]));
+  let secs = BigInt(days) * SEC_PER_DAY + BigInt(Number(m[4]) * 3600 + Number(m[5]) * 60 + Number(m[6]));
+  const tz = m[8];
+  if (tz !== "Z" && tz !== "z") {
+    const sign = tz[0] === "-" ? -1 : 1;
+    const off = Number(tz.slice(1, 3)) * 3600 + Number(tz.slice(4, 6)) * 60;
+    secs -= BigInt(sign * off);
+  }
+  const frac = m[7] ? BigInt((m[7] + "000000000").slice(0, 9)) : 0n;
+  return secs * NS_PER_SEC + frac;
+}
+
+export function nowNs(): bigint {
+  return BigInt(Date.now()) * 1_000_000n;
+}
+
+export function formatDate(d: Date): string {
+  return formatTimeNs(BigInt(d.getTime()) * 1_000_000n);
+}
+
+export function nsToDate(ns: bigint): Date {
+  return new Date(Number(ns / 1_000_000n));
+}
