@@ -1,15 +1,17 @@
 #!/usr/bin/env node
-// Entry point: runs the compiled CLI; in a source checkout without dist/, runs the TypeScript via tsx.
+// Entry point. In a source checkout (src/ and tsx present) it runs the TypeScript directly, so the
+// CLI can never be a stale build; an installed package runs the compiled dist/.
 import { existsSync } from "node:fs";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { dirname, join } from "node:path";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const built = join(root, "dist", "cli", "main.js");
-if (existsSync(built)) {
-  await import(pathToFileURL(built).href);
-} else {
+const source = join(root, "src", "cli", "main.ts");
+const tsx = join(root, "node_modules", "tsx");
+if (existsSync(source) && existsSync(tsx)) {
   const { register } = await import("tsx/esm/api");
   register();
-  await import(pathToFileURL(join(root, "src", "cli", "main.ts")).href);
+  await import(pathToFileURL(source).href);
+} else {
+  await import(pathToFileURL(join(root, "dist", "cli", "main.js")).href);
 }

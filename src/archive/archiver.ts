@@ -17,8 +17,8 @@ import { forEachChunk, streamReader, type ReadFn } from "./chunk-reader.js";
 import { type PathMatcher, compileExcludes } from "./exclude.js";
 import { type NodeJSON, decodeName, encodeName, nodeFromStat } from "./node.js";
 import { encodeTree, loadTree } from "./tree.js";
+import { PROGRAM_VERSION } from "../version.js";
 
-export const PROGRAM_VERSION = "sitekeep 0.1.0";
 
 export interface BackupOptions {
   paths: string[];

@@ -27,6 +27,8 @@ export interface RepositoryOptions {
   appendOnly?: boolean;
   /** zstd for blobs in v2 repositories ("auto": keep when it shrinks, "off": never). */
   compression?: "auto" | "off";
+  /** Wraps the backend once the repository ID is known (the local cache of index/snapshot files). */
+  wrapBackend?: (backend: Backend, repoId: string) => Backend;
 }
 
 export interface InitOptions extends RepositoryOptions {
@@ -130,7 +132,8 @@ export class Repository {
     if (!isIdHex(config.id) || !config.chunker_polynomial) {
       throw new SitekeepError("repo.config", `the repository config at ${backend.location} is invalid`);
     }
-    return new Repository(backend, master, config, keyId, opts);
+    const wrapped = opts.wrapBackend ? opts.wrapBackend(backend, config.id) : backend;
+    return new Repository(wrapped, master, config, keyId, opts);
   }
 
   /** Adds another password that unlocks this repository; returns the new key file's ID. */

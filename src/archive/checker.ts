@@ -1,0 +1,622 @@
+// Repository check: the structure (index files, packs, snapshots and every tree reachable from
+// them) and, on request, the data (every pack read, hashed, its header compared with the index and
+// each blob decrypted, decompressed and verified), as restic's `check [--read-data]` does.
+//
+// Damage is reported, never thrown. Every error names the damaged file and, where the damage loses
+// data, the snapshots and paths that depend on it ("affects"). Affects are computed during the tree
+// walk: the walk runs after the data check so it knows which packs and blobs are damaged, and keeps
+// for each tree the damaged paths below it, so a tree shared by many snapshots is read only once.
+import { SitekeepError, errorMessage } from "../errors.js";
+import { BlobIndex, type BlobLocation } from "../repo/blob-index.js";
+import { EXTENSION } from "../repo/crypto.js";
+import { hashHex, isIdHex, shortId } from "../repo/id.js";
+import { type IndexFileJSON, parseIndexFile } from "../repo/index-file.js";
+import { type PackedBlob, headerSize, parsePackTail } from "../repo/pack.js";
+import { type Repository, mapLimit } from "../repo/repository.js";
+import { type Snapshot, byTimeDesc } from "../repo/snapshot.js";
+import { type NodeJSON, decodeName } from "./node.js";
+import { joinPath } from "./tree.js";
+
+export interface CheckOptions {
+  /** Read and verify every pack. */
+  readData?: boolean;
+  /** "n/m" (packs whose first ID byte % m == n-1, as restic) or "x%" (a random sample of x percent of the packs); reads the data of that subset. */
+  readDataSubset?: string;
+  onProgress?: (p: { phase: "index" | "packs" | "snapshots" | "data"; done: number; total: number; bytes?: number }) => void;
+}
+
+export interface CheckProblem {
+  kind: "index" | "pack" | "missing-pack" | "snapshot" | "tree" | "missing-blob";
+  /** The damaged file, e.g. "data/ab/abcd…", "index/…", "snapshots/…". */
+  file?: string;
+  /** One line that names the problem. */
+  message: string;
+  /** Snapshots and paths (the first 20 per snapshot) that depend on the damaged thing. */
+  affects?: { snapshot: string; paths: string[] }[];
+}
+
+export interface CheckResult {
+  errors: CheckProblem[];
+  /** Non-fatal findings: packs no index names (left by an interrupted backup; prune removes them), duplicate blobs. */
+  notices: string[];
+  /** Packs named by the index files. */
+  packs: number;
+  /** Snapshot files in the repository (readable or not). */
+  snapshots: number;
+  packsRead: number;
+  bytesRead: number;
+}
+
+const MAX_PATHS = 20;
+const MAX_PACK_NOTICES = 20;
+const DATA_CONCURRENCY = 2;
+const INDEX_CONCURRENCY = 4;
+const TREE_CONCURRENCY = 8;
+
+/** What the index files say about one pack. */
+interface PackInfo {
+  /** Blob entries (including duplicates of blobs indexed elsewhere). */
+  count: number;
+  /** Sum of the entries' stored lengths. */
+  dataBytes: number;
+  /** Header size the entries imply (pack.ts headerSize). */
+  headerBytes: number;
+  /** The index file that names it. */
+  indexFile: string;
+  /** Entries not kept in the BlobIndex because the blob was already indexed in another pack (or twice here). */
+  dups?: PackedBlob[];
+  /** Entry numbers in the BlobIndex, filled after all index files are read. */
+  entries: number[];
+}
+
+/** Damaged paths below one tree, relative to it, per problem number. */
+interface TreeDamage {
+  /** Problems that make the tree itself unreadable or endangered (its own path is affected). */
+  self: number[];
+  /** Problem number -> relative paths below the tree ("name", "dir/name"), at most MAX_PATHS. */
+  inner: Map<number, string[]>;
+}
+
+const NO_DAMAGE: TreeDamage = { self: [], inner: new Map() };
+
+export function packFile(packId: string): string {
+  return `data/${packId.slice(0, 2)}/${packId}`;
+}
+
+export async function checkRepository(repo: Repository, opts: CheckOptions = {}): Promise<CheckResult> {
+  return new Checker(repo, opts).run();
+}
+
+class Checker {
+  private readonly errors: CheckProblem[] = [];
+  private readonly notices: string[] = [];
+  private readonly idx = new BlobIndex();
+  private readonly packs = new Map<string, PackInfo>();
+  /** Pack files present in data/, with their sizes. */
+  private readonly present = new Map<string, number>();
+  /** Problems of index files: every blob missing from the index may have been named there. */
+  private readonly indexProblems: number[] = [];
+  /** Packs damaged as a whole (missing, wrong size, unreadable header) -> problem numbers. */
+  private readonly packDamage = new Map<string, number[]>();
+  /** Single blobs known damaged (fail to decode) -> problem numbers. */
+  private readonly blobDamage = new Map<string, number[]>();
+  /** Per tree ID: the damage below it, once known (or while being computed). */
+  private readonly trees = new Map<string, TreeDamage | Promise<TreeDamage>>();
+  private readonly affects = new Map<number, Map<string, string[]>>();
+  private packsRead = 0;
+  private bytesRead = 0;
+  private snapshotCount = 0;
+  private treeSlots = TREE_CONCURRENCY;
+  private readonly treeWaiters: (() => void)[] = [];
+
+  constructor(
+    private readonly repo: Repository,
+    private readonly opts: CheckOptions,
+  ) {}
+
+  async run(): Promise<CheckResult> {
+    const subset = this.opts.readDataSubset !== undefined ? parseSubset(this.opts.readDataSubset) : undefined;
+    await this.checkIndex();
+    await this.checkPacks();
+    if (this.opts.readData || subset) await this.checkData(subset);
+    await this.checkSnapshots();
+    this.errors.forEach((p, i) => {
+      const a = this.affects.get(i);
+      if (a && a.size) p.affects = [...a].map(([snapshot, paths]) => ({ snapshot, paths }));
+    });
+    return {
+      errors: this.errors,
+      notices: this.notices,
+      packs: this.packs.size,
+      snapshots: this.snapshotCount,
+      packsRead: this.packsRead,
+      bytesRead: this.bytesRead,
+    };
+  }
+
+  private problem(p: CheckProblem): number {
+    this.errors.push(p);
+    return this.errors.length - 1;
+  }
+
+  private progress(phase: "index" | "packs" | "snapshots" | "data", done: number, total: number, bytes?: number): void {
+    this.opts.onProgress?.(bytes === undefined ? { phase, done, total } : { phase, done, total, bytes });
+  }
+
+  // ---- index files ----------------------------------------------------------------------------
+
+  private async checkIndex(): Promise<void> {
+    const ids = (await this.repo.listIds("index")).sort();
+    let done = 0;
+    this.progress("index", 0, ids.length);
+    const files = new Map<string, IndexFileJSON>();
+    await mapLimit(ids, INDEX_CONCURRENCY, async (id) => {
+      try {
+        files.set(id, parseIndexFile(await this.repo.loadJSON<unknown>("index", id), id));
+      } catch (err) {
+        this.indexProblems.push(
+          this.problem({ kind: "index", file: `index/${id}`, message: `index file index/${id} cannot be read: ${oneLine(errorMessage(err))}` }),
+        );
+      }
+      this.progress("index", ++done, ids.length);
+    });
+    const multiply = new Set<string>();
+    // In name order, so which listing of a pack counts is deterministic.
+    for (const id of ids) {
+      const file = files.get(id);
+      if (file) this.addIndexFile(id, file, multiply);
+    }
+    if (multiply.size) {
+      this.notices.push(`${multiply.size} pack(s) are named by more than one index file (harmless; prune rewrites the index)`);
+    }
+    if (this.idx.duplicates) {
+      this.notices.push(`${this.idx.duplicates} blob(s) are stored more than once (harmless; prune removes the extra copies)`);
+    }
+    for (let i = 0; i < this.idx.size; i++) this.packs.get(this.idx.at(i).packId)?.entries.push(i);
+  }
+
+  private addIndexFile(indexId: string, file: IndexFileJSON, multiply: Set<string>): void {
+    const bad: string[] = [];
+    for (const p of file.packs) {
+      if (!p || typeof p.id !== "string" || !isIdHex(p.id) || !Array.isArray(p.blobs)) {
+        bad.push(`invalid pack entry ${JSON.stringify(p?.id ?? null)}`);
+        continue;
+      }
+      if (this.packs.has(p.id)) {
+        multiply.add(p.id);
+        continue;
+      }
+      const invalid = p.blobs.find(
+        (b) =>
+          !b || typeof b.id !== "string" || !isIdHex(b.id) || (b.type !== "data" && b.type !== "tree") ||
+          !isCount(b.offset) || !isCount(b.length) || b.length < EXTENSION ||
+          (b.uncompressed_length !== undefined && !isCount(b.uncompressed_length)),
+      );
+      if (invalid) {
+        bad.push(`pack ${shortId(p.id)} has an invalid blob entry`);
+        continue;
+      }
+      const info: PackInfo = {
+        count: p.blobs.length,
+        dataBytes: 0,
+        headerBytes: headerSize(p.blobs.map((b) => ({ uncompressedLength: b.uncompressed_length ?? 0 })) as PackedBlob[]),
+        indexFile: indexId,
+        entries: [],
+      };
+      for (const b of p.blobs) {
+        info.dataBytes += b.length;
+        const id = Buffer.from(b.id, "hex");
+        const ulen = b.uncompressed_length ?? 0;
+        if (!this.idx.add(id, b.type, p.id, b.offset, b.length, ulen)) {
+          (info.dups ??= []).push({ id, type: b.type, offset: b.offset, length: b.length, uncompressedLength: ulen });
+        }
+      }
+      this.packs.set(p.id, info);
+    }
+    if (bad.length) {
+      this.indexProblems.push(
+        this.problem({
+          kind: "index",
+          file: `index/${indexId}`,
+          message: `index file index/${indexId} is invalid: ${bad[0]}${bad.length > 1 ? ` (and ${bad.length - 1} more)` : ""}`,
+        }),
+      );
+    }
+  }
+
+  // ---- pack files -----------------------------------------------------------------------------
+
+  private async checkPacks(): Promise<void> {
+    for await (const fi of this.repo.backend.list("data")) this.present.set(fi.name, fi.size);
+    const total = this.packs.size;
+    let done = 0;
+    this.progress("packs", 0, total);
+    for (const [id, info] of [...this.packs].sort(byKey)) {
+      const size = this.present.get(id);
+      if (size === undefined) {
+        this.damagePack(id, this.problem({ kind: "missing-pack", file: packFile(id), message: `pack ${packFile(id)} is missing (named by index/${info.indexFile})` }));
+      } else {
+        const expected = info.dataBytes + info.headerBytes + 4;
+        if (size !== expected) {
+          this.damagePack(
+            id,
+            this.problem({ kind: "pack", file: packFile(id), message: `pack ${packFile(id)} has ${size} bytes, the index implies ${expected}` }),
+          );
+        }
+      }
+      this.progress("packs", ++done, total);
+    }
+    const unindexed = [...this.present].filter(([id]) => !this.packs.has(id)).sort(byKey);
+    for (const [id, size] of unindexed.slice(0, MAX_PACK_NOTICES)) {
+      this.notices.push(`pack ${packFile(id)} (${size} bytes) is not named by any index (left by an interrupted backup; prune removes it)`);
+    }
+    if (unindexed.length > MAX_PACK_NOTICES) {
+      this.notices.push(`… and ${unindexed.length - MAX_PACK_NOTICES} more packs not named by any index`);
+    }
+  }
+
+  private damagePack(packId: string, problem: number): void {
+    const list = this.packDamage.get(packId);
+    if (list) list.push(problem);
+    else this.packDamage.set(packId, [problem]);
+  }
+
+  private damageBlob(hex: string, problem: number): void {
+    const list = this.blobDamage.get(hex);
+    if (list) list.push(problem);
+    else this.blobDamage.set(hex, [problem]);
+  }
+
+  /** The index's entries for a pack, in offset order. */
+  private packEntries(info: PackInfo): PackedBlob[] {
+    const out: PackedBlob[] = info.entries.map((i) => {
+      const loc = this.idx.at(i);
+      return { id: this.idx.idAt(i), type: loc.type, offset: loc.offset, length: loc.length, uncompressedLength: loc.uncompressedLength };
+    });
+    if (info.dups) out.push(...info.dups);
+    return out.sort((a, b) => a.offset - b.offset);
+  }
+
+  // ---- data -----------------------------------------------------------------------------------
+
+  private async checkData(subset: ((packId: string, all: string[]) => boolean) | undefined): Promise<void> {
+    const candidates = [...this.packs.keys()].filter((id) => this.present.has(id)).sort();
+    const chosen = subset ? candidates.filter((id) => subset(id, candidates)) : candidates;
+    let done = 0;
+    this.progress("data", 0, chosen.length, 0);
+    await mapLimit(chosen, DATA_CONCURRENCY, async (id) => {
+      await this.readPack(id);
+      this.progress("data", ++done, chosen.length, this.bytesRead);
+    });
+  }
+
+  private async readPack(packId: string): Promise<void> {
+    const info = this.packs.get(packId);
+    if (!info) return;
+    const name = packFile(packId);
+    let buf: Buffer;
+    try {
+      buf = await this.repo.backend.load({ type: "data", name: packId });
+    } catch (err) {
+      this.damagePack(packId, this.problem({ kind: "pack", file: name, message: `pack ${name} cannot be read: ${oneLine(errorMessage(err))}` }));
+      return;
+    }
+    this.packsRead++;
+    this.bytesRead += buf.length;
+    const failures: string[] = [];
+    const hash = hashHex(buf);
+    if (hash !== packId) failures.push(`its content does not match its name (SHA-256 ${shortId(hash)}…)`);
+
+    const entries = this.packEntries(info);
+    let headerOk = true;
+    try {
+      const header = parsePackTail(this.repo.key, buf, buf.length, packId);
+      const diff = compareHeader(header, entries);
+      if (diff) {
+        headerOk = false;
+        failures.push(diff);
+      }
+    } catch (err) {
+      headerOk = false;
+      failures.push(`its header cannot be read (${oneLine(errorMessage(err))})`);
+    }
+
+    const badBlobs: string[] = [];
+    let firstBad = "";
+    for (const e of entries) {
+      try {
+        if (e.offset + e.length > buf.length) throw new Error(`it lies beyond the end of the file`);
+        this.repo.decodeBlob(e, buf.subarray(e.offset, e.offset + e.length), e.id);
+      } catch (err) {
+        const hex = e.id.toString("hex");
+        if (!badBlobs.length) firstBad = `${e.type} blob ${shortId(hex)}…: ${oneLine(errorMessage(err))}`;
+        badBlobs.push(hex);
+      }
+    }
+    if (badBlobs.length) failures.push(`${badBlobs.length} of ${entries.length} blobs cannot be decoded (first: ${firstBad})`);
+
+    if (!failures.length) return;
+    const p = this.problem({ kind: "pack", file: name, message: `pack ${name} is damaged: ${failures.join("; ")}` });
+    // When the damage is pinned to particular blobs, only what uses them is lost; otherwise the
+    // whole pack is suspect.
+    if (badBlobs.length && headerOk) for (const hex of badBlobs) this.damageBlob(hex, p);
+    else this.damagePack(packId, p);
+  }
+
+  // ---- snapshots and trees --------------------------------------------------------------------
+
+  private async checkSnapshots(): Promise<void> {
+    const ids = (await this.repo.listIds("snapshots")).sort();
+    this.snapshotCount = ids.length;
+    const snaps: Snapshot[] = [];
+    await mapLimit(ids, 8, async (id) => {
+      try {
+        const s = await this.repo.loadSnapshot(id);
+        if (typeof s.tree !== "string" || !isIdHex(s.tree)) throw new Error(`its tree ID ${JSON.stringify(s.tree ?? null)} is invalid`);
+        snaps.push(s);
+      } catch (err) {
+        this.problem({ kind: "snapshot", file: `snapshots/${id}`, message: `snapshot file snapshots/${id} cannot be read: ${oneLine(errorMessage(err))}` });
+      }
+    });
+    snaps.sort(byTimeDesc);
+    let done = 0;
+    this.progress("snapshots", 0, snaps.length);
+    for (const s of snaps) {
+      const d = await this.visitTree(s.tree, s.id, "/");
+      for (const p of d.self) this.addAffected(p, s.id, ["/"]);
+      for (const [p, rel] of d.inner) this.addAffected(p, s.id, rel.map((r) => "/" + r));
+      this.progress("snapshots", ++done, snaps.length);
+    }
+  }
+
+  private addAffected(problem: number, snapshot: string, paths: string[]): void {
+    let m = this.affects.get(problem);
+    if (!m) this.affects.set(problem, (m = new Map()));
+    const list = m.get(snapshot) ?? [];
+    m.set(snapshot, list);
+    for (const p of paths) {
+      if (list.length >= MAX_PATHS) break;
+      list.push(p);
+    }
+  }
+
+  /** The damage below tree `id`, checking it the first time it is seen (at `path` in `snapshot`). */
+  private visitTree(id: string, snapshot: string, path: string): Promise<TreeDamage> | TreeDamage {
+    const known = this.trees.get(id);
+    if (known) return known;
+    const p = this.checkTree(id, snapshot, path).then((d) => {
+      this.trees.set(id, d);
+      return d;
+    });
+    this.trees.set(id, p);
+    return p;
+  }
+
+  private where(snapshot: string, path: string): string {
+    return `snapshot ${shortId(snapshot)} ${path}`;
+  }
+
+  private async checkTree(id: string, snapshot: string, path: string): Promise<TreeDamage> {
+    const loc = this.idx.get(Buffer.from(id, "hex"), "tree");
+    if (!loc) {
+      const p = this.problem({ kind: "tree", message: `tree ${shortId(id)}… (${this.where(snapshot, path)}) is not in the index` });
+      return { self: [p, ...this.indexProblems], inner: new Map() };
+    }
+    const self = this.blobProblems(id, loc);
+    let nodes: NodeJSON[];
+    if (this.packDamage.has(loc.packId) && !this.present.has(loc.packId)) {
+      self.push(this.problem({ kind: "tree", file: packFile(loc.packId), message: `tree ${shortId(id)}… (${this.where(snapshot, path)}) is in missing pack ${packFile(loc.packId)}` }));
+      return { self, inner: new Map() };
+    }
+    try {
+      nodes = await this.loadTree(id, loc);
+    } catch (err) {
+      self.push(
+        this.problem({ kind: "tree", file: packFile(loc.packId), message: `tree ${shortId(id)}… (${this.where(snapshot, path)}) cannot be loaded: ${oneLine(errorMessage(err))}` }),
+      );
+      return { self, inner: new Map() };
+    }
+
+    const inner = new Map<number, string[]>();
+    const add = (problems: Iterable<number>, rel: string): void => {
+      for (const p of problems) {
+        const list = inner.get(p) ?? [];
+        inner.set(p, list);
+        if (list.length < MAX_PATHS) list.push(rel);
+      }
+    };
+    const dirs: { name: string; subtree: string }[] = [];
+    for (const node of nodes) {
+      const name = displayName(node);
+      const at = joinPath(path, name);
+      if (node.type === "dir") {
+        if (typeof node.subtree !== "string" || !isIdHex(node.subtree)) {
+          add([this.problem({ kind: "tree", message: `tree ${shortId(id)}…: directory ${this.where(snapshot, at)} has no valid subtree` })], name);
+        } else {
+          dirs.push({ name, subtree: node.subtree });
+        }
+      } else if (node.type === "file") {
+        add(this.checkFile(node, snapshot, at, id), name);
+      }
+    }
+    const subs = new Array<TreeDamage>(dirs.length);
+    await mapLimit(
+      dirs.map((d, i) => ({ ...d, i })),
+      4,
+      async (d) => {
+        subs[d.i] = await this.visitTree(d.subtree, snapshot, joinPath(path, d.name));
+      },
+    );
+    dirs.forEach((d, i) => {
+      const sub = subs[i];
+      add(sub.self, d.name);
+      for (const [p, rel] of sub.inner) {
+        const list = inner.get(p) ?? [];
+        inner.set(p, list);
+        for (const r of rel) {
+          if (list.length >= MAX_PATHS) break;
+          list.push(d.name + "/" + r);
+        }
+      }
+    });
+    return self.length || inner.size ? { self, inner } : NO_DAMAGE;
+  }
+
+  /** Problems that endanger a blob at `loc`: its pack damaged as a whole, or the blob itself damaged. */
+  private blobProblems(hex: string, loc: BlobLocation): number[] {
+    return [...(this.packDamage.get(loc.packId) ?? []), ...(this.blobDamage.get(hex) ?? [])];
+  }
+
+  /** Checks a file node's content; returns the problems that affect it. */
+  private checkFile(node: NodeJSON, snapshot: string, at: string, treeId: string): Set<number> {
+    const problems = new Set<number>();
+    const content = node.content ?? [];
+    if (!Array.isArray(content)) {
+      problems.add(this.problem({ kind: "tree", message: `tree ${shortId(treeId)}…: file ${this.where(snapshot, at)} has an invalid content list` }));
+      return problems;
+    }
+    let size = 0;
+    let missing = 0;
+    let firstMissing = "";
+    for (const hex of content) {
+      if (typeof hex !== "string" || !isIdHex(hex)) {
+        problems.add(this.problem({ kind: "tree", message: `tree ${shortId(treeId)}…: file ${this.where(snapshot, at)} names an invalid blob ID` }));
+        return problems;
+      }
+      const loc = this.idx.get(Buffer.from(hex, "hex"), "data");
+      if (!loc) {
+        if (!missing) firstMissing = hex;
+        missing++;
+        continue;
+      }
+      size += loc.uncompressedLength || loc.length - EXTENSION;
+      for (const p of this.blobProblems(hex, loc)) problems.add(p);
+    }
+    if (missing) {
+      problems.add(
+        this.problem({
+          kind: "missing-blob",
+          message: `file ${this.where(snapshot, at)}: ${missing} of ${content.length} content blobs are not in the index (first: ${shortId(firstMissing)}…)`,
+        }),
+      );
+      for (const p of this.indexProblems) problems.add(p);
+    } else if (size !== (node.size ?? 0)) {
+      problems.add(
+        this.problem({ kind: "tree", message: `tree ${shortId(treeId)}…: file ${this.where(snapshot, at)} has size ${node.size ?? 0} but its content holds ${size} bytes` }),
+      );
+    }
+    return problems;
+  }
+
+  private async loadTree(id: string, loc: BlobLocation): Promise<NodeJSON[]> {
+    while (this.treeSlots === 0) await new Promise<void>((r) => this.treeWaiters.push(r));
+    this.treeSlots--;
+    let raw: Buffer;
+    try {
+      const sealed = await this.repo.backend.load({ type: "data", name: loc.packId }, loc.offset, loc.length);
+      if (sealed.length !== loc.length) throw new Error(`pack ${packFile(loc.packId)} is too short`);
+      raw = this.repo.decodeBlob(loc, sealed, Buffer.from(id, "hex"));
+    } finally {
+      this.treeSlots++;
+      this.treeWaiters.shift()?.();
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(raw.toString("utf8"));
+    } catch (err) {
+      throw new Error(`it is not valid JSON (${errorMessage(err)})`);
+    }
+    const nodes = (parsed as { nodes?: unknown } | null)?.nodes;
+    if (nodes === null || nodes === undefined) return [];
+    if (!Array.isArray(nodes) || nodes.some((n) => !n || typeof n !== "object" || typeof (n as NodeJSON).name !== "string")) {
+      throw new Error("its node list is invalid");
+    }
+    return nodes as NodeJSON[];
+  }
+}
+
+/** Compares a pack's header with the index's entries; returns what differs, or undefined. */
+function compareHeader(header: PackedBlob[], entries: PackedBlob[]): string | undefined {
+  if (header.length !== entries.length) return `its header lists ${header.length} blobs, the index ${entries.length}`;
+  for (let i = 0; i < header.length; i++) {
+    const h = header[i];
+    const e = entries[i];
+    if (!h.id.equals(e.id) || h.type !== e.type || h.offset !== e.offset || h.length !== e.length || h.uncompressedLength !== e.uncompressedLength) {
+      return `header entry ${i} (${h.type} blob ${shortId(h.id.toString("hex"))}… at ${h.offset}+${h.length}) differs from the index (${e.type} blob ${shortId(e.id.toString("hex"))}… at ${e.offset}+${e.length})`;
+    }
+  }
+  return undefined;
+}
+
+/** Parses --read-data-subset: "n/m" or "x%". Returns the selection predicate. */
+export function parseSubset(spec: string): (packId: string, all: string[]) => boolean {
+  const bucket = /^\s*(\d+)\s*\/\s*(\d+)\s*$/.exec(spec);
+  if (bucket) {
+    const n = Number(bucket[1]);
+    const m = Number(bucket[2]);
+    if (m < 1 || m > 256 || n < 1 || n > m) {
+      throw new SitekeepError("check.subset", `invalid data subset ${JSON.stringify(spec)}: n/m needs 1 <= n <= m <= 256`, {
+        hint: 'use e.g. "1/5" (the first of five parts) or "10%"',
+      });
+    }
+    return (id) => parseInt(id.slice(0, 2), 16) % m === n - 1;
+  }
+  const pct = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/.exec(spec);
+  if (pct) {
+    const p = Number(pct[1]);
+    if (!(p > 0 && p <= 100)) {
+      throw new SitekeepError("check.subset", `invalid data subset ${JSON.stringify(spec)}: the percentage must be above 0 and at most 100`, {
+        hint: 'use e.g. "10%"',
+      });
+    }
+    let chosen: Set<string> | undefined;
+    return (id, all) => {
+      if (!chosen) chosen = sample(all, Math.max(1, Math.floor((all.length * p) / 100)));
+      return chosen.has(id);
+    };
+  }
+  throw new SitekeepError("check.subset", `invalid data subset ${JSON.stringify(spec)}`, {
+    hint: 'use "n/m" (e.g. "1/5") or a percentage (e.g. "10%")',
+  });
+}
+
+function sample(all: string[], k: number): Set<string> {
+  const a = [...all];
+  const n = Math.min(k, a.length);
+  for (let i = 0; i < n; i++) {
+    const j = i + Math.floor(Math.random() * (a.length - i));
+    [a[i], a[j]] = [a[j], a[i]];
+  }
+  return new Set(a.slice(0, n));
+}
+
+/** One line for the CLI, then indented lines naming what the problem affects. */
+export function formatProblem(p: CheckProblem): string {
+  const lines = [p.message];
+  for (const a of p.affects ?? []) {
+    lines.push(`  affects snapshot ${shortId(a.snapshot)}:`);
+    for (const path of a.paths) lines.push(`    ${path}`);
+    if (a.paths.length >= MAX_PATHS) lines.push("    …");
+  }
+  return lines.join("\n");
+}
+
+function displayName(node: NodeJSON): string {
+  try {
+    return decodeName(node.name).toString("utf8");
+  } catch {
+    return node.name;
+  }
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s*\n\s*/g, " ");
+}
+
+function isCount(n: unknown): n is number {
+  return typeof n === "number" && Number.isInteger(n) && n >= 0 && n <= 0xffffffff;
+}
+
+function byKey<V>(a: [string, V], b: [string, V]): number {
+  return a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0;
+}

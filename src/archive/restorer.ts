@@ -1,0 +1,339 @@
+// The restorer: recreates a snapshot's tree under a target directory with content verified
+// against blob hashes while writing, hard links as hard links, sparse files sparse, and metadata
+// (mode, times with nanoseconds, ownership when root, extended attributes).
+//
+// It never writes outside the target: stored names with "/" or "." / ".." are refused, and an
+// existing entry in the target that is not what we need (a planted symlink, say) is replaced, never
+// followed.
+import { constants, promises as fsp } from "node:fs";
+import { SitekeepError, errorMessage, isErrnoError } from "../errors.js";
+import type { Repository } from "../repo/repository.js";
+import { lutimesNs, mknod, setXattr, isUnsupportedXattrError } from "../platform/fsx.js";
+import { compileExcludes, type PathMatcher } from "./exclude.js";
+import { type NodeJSON, decodeName, linkTargetBytes, timeNs, unixPermFromGo, unixTypeBits } from "./node.js";
+import { joinPath, loadTree } from "./tree.js";
+
+export interface RestoreOptions {
+  target: string;
+  /** Restore only paths matching these patterns (and the folders that lead to them). */
+  includes?: string[];
+  excludes?: string[];
+  dryRun?: boolean;
+  /** Restore ownership; defaults to true when running as root. */
+  ownership?: boolean;
+  onProgress?: (p: RestoreProgress) => void;
+  /** Called for each item in a dry run (and for each restored item when verbose). */
+  onItem?: (path: string, node: NodeJSON) => void;
+}
+
+export interface RestoreProgress {
+  files: number;
+  dirs: number;
+  bytes: number;
+  totalFiles: number;
+  totalBytes: number;
+}
+
+export interface RestoreError {
+  path: string;
+  message: string;
+}
+
+export interface RestoreSummary {
+  message_type: "summary";
+  files_restored: number;
+  dirs_restored: number;
+  bytes_restored: number;
+  total_files: number;
+  total_bytes: number;
+  errors: RestoreError[];
+  dry_run: boolean;
+}
+
+const NO_FOLLOW = constants.O_NOFOLLOW ?? 0;
+const SPARSE_BLOCK = 4096;
+const ZERO_BLOCK = Buffer.alloc(SPARSE_BLOCK);
+
+export class Restorer {
+  private readonly include: PathMatcher | undefined;
+  private readonly exclude: PathMatcher;
+  private readonly ownership: boolean;
+  private readonly errors: RestoreError[] = [];
+  private readonly progress: RestoreProgress = { files: 0, dirs: 0, bytes: 0, totalFiles: 0, totalBytes: 0 };
+  /** "device:inode" of multiply-linked files -> where the first one was restored. */
+  private readonly hardlinks = new Map<string, Buffer>();
+  private lastProgress = 0;
+
+  constructor(
+    private readonly repo: Repository,
+    private readonly opts: RestoreOptions,
+  ) {
+    this.include = opts.includes?.length ? compileExcludes(opts.includes) : undefined;
+    this.exclude = compileExcludes(opts.excludes ?? []);
+    this.ownership = opts.ownership ?? process.getuid?.() === 0;
+  }
+
+  async restore(treeId: string): Promise<RestoreSummary> {
+    const target = Buffer.from(this.opts.target);
+    if (!this.opts.dryRun) {
+      try {
+        await fsp.mkdir(target, { recursive: true, mode: 0o700 });
+        await fsp.access(target, constants.W_OK);
+      } catch (err) {
+        throw new SitekeepError("restore.target", `cannot restore into ${this.opts.target}: ${errorMessage(err)}`, {
+          hint: "choose a target folder that this user can create and write",
+        });
+      }
+    }
+    await this.restoreTree(treeId, target, "/", this.include === undefined);
+    this.report(true);
+    return {
+      message_type: "summary",
+      files_restored: this.progress.files,
+      dirs_restored: this.progress.dirs,
+      bytes_restored: this.progress.bytes,
+      total_files: this.progress.totalFiles,
+      total_bytes: this.progress.totalBytes,
+      errors: this.errors,
+      dry_run: this.opts.dryRun ?? false,
+    };
+  }
+
+  /** Whether anything at or below `path` is selected. */
+  private selected(path: string, isDir: boolean): "all" | "some" | "none" {
+    if (this.exclude(path)) return "none";
+    if (!this.include) return "all";
+    if (this.include(path)) return "all";
+    // A folder is entered when an include pattern could match something below it.
+    return isDir ? "some" : "none";
+  }
+
+  private async restoreTree(treeId: string, dir: Buffer, path: string, all: boolean): Promise<boolean> {
+    let nodes: NodeJSON[];
+    try {
+      nodes = await loadTree(this.repo, treeId);
+    } catch (err) {
+      this.fail(path, `cannot load tree ${treeId.slice(0, 16)}…: ${errorMessage(err)}`);
+      return false;
+    }
+    let restoredAny = false;
+    const dirsToFinish: { node: NodeJSON; at: Buffer }[] = [];
+    for (const node of nodes) {
+      const raw = decodeName(node.name);
+      if (raw.length === 0 || raw.includes(0x2f) || raw.includes(0) || raw.equals(Buffer.from(".")) || raw.equals(Buffer.from(".."))) {
+        this.fail(joinPath(path, node.name), "refused: the stored name would escape the target");
+        continue;
+      }
+      const childPath = joinPath(path, raw.toString("utf8"));
+      const sel = all ? (this.exclude(childPath) ? "none" : "all") : this.selected(childPath, node.type === "dir");
+      if (sel === "none") continue;
+      const at = Buffer.concat([dir, Buffer.from("/"), raw]);
+      if (node.type === "dir") {
+        if (!node.subtree) {
+          this.fail(childPath, "directory without subtree in the snapshot");
+          continue;
+        }
+        if (sel === "all") {
+          await this.makeDir(at, childPath);
+          await this.restoreTree(node.subtree, at, childPath, true);
+          dirsToFinish.push({ node, at });
+          restoredAny = true;
+        } else {
+          // Create the folder only if something below it is selected.
+          if (!this.opts.dryRun) await this.makeDir(at, childPath);
+          const any = await this.restoreTree(node.subtree, at, childPath, false);
+          if (any) {
+            dirsToFinish.push({ node, at });
+            restoredAny = true;
+          } else if (!this.opts.dryRun) {
+            await fsp.rmdir(at).catch(() => undefined);
+          }
+        }
+        continue;
+      }
+      restoredAny = true;
+      await this.restoreLeaf(node, at, childPath);
+    }
+    for (const d of dirsToFinish) {
+      this.progress.dirs++;
+      this.opts.onItem?.(joinPath(path, decodeName(d.node.name).toString("utf8")), d.node);
+      if (!this.opts.dryRun) await this.applyMetadata(d.node, d.at, joinPath(path, d.node.name));
+    }
+    return restoredAny;
+  }
+
+  private async makeDir(at: Buffer, path: string): Promise<void> {
+    if (this.opts.dryRun) return;
+    try {
+      await fsp.mkdir(at, { mode: 0o700 });
+    } catch (err) {
+      if (!isErrnoError(err, "EEXIST")) throw this.fatal(path, err);
+      const st = await fsp.lstat(at);
+      if (!st.isDirectory()) {
+        // Something else (a symlink planted in the target?) stands where the folder goes: replace it.
+        await fsp.unlink(at);
+        await fsp.mkdir(at, { mode: 0o700 });
+      }
+    }
+  }
+
+  private async restoreLeaf(node: NodeJSON, at: Buffer, path: string): Promise<void> {
+    if (node.type === "file") {
+      this.progress.totalFiles++;
+      this.progress.totalBytes += node.size ?? 0;
+    }
+    this.opts.onItem?.(path, node);
+    if (this.opts.dryRun) return;
+    try {
+      await removeExisting(at);
+      switch (node.type) {
+        case "file": {
+          if (await this.linkIfSeen(node, at)) return;
+          await this.writeFile(node, at, path);
+          break;
+        }
+        case "symlink":
+          await fsp.symlink(linkTargetBytes(node), at);
+          break;
+        case "fifo":
+          mknod(at, unixTypeBits("fifo") | 0o600, 0n);
+          break;
+        case "dev":
+        case "chardev":
+          if (process.getuid?.() !== 0) {
+            this.fail(path, `device node not restored: creating devices needs root`);
+            return;
+          }
+          mknod(at, unixTypeBits(node.type) | 0o600, BigInt(node.device ?? 0));
+          break;
+        case "socket":
+          return; // sockets belong to running programs; restic skips them too
+        default:
+          this.fail(path, `unknown node type ${JSON.stringify(node.type)} skipped`);
+          return;
+      }
+      await this.applyMetadata(node, at, path);
+    } catch (err) {
+      this.fail(path, errorMessage(err));
+    }
+  }
+
+  private async linkIfSeen(node: NodeJSON, at: Buffer): Promise<boolean> {
+    if (!node.links || node.links < 2 || !node.inode) return false;
+    const key = `${node.device_id ?? 0}:${node.inode}`;
+    const first = this.hardlinks.get(key);
+    if (!first) {
+      this.hardlinks.set(key, at);
+      return false;
+    }
+    try {
+      await fsp.link(first, at);
+      this.progress.files++;
+      return true;
+    } catch {
+      return false; // e.g. the first copy was not restored: write the content again
+    }
+  }
+
+  private async writeFile(node: NodeJSON, at: Buffer, path: string): Promise<void> {
+    const fh = await fsp.open(at, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | NO_FOLLOW, 0o600);
+    let pos = 0;
+    try {
+      for (const hex of node.content ?? []) {
+        const blob = await this.repo.loadBlob("data", Buffer.from(hex, "hex"));
+        await writeSparse(fh, blob, pos);
+        pos += blob.length;
+        this.progress.bytes += blob.length;
+        this.report(false);
+      }
+      // Holes at the end (and files that are all holes) get their length from truncate.
+      await fh.truncate(pos);
+    } catch (err) {
+      await fh.close();
+      await fsp.unlink(at).catch(() => undefined);
+      throw new SitekeepError("restore.file", `${path}: ${errorMessage(err)}`, { cause: err });
+    }
+    await fh.close();
+    if (node.size !== undefined && pos !== node.size) {
+      this.fail(path, `restored ${pos} bytes but the snapshot records ${node.size}`);
+    }
+    this.progress.files++;
+  }
+
+  private async applyMetadata(node: NodeJSON, at: Buffer, path: string): Promise<void> {
+    try {
+      if (this.ownership) await fsp.lchown(at, node.uid, node.gid);
+      if (node.type !== "symlink") await fsp.chmod(at, unixPermFromGo(node.mode ?? 0o600));
+      for (const xa of node.extended_attributes ?? []) {
+        try {
+          setXattr(at, xa.name, Buffer.from(xa.value, "base64"));
+        } catch (err) {
+          if (!isUnsupportedXattrError(err) && !isErrnoError(err, "EPERM")) throw err;
+        }
+      }
+      const m = timeNs(node.mtime);
+      const a = timeNs(node.atime) ?? m;
+      if (m !== undefined && a !== undefined) lutimesNs(at, a, m);
+    } catch (err) {
+      this.fail(path, `metadata not restored: ${errorMessage(err)}`);
+    }
+  }
+
+  private fail(path: string, message: string): void {
+    this.errors.push({ path, message });
+  }
+
+  private fatal(path: string, err: unknown): SitekeepError {
+    return new SitekeepError("restore.io", `${path}: ${errorMessage(err)}`, { cause: err });
+  }
+
+  private report(force: boolean): void {
+    const cb = this.opts.onProgress;
+    if (!cb) return;
+    const now = Date.now();
+    if (!force && now - this.lastProgress < 250) return;
+    this.lastProgress = now;
+    cb({ ...this.progress });
+  }
+}
+
+async function removeExisting(at: Buffer): Promise<void> {
+  try {
+    const st = await fsp.lstat(at);
+    if (st.isDirectory()) await fsp.rm(at, { recursive: true });
+    else await fsp.unlink(at);
+  } catch (err) {
+    if (!isErrnoError(err, "ENOENT")) throw err;
+  }
+}
+
+/** Writes data at pos, leaving aligned all-zero blocks as holes. */
+async function writeSparse(fh: fsp.FileHandle, data: Buffer, pos: number): Promise<void> {
+  let i = 0;
+  const n = data.length;
+  // The first block ends at the next block boundary of the file, so holes are aligned.
+  while (i < n) {
+    const blockEnd = Math.min(n, i + SPARSE_BLOCK - ((pos + i) % SPARSE_BLOCK));
+    if (isZero(data, i, blockEnd)) {
+      i = blockEnd;
+      continue;
+    }
+    // Extend over following non-zero blocks and write them in one call.
+    let j = blockEnd;
+    while (j < n) {
+      const e = Math.min(n, j + SPARSE_BLOCK);
+      if (isZero(data, j, e)) break;
+      j = e;
+    }
+    let off = i;
+    while (off < j) {
+      const { bytesWritten } = await fh.write(data, off, j - off, pos + off);
+      off += bytesWritten;
+    }
+    i = j;
+  }
+}
+
+function isZero(buf: Buffer, start: number, end: number): boolean {
+  return ZERO_BLOCK.compare(buf, start, end, 0, end - start) === 0;
+}

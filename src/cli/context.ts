@@ -1,0 +1,72 @@
+// What every repository command needs: the global options, the password, an open repository
+// with its index, and a lock held for the duration of the work.
+import { openBackend } from "../backend/open.js";
+import { CachedBackend, cacheDirFor, defaultCacheDir } from "../backend/cache.js";
+import { Repository } from "../repo/repository.js";
+import { withLock } from "../repo/lock.js";
+import { readPassword } from "./password.js";
+import type { OutputOptions } from "./output.js";
+
+export interface GlobalOptions {
+  repo?: string;
+  passwordFile?: string;
+  passwordCommand?: string;
+  json?: boolean;
+  quiet?: boolean;
+  cache?: boolean; // commander turns --no-cache into cache: false
+  appendOnly?: boolean;
+  packSize?: string;
+}
+
+export function outputOptions(g: GlobalOptions): OutputOptions {
+  return { json: Boolean(g.json), quiet: Boolean(g.quiet) };
+}
+
+export function repoUrl(g: GlobalOptions): string {
+  return g.repo ?? process.env.SITEKEEP_REPOSITORY ?? "";
+}
+
+export async function repoPassword(g: GlobalOptions, confirm = false): Promise<string> {
+  return readPassword(
+    { passwordFile: g.passwordFile ?? process.env.SITEKEEP_PASSWORD_FILE, passwordCommand: g.passwordCommand ?? process.env.SITEKEEP_PASSWORD_COMMAND },
+    "enter password for repository: ",
+    { confirm },
+  );
+}
+
+export function packSizeBytes(g: GlobalOptions): number | undefined {
+  const v = g.packSize ?? process.env.SITEKEEP_PACK_SIZE;
+  if (!v) return undefined;
+  const mib = Number(v);
+  if (!Number.isFinite(mib) || mib < 1 || mib > 128) throw new Error(`--pack-size must be between 1 and 128 (MiB), got ${v}`);
+  return Math.round(mib * 1024 * 1024);
+}
+
+export async function openRepository(g: GlobalOptions, opts: { loadIndex?: boolean } = {}): Promise<Repository> {
+  const backend = openBackend(repoUrl(g));
+  const password = await repoPassword(g);
+  const useCache = g.cache !== false && !process.env.SITEKEEP_NO_CACHE;
+  const repo = await Repository.open(backend, password, {
+    appendOnly: Boolean(g.appendOnly),
+    packSize: packSizeBytes(g),
+    wrapBackend: useCache ? (b, id) => new CachedBackend(b, cacheDirFor(defaultCacheDir(), id)) : undefined,
+  });
+  if (opts.loadIndex !== false) await repo.loadIndex();
+  return repo;
+}
+
+/** Opens the repository, takes a lock and runs fn; the lock is always released. */
+export async function withRepository<T>(
+  g: GlobalOptions,
+  lock: "shared" | "exclusive" | "none",
+  fn: (repo: Repository) => Promise<T>,
+  opts: { loadIndex?: boolean } = {},
+): Promise<T> {
+  const repo = await openRepository(g, { loadIndex: false });
+  const body = async (): Promise<T> => {
+    if (opts.loadIndex !== false) await repo.loadIndex();
+    return fn(repo);
+  };
+  if (lock === "none") return body();
+  return withLock(repo, lock === "exclusive", body);
+}

@@ -1,0 +1,125 @@
+// The `sitekeep` command line: parses arguments and calls the operations underneath. Commands stay
+// thin; every error becomes one line (or a JSON object with --json) and restic's exit codes.
+import { Command, CommanderError, Option } from "commander";
+import { printError } from "./output.js";
+import type { GlobalOptions } from "./context.js";
+import { PROGRAM_VERSION } from "../version.js";
+
+const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
+
+function program(): Command {
+  const p = new Command("sitekeep")
+    .description("Backup and recovery for server sites, in restic-format repositories")
+    .version(PROGRAM_VERSION.split(" ")[1], "-V, --version")
+    .option("-r, --repo <url>", "repository: a path or s3:http(s)://host/bucket/prefix (env SITEKEEP_REPOSITORY)")
+    .option("--password-file <file>", "read the repository password from a file (env SITEKEEP_PASSWORD_FILE)")
+    .option("--password-command <cmd>", "run a command that prints the password (env SITEKEEP_PASSWORD_COMMAND)")
+    .option("--json", "machine-readable output (restic's field names)")
+    .option("-q, --quiet", "print only errors")
+    .option("--no-cache", "do not use the local cache of index and snapshot files")
+    .option("--append-only", "never delete anything (forget, prune and key removal are refused)")
+    .option("--pack-size <MiB>", "target pack size in MiB (default 16)")
+    .showHelpAfterError("(run with --help for usage)")
+    .exitOverride();
+
+  const g = (cmd: Command): GlobalOptions => cmd.optsWithGlobals<GlobalOptions>();
+  const run = (fn: (...a: never[]) => Promise<number>) =>
+    async (...args: unknown[]): Promise<void> => {
+      process.exitCode = await (fn as (...a: unknown[]) => Promise<number>)(...args);
+    };
+
+  p.command("init")
+    .description("create a new repository")
+    .addOption(new Option("--repository-version <v>", "format version: 2 (default) or 1"))
+    .action(run(async (o: { repositoryVersion?: string }, cmd: Command) => (await import("./commands/init.js")).initCommand(g(cmd), o)));
+
+  p.command("backup")
+    .description("back up files and folders (or a command's output) into a new snapshot")
+    .argument("[paths...]", "files and folders to back up")
+    .option("--tag <tags>", "tag the snapshot (repeatable, comma-separated)", collect)
+    .option("--host <name>", "hostname to record in the snapshot")
+    .option("-e, --exclude <pattern>", "exclude paths matching the pattern (repeatable)", collect)
+    .option("--exclude-file <file>", "read exclude patterns from a file (repeatable)", collect)
+    .option("-x, --one-file-system", "do not cross filesystem boundaries")
+    .option("--parent <snapshot>", "compare with this snapshot instead of the latest of the same host and paths")
+    .option("-f, --force", "read every file, ignoring the parent snapshot")
+    .option("--stdin-from-command <cmd>", "back up the standard output of a command, streamed")
+    .option("--stdin-filename <name>", "file name for --stdin-from-command", "stdin")
+    .action(run(async (paths: string[], o, cmd: Command) => (await import("./commands/backup.js")).backupCommand(g(cmd), paths, o)));
+
+  p.command("snapshots")
+    .description("list snapshots")
+    .argument("[ids...]", "only these snapshot IDs (prefixes)")
+    .option("--host <name>", "only snapshots of this host (repeatable)", collect)
+    .option("--tag <tags>", "only snapshots with these tags (repeatable)", collect)
+    .option("--path <path>", "only snapshots of this path (repeatable)", collect)
+    .action(run(async (ids: string[], o, cmd: Command) => (await import("./commands/snapshots.js")).snapshotsCommand(g(cmd), ids, o)));
+
+  p.command("ls")
+    .description("list the files in a snapshot")
+    .argument("<snapshot>", "snapshot ID, prefix or latest")
+    .option("-l, --long", "long listing")
+    .option("--host <name>", "with latest: only this host", collect)
+    .option("--tag <tags>", "with latest: only these tags", collect)
+    .option("--path <path>", "with latest: only this path", collect)
+    .action(run(async (ref: string, o, cmd: Command) => (await import("./commands/snapshots.js")).lsCommand(g(cmd), ref, o)));
+
+  p.command("restore")
+    .description("restore a snapshot")
+    .argument("<snapshot>", "snapshot ID, prefix or latest")
+    .requiredOption("-t, --target <dir>", "folder to restore into")
+    .option("-i, --include <pattern>", "restore only paths matching the pattern (repeatable)", collect)
+    .option("-e, --exclude <pattern>", "do not restore paths matching the pattern (repeatable)", collect)
+    .option("--dry-run", "list what would be restored, write nothing")
+    .option("-v, --verbose", "list every restored item")
+    .option("--host <name>", "with latest: only this host", collect)
+    .option("--tag <tags>", "with latest: only these tags", collect)
+    .option("--path <path>", "with latest: only this path", collect)
+    .action(run(async (ref: string, o, cmd: Command) => (await import("./commands/restore.js")).restoreCommand(g(cmd), ref, o)));
+
+  p.command("check")
+    .description("verify the repository's structure (and with --read-data every byte)")
+    .option("--read-data", "read and verify all data")
+    .option("--read-data-subset <subset>", "read a subset of the data: n/m or x%")
+    .action(run(async (o, cmd: Command) => (await import("./commands/check.js")).checkCommand(g(cmd), o)));
+
+  p.command("unlock")
+    .description("remove stale locks")
+    .option("--remove-all", "remove all locks, also those of running processes")
+    .action(run(async (o, cmd: Command) => (await import("./commands/unlock.js")).unlockCommand(g(cmd), o)));
+
+  const key = p.command("key").description("manage the passwords (keys) of the repository");
+  key.command("list").description("list keys").action(run(async (_o, cmd: Command) => (await import("./commands/key.js")).keyListCommand(g(cmd))));
+  key.command("add")
+    .description("add a password (env SITEKEEP_NEW_PASSWORD or --new-password-file)")
+    .option("--new-password-file <file>", "read the new password from a file")
+    .action(run(async (o, cmd: Command) => (await import("./commands/key.js")).keyAddCommand(g(cmd), o)));
+  key.command("remove")
+    .description("remove a key")
+    .argument("<id>", "key ID (prefix)")
+    .action(run(async (id: string, _o, cmd: Command) => (await import("./commands/key.js")).keyRemoveCommand(g(cmd), id)));
+  key.command("passwd")
+    .description("change the password: adds the new key and removes the current one")
+    .option("--new-password-file <file>", "read the new password from a file")
+    .action(run(async (o, cmd: Command) => (await import("./commands/key.js")).keyPasswdCommand(g(cmd), o)));
+
+  for (const c of [p, ...p.commands, ...key.commands]) c.exitOverride();
+  return p;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const wantsJson = argv.includes("--json");
+  try {
+    await program().parseAsync(argv, { from: "user" });
+    return typeof process.exitCode === "number" ? process.exitCode : 0;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version are not errors; usage errors already printed their message.
+      return err.exitCode === 0 || err.code === "commander.helpDisplayed" || err.code === "commander.version" ? 0 : 1;
+    }
+    return printError(err, wantsJson);
+  }
+}
+
+const code = await main(process.argv.slice(2));
+process.exitCode = code;
