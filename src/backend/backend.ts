@@ -21,6 +21,8 @@ export interface Backend {
   readonly location: string;
   /** True when the repository's config file exists. */
   exists(): Promise<boolean>;
+  /** True when the location holds anything at all (to tell "no repository" from "not a repository"). */
+  hasContent(): Promise<boolean>;
   /** Creates the layout (directories) for a new repository. */
   create(): Promise<void>;
   /** Stores a file durably and atomically: it is either absent or complete. Never overwrites. */

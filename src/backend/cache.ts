@@ -33,6 +33,10 @@ export class CachedBackend implements Backend {
     return this.inner.exists();
   }
 
+  hasContent(): Promise<boolean> {
+    return this.inner.hasContent();
+  }
+
   create(): Promise<void> {
     return this.inner.create();
   }

@@ -34,6 +34,16 @@ export class LocalBackend implements Backend {
     }
   }
 
+  async hasContent(): Promise<boolean> {
+    try {
+      const st = await fsp.stat(this.root);
+      return !st.isDirectory() || (await fsp.readdir(this.root)).length > 0;
+    } catch (err) {
+      if (isErrnoError(err, "ENOENT")) return false;
+      throw err;
+    }
+  }
+
   async create(): Promise<void> {
     await fsp.mkdir(this.root, { recursive: true, mode: DIR_MODE });
     for (const t of ["keys", "locks", "snapshots", "index", "data"]) {

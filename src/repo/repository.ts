@@ -93,6 +93,11 @@ export class Repository {
         hint: "use it as it is, or choose an empty destination",
       });
     }
+    if (await backend.hasContent()) {
+      throw new SitekeepError("repo.notempty", `${backend.location} is not empty and holds no repository`, {
+        hint: "choose an empty or missing folder for a new repository",
+      });
+    }
     await backend.create();
     const master = newRandomKey();
     const config: RepoConfig = {
@@ -107,6 +112,11 @@ export class Repository {
 
   static async open(backend: Backend, password: string, opts: RepositoryOptions = {}): Promise<Repository> {
     if (!(await backend.exists())) {
+      if (await backend.hasContent()) {
+        throw new SitekeepError("repo.notrepo", `${backend.location} is not a repository: it has no config file`, {
+          hint: "check the path; `sitekeep init` creates a repository only in an empty or missing folder",
+        });
+      }
       throw new SitekeepError("repo.missing", `there is no repository at ${backend.location}`, {
         hint: "create one with `sitekeep init`, or check the path / SITEKEEP_REPOSITORY",
         exitCode: ExitCode.noRepository,
