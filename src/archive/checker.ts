@@ -149,23 +149,20 @@ class Checker {
     const ids = (await this.repo.listIds("index")).sort();
     let done = 0;
     this.progress("index", 0, ids.length);
-    const files = new Map<string, IndexFileJSON>();
+    const multiply = new Set<string>();
     await mapLimit(ids, INDEX_CONCURRENCY, async (id) => {
+      let file: IndexFileJSON | undefined;
       try {
-        files.set(id, parseIndexFile(await this.repo.loadJSON<unknown>("index", id), id));
+        file = parseIndexFile(await this.repo.loadJSON<unknown>("index", id), id);
       } catch (err) {
         this.indexProblems.push(
           this.problem({ kind: "index", file: `index/${id}`, message: `index file index/${id} cannot be read: ${oneLine(errorMessage(err))}` }),
         );
       }
+      // Added as each arrives, so only a few parsed files are held at once.
+      if (file) this.addIndexFile(id, file, multiply);
       this.progress("index", ++done, ids.length);
     });
-    const multiply = new Set<string>();
-    // In name order, so which listing of a pack counts is deterministic.
-    for (const id of ids) {
-      const file = files.get(id);
-      if (file) this.addIndexFile(id, file, multiply);
-    }
     if (multiply.size) {
       this.notices.push(`${multiply.size} pack(s) are named by more than one index file (harmless; prune rewrites the index)`);
     }

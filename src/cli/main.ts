@@ -103,6 +103,11 @@ function program(): Command {
     .option("--new-password-file <file>", "read the new password from a file")
     .action(run(async (o, cmd: Command) => (await import("./commands/key.js")).keyPasswdCommand(g(cmd), o)));
 
+  p.command("demo")
+    .description("run the demo: generate a site folder, back it up twice, restore and verify it")
+    .argument("[dir]", "folder for the demo (default ./sitekeep-demo)")
+    .action(run(async (dir: string | undefined, _o, cmd: Command) => (await import("./commands/demo.js")).demoCommand(g(cmd), dir)));
+
   for (const c of [p, ...p.commands, ...key.commands]) c.exitOverride();
   return p;
 }
