@@ -15,6 +15,7 @@ import { formatTimeNs, nowNs, formatDate } from "../util/gotime.js";
 import { listXattrs, getXattr, isUnsupportedXattrError } from "../platform/fsx.js";
 import { forEachChunk, streamReader, type ReadFn } from "./chunk-reader.js";
 import { type PathMatcher, compileExcludes } from "./exclude.js";
+import { type ScanTotals, startScan } from "./scanner.js";
 import { type NodeJSON, decodeName, encodeName, nodeFromStat } from "./node.js";
 import { encodeTree, loadTree } from "./tree.js";
 import { PROGRAM_VERSION } from "../version.js";
@@ -44,6 +45,9 @@ export interface BackupProgress {
   bytes: number;
   bytesAdded: number;
   currentPath?: string;
+  /** What the backup will read in all, once the scan that runs alongside has finished. */
+  totalFiles?: number;
+  totalBytes?: number;
 }
 
 export interface BackupWarning {
@@ -101,6 +105,7 @@ export class Archiver {
   };
   private lastProgress = 0;
   private rootDev: bigint | undefined;
+  private scan: ScanTotals | undefined;
 
   constructor(
     private readonly repo: Repository,
@@ -130,6 +135,7 @@ export class Archiver {
       paths = sources.map((s) => s.abs).sort();
       parent = await this.findParent(host, paths);
       const root = this.buildVirtual(sources);
+      if (opts.onProgress) this.scan = startScan(paths, this.exclude, opts.signal);
       const parentNodes = parent ? await this.safeLoadTree(parent.tree) : undefined;
       tree = await this.saveTree(await this.virtualNodes(root, "", parentNodes));
     }
@@ -411,6 +417,7 @@ export class Archiver {
       this.chunker,
       read,
       async (chunk) => {
+        this.checkAbort();
         const id = sha256(chunk);
         const r = await this.repo.saveBlob("data", chunk, id);
         if (r.added) {
@@ -487,7 +494,8 @@ export class Archiver {
     const now = Date.now();
     if (now - this.lastProgress < 250) return;
     this.lastProgress = now;
-    cb({ ...this.progress });
+    const totals = this.scan?.done ? { totalFiles: this.scan.files, totalBytes: this.scan.bytes } : {};
+    cb({ ...this.progress, ...totals });
   }
 }
 

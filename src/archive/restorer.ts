@@ -63,6 +63,7 @@ export class Restorer {
   /** "device:inode" of multiply-linked files -> where the first one was restored. */
   private readonly hardlinks = new Map<string, Buffer>();
   private lastProgress = 0;
+  private planned: { files: number; bytes: number } | undefined;
 
   constructor(
     private readonly repo: Repository,
@@ -84,6 +85,11 @@ export class Restorer {
           hint: "choose a target folder that this user can create and write",
         });
       }
+    }
+    if (this.opts.onProgress && !this.opts.dryRun) {
+      // A first pass over the trees (no data) gives the totals that make an ETA possible.
+      const plan = await new Restorer(this.repo, { ...this.opts, dryRun: true, onProgress: undefined, onItem: undefined }).restore(treeId);
+      this.planned = { files: plan.total_files, bytes: plan.total_bytes };
     }
     await this.restoreTree(treeId, target, "/", this.include === undefined);
     this.report(true);
@@ -293,7 +299,7 @@ export class Restorer {
     const now = Date.now();
     if (!force && now - this.lastProgress < 250) return;
     this.lastProgress = now;
-    cb({ ...this.progress });
+    cb({ ...this.progress, ...(this.planned ? { totalFiles: this.planned.files, totalBytes: this.planned.bytes } : {}) });
   }
 }
 

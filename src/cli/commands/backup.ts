@@ -47,7 +47,8 @@ export async function backupCommand(g: GlobalOptions, paths: string[], f: Backup
         stdinCommand: f.stdinFromCommand,
         stdinFilename: f.stdinFilename,
         signal: abort.signal,
-        onProgress: (p) => progress.update({ files: p.files, bytes: p.bytes, extra: `, ${formatBytes(p.bytesAdded)} added` }),
+        onProgress: (p) =>
+          progress.update({ files: p.files, bytes: p.bytes, totalFiles: p.totalFiles, totalBytes: p.totalBytes, extra: `(${formatBytes(p.bytesAdded)} added)` }),
       }).run(),
     );
     progress.done();
