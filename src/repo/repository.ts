@@ -245,6 +245,19 @@ export class Repository {
     return { id, added: true, storedSize: sealed.length };
   }
 
+  /** Adds an already sealed blob to a new pack as it is (prune's repacking: no decrypt, no re-encrypt).
+   *  It is stored even when the index already knows the blob in another pack. */
+  async addSealedBlob(type: BlobType, id: Buffer, sealed: Buffer, uncompressedLength: number): Promise<void> {
+    if (this.uploadError) throw this.uploadError;
+    let b = this.builders[type];
+    if (!b) b = this.builders[type] = new PackBuilder(type);
+    b.add(id, sealed, uncompressedLength);
+    if (b.size >= this.packSize) {
+      this.builders[type] = undefined;
+      await this.upload(b);
+    }
+  }
+
   private encodeBlob(plain: Buffer): { sealed: Buffer; uncompressedLength: number } {
     if (this.version >= 2 && this.compression === "auto" && plain.length > 0) {
       const z = compress(plain);
