@@ -43,6 +43,7 @@ function program(): Command {
     .option("-x, --one-file-system", "do not cross filesystem boundaries")
     .option("--parent <snapshot>", "compare with this snapshot instead of the latest of the same host and paths")
     .option("-f, --force", "read every file, ignoring the parent snapshot")
+    .option("--time <time>", "record this time instead of now (\"2006-01-02 15:04:05\", local time, or RFC 3339)")
     .option("--stdin-from-command <cmd>", "back up the standard output of a command, streamed")
     .option("--stdin-filename <name>", "file name for --stdin-from-command", "stdin")
     .action(run(async (paths: string[], o, cmd: Command) => (await import("./commands/backup.js")).backupCommand(g(cmd), paths, o)));
@@ -82,6 +83,31 @@ function program(): Command {
     .option("--read-data", "read and verify all data")
     .option("--read-data-subset <subset>", "read a subset of the data: n/m or x%")
     .action(run(async (o, cmd: Command) => (await import("./commands/check.js")).checkCommand(g(cmd), o)));
+
+  const forget = p
+    .command("forget")
+    .description("remove snapshots by a retention policy (or by ID); the newest of each group is always kept")
+    .argument("[ids...]", "remove these snapshots instead of applying a policy");
+  for (const k of ["last", "hourly", "daily", "weekly", "monthly", "yearly"]) forget.option(`--keep-${k} <n>`, `keep the ${k === "last" ? "n newest snapshots" : `newest snapshot of the last n ${k} periods`} (-1: unlimited)`);
+  for (const k of ["", "-hourly", "-daily", "-weekly", "-monthly", "-yearly"]) forget.option(`--keep-within${k} <duration>`, `keep ${k ? k.slice(1) + " snapshots" : "all snapshots"} within the duration (e.g. 1y2m7d) before the newest`);
+  forget
+    .option("--keep-tag <tags>", "keep snapshots with these tags (repeatable, comma-separated)", collect)
+    .option("--group-by <fields>", "group snapshots by host, paths and/or tags", "host,paths")
+    .option("--host <name>", "only snapshots of this host", collect)
+    .option("--tag <tags>", "only snapshots with these tags", collect)
+    .option("--path <path>", "only snapshots of this path", collect)
+    .option("-n, --dry-run", "show what would be removed")
+    .option("--prune", "prune the repository afterwards")
+    .option("--max-unused <limit>", "with --prune: tolerated unused data (5%, 1G, unlimited)")
+    .option("--max-repack-size <size>", "with --prune: repack at most this much")
+    .action(run(async (ids: string[], o, cmd: Command) => (await import("./commands/forget.js")).forgetCommand(g(cmd), ids, o)));
+
+  p.command("prune")
+    .description("remove data that no snapshot needs")
+    .option("-n, --dry-run", "show what would be removed")
+    .option("--max-unused <limit>", "tolerated unused data: a percentage, a size or unlimited", "5%")
+    .option("--max-repack-size <size>", "repack at most this much data")
+    .action(run(async (o, cmd: Command) => (await import("./commands/forget.js")).pruneCommand(g(cmd), o)));
 
   p.command("unlock")
     .description("remove stale locks")

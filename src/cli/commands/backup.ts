@@ -14,6 +14,16 @@ export interface BackupFlags {
   force?: boolean;
   stdinFromCommand?: string;
   stdinFilename?: string;
+  time?: string;
+}
+
+function parseTime(s: string | undefined): Date | undefined {
+  if (s === undefined) return undefined;
+  const d = new Date(/^\d{4}-\d{2}-\d{2} \d{2}:\d{2}(:\d{2})?$/.test(s) ? s.replace(" ", "T") : s);
+  if (Number.isNaN(d.getTime())) {
+    throw new SitekeepError("backup.time", `invalid --time ${JSON.stringify(s)}`, { hint: 'use "2006-01-02 15:04:05" or RFC 3339' });
+  }
+  return d;
 }
 
 export async function backupCommand(g: GlobalOptions, paths: string[], f: BackupFlags): Promise<number> {
@@ -29,6 +39,7 @@ export async function backupCommand(g: GlobalOptions, paths: string[], f: Backup
   if (f.stdinFromCommand === undefined && paths.length === 0) {
     throw new SitekeepError("backup.nopaths", "nothing to back up: no paths given", { hint: "name files or folders, or use --stdin-from-command" });
   }
+  const time = parseTime(f.time);
   const tags = (f.tag ?? []).flatMap((t) => t.split(",")).filter(Boolean);
   const progress = new ProgressLine(out);
   const abort = new AbortController();
@@ -46,6 +57,7 @@ export async function backupCommand(g: GlobalOptions, paths: string[], f: Backup
         parent: f.force ? "none" : f.parent,
         stdinCommand: f.stdinFromCommand,
         stdinFilename: f.stdinFilename,
+        time,
         signal: abort.signal,
         onProgress: (p) =>
           progress.update({ files: p.files, bytes: p.bytes, totalFiles: p.totalFiles, totalBytes: p.totalBytes, extra: `(${formatBytes(p.bytesAdded)} added)` }),
