@@ -2,7 +2,7 @@
 // chunks and stores the rest, writes one tree per directory and finally the snapshot.
 // Paths follow restic: an absolute source keeps its directory chain (/srv/app -> srv/app), "." puts
 // the working directory's contents at the root.
-import { promises as fsp, type BigIntStats } from "node:fs";
+import { constants as fsConstants, promises as fsp, type BigIntStats } from "node:fs";
 import { hostname as osHostname, userInfo } from "node:os";
 import { resolve, sep } from "node:path";
 import { spawn } from "node:child_process";
@@ -389,7 +389,7 @@ export class Archiver {
   private async readFile(abs: Buffer, display: string, st: BigIntStats): Promise<{ ids: string[]; size: number } | undefined> {
     let fh: fsp.FileHandle;
     try {
-      fh = await fsp.open(abs, "r");
+      fh = await openNoAtime(abs);
     } catch (err) {
       this.warn(display, `cannot read file: ${errorMessage(err)}`);
       return undefined;
@@ -497,6 +497,23 @@ export class Archiver {
     const totals = this.scan?.done ? { totalFiles: this.scan.files, totalBytes: this.scan.bytes } : {};
     cb({ ...this.progress, ...totals });
   }
+}
+
+const O_NOATIME = (fsConstants as Record<string, number>).O_NOATIME ?? 0;
+const noAtimeAllowed = O_NOATIME !== 0;
+
+/** Opens for reading without touching the file's atime (as restic does), so that reading a file
+ *  does not make the next run see a changed node. O_NOATIME needs ownership or CAP_FOWNER. */
+async function openNoAtime(p: Buffer): Promise<fsp.FileHandle> {
+  if (noAtimeAllowed) {
+    try {
+      return await fsp.open(p, fsConstants.O_RDONLY | O_NOATIME);
+    } catch (err) {
+      if (!isErrnoError(err, "EPERM")) throw err;
+      // Files owned by someone else refuse it unless we are privileged: read them the usual way.
+    }
+  }
+  return fsp.open(p, "r");
 }
 
 function safeUser(): { username: string; uid: number; gid: number } {

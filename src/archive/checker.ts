@@ -244,8 +244,13 @@ class Checker {
       this.progress("packs", ++done, total);
     }
     const unindexed = [...this.present].filter(([id]) => !this.packs.has(id)).sort(byKey);
+    // With a damaged index file, "unindexed" packs may hold needed data: never suggest pruning them.
+    const indexDamaged = this.errors.some((e) => e.kind === "index");
+    const why = indexDamaged
+      ? "a damaged index file may have named it; do not prune before the index is repaired"
+      : "left by an interrupted backup; prune removes it";
     for (const [id, size] of unindexed.slice(0, MAX_PACK_NOTICES)) {
-      this.notices.push(`pack ${packFile(id)} (${size} bytes) is not named by any index (left by an interrupted backup; prune removes it)`);
+      this.notices.push(`pack ${packFile(id)} (${size} bytes) is not named by any index (${why})`);
     }
     if (unindexed.length > MAX_PACK_NOTICES) {
       this.notices.push(`… and ${unindexed.length - MAX_PACK_NOTICES} more packs not named by any index`);

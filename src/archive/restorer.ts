@@ -257,7 +257,7 @@ export class Restorer {
     } catch (err) {
       await fh.close();
       await fsp.unlink(at).catch(() => undefined);
-      throw new SitekeepError("restore.file", `${path}: ${errorMessage(err)}`, { cause: err });
+      throw new SitekeepError("restore.file", errorMessage(err), { cause: err });
     }
     await fh.close();
     if (node.size !== undefined && pos !== node.size) {

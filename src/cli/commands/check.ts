@@ -12,8 +12,9 @@ export async function checkCommand(g: GlobalOptions, f: { readData?: boolean; re
   }
   const progress = new ProgressLine(out);
   // The checker loads the index itself (it must survive damaged index files).
+  // Never through the local cache: check must read what the repository holds now.
   const result = await withRepository(
-    g,
+    { ...g, cache: false },
     "shared",
     (repo) =>
       checkRepository(repo, {

@@ -5,6 +5,7 @@ import { decodeName, unixPermFromGo } from "../../archive/node.js";
 import type { Repository } from "../../repo/repository.js";
 import { type GlobalOptions, outputOptions, withRepository } from "../context.js";
 import { printJSON } from "../output.js";
+import { errorMessage } from "../../errors.js";
 
 export interface SnapshotFilter {
   host?: string[];
@@ -23,6 +24,15 @@ export function matchesFilter(s: Snapshot, f: SnapshotFilter): boolean {
   return true;
 }
 
+function warnUnreadable(id: string, err: unknown, json: boolean): void {
+  const message = `snapshot file snapshots/${id} cannot be read: ${errorMessage(err)}`;
+  if (json) process.stderr.write(JSON.stringify({ message_type: "error", error: { message }, item: `snapshots/${id}` }) + "\n");
+  else process.stderr.write(`warning: ${message} (run \`sitekeep check\`)\n`);
+  unreadableSnapshots++;
+}
+
+let unreadableSnapshots = 0;
+
 export function snapshotJSON(s: Snapshot): Record<string, unknown> {
   return { ...s, short_id: s.id.slice(0, 8) };
 }
@@ -30,13 +40,14 @@ export function snapshotJSON(s: Snapshot): Record<string, unknown> {
 export async function snapshotsCommand(g: GlobalOptions, ids: string[], f: SnapshotFilter): Promise<number> {
   const out = outputOptions(g);
   const list = await withRepository(g, "shared", async (repo) => {
-    const all = (await repo.listSnapshots()).filter((s) => matchesFilter(s, f));
+    // A damaged snapshot file is named and skipped; the others are still listed (as restic does).
+    const all = (await repo.listSnapshots((id, err) => warnUnreadable(id, err, out.json))).filter((s) => matchesFilter(s, f));
     return ids.length ? all.filter((s) => ids.some((p) => s.id.startsWith(p))) : all;
   }, { loadIndex: false });
   list.reverse(); // oldest first, as restic prints them
   if (out.json) {
     printJSON(list.map(snapshotJSON));
-    return 0;
+    return unreadableSnapshots ? 1 : 0;
   }
   const rows = list.map((s) => [s.id.slice(0, 8), new Date(s.time).toISOString().replace("T", " ").slice(0, 19), s.hostname, (s.tags ?? []).join(","), s.paths.join(", ")]);
   const head = ["ID", "Time", "Host", "Tags", "Paths"];
@@ -45,7 +56,7 @@ export async function snapshotsCommand(g: GlobalOptions, ids: string[], f: Snaps
   process.stdout.write(fmt(head) + "\n" + "-".repeat(widths.reduce((a, b) => a + b + 2, 0)) + "\n");
   for (const r of rows) process.stdout.write(fmt(r) + "\n");
   process.stdout.write(`${list.length} snapshots\n`);
-  return 0;
+  return unreadableSnapshots ? 1 : 0;
 }
 
 export async function walkSnapshot(
