@@ -4,6 +4,7 @@ import { resolve } from "node:path";
 import { SitekeepError } from "../errors.js";
 import type { Backend } from "./backend.js";
 import { LocalBackend } from "./local.js";
+import { S3Backend } from "./s3.js";
 
 export function openBackend(url: string): Backend {
   if (!url) {
@@ -11,11 +12,7 @@ export function openBackend(url: string): Backend {
       hint: "pass -r/--repo PATH or set SITEKEEP_REPOSITORY",
     });
   }
-  if (url.startsWith("s3:")) {
-    throw new SitekeepError("backend.s3", "S3 repositories are not supported by this build yet", {
-      hint: "use a local path or a mounted network share for now",
-    });
-  }
+  if (url.startsWith("s3:")) return new S3Backend(url);
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url) || /^(sftp|rest|b2|azure|gs|swift|rclone):/.test(url)) {
     throw new SitekeepError("backend.scheme", `unsupported repository location ${JSON.stringify(url)}`, {
       hint: "use a path or s3:http(s)://host/bucket/prefix",
