@@ -2,7 +2,7 @@
 // chunks and stores the rest, writes one tree per directory and finally the snapshot.
 // Paths follow restic: an absolute source keeps its directory chain (/srv/app -> srv/app), "." puts
 // the working directory's contents at the root.
-import { constants as fsConstants, promises as fsp, type BigIntStats } from "node:fs";
+import { readdirSync, closeSync, constants as fsConstants, fstatSync, lstatSync, openSync, promises as fsp, readSync, type BigIntStats } from "node:fs";
 import { hostname as osHostname, userInfo } from "node:os";
 import { resolve, sep } from "node:path";
 import { spawn } from "node:child_process";
@@ -16,10 +16,14 @@ import { listXattrs, getXattr, isUnsupportedXattrError } from "../platform/fsx.j
 import { forEachChunk, streamReader, type ReadFn } from "./chunk-reader.js";
 import { type PathMatcher, compileExcludes } from "./exclude.js";
 import { type ScanTotals, startScan } from "./scanner.js";
+import { Semaphore, mapLimit } from "../util/concurrency.js";
 import { type NodeJSON, decodeName, encodeName, nodeFromStat } from "./node.js";
 import { encodeTree, loadTree } from "./tree.js";
 import { PROGRAM_VERSION } from "../version.js";
 
+
+const ENTRY_CONCURRENCY = 8;
+const FILE_CONCURRENCY = 4;
 
 export interface BackupOptions {
   paths: string[];
@@ -90,7 +94,9 @@ interface VirtualDir {
 export class Archiver {
   private readonly chunker: Chunker;
   private readonly exclude: PathMatcher;
-  private readonly buffer: Buffer;
+  /** Reusable read buffers for files that need chunking (two maximum chunks each). */
+  private readonly buffers: Buffer[] = [];
+  private readonly fileSlots = new Semaphore(FILE_CONCURRENCY);
   private readonly warnings: BackupWarning[] = [];
   private readonly progress: BackupProgress = { files: 0, dirs: 0, bytes: 0, bytesAdded: 0 };
   private readonly stats = {
@@ -113,7 +119,6 @@ export class Archiver {
   ) {
     this.chunker = new Chunker(repo.polynomial);
     this.exclude = compileExcludes(opts.excludes ?? []);
-    this.buffer = Buffer.allocUnsafe(2 * this.chunker.options.max);
   }
 
   async run(): Promise<BackupSummary> {
@@ -279,27 +284,30 @@ export class Archiver {
   private async dirEntries(absDir: Buffer, displayDir: string, parent: Map<string, NodeJSON> | undefined): Promise<NodeJSON[]> {
     let names: Buffer[];
     try {
-      names = await fsp.readdir(absDir, { encoding: "buffer" });
+      names = readdirSync(absDir, { encoding: "buffer" });
     } catch (err) {
       this.warn(displayDir, `cannot read directory: ${errorMessage(err)}`);
       return [];
     }
     const nodes: NodeJSON[] = [];
-    for (const rawName of names) {
+    // Entries are handled concurrently so that file system latency overlaps with hashing and
+    // compression; reads and stats are bounded by global semaphores, never held across recursion.
+    await mapLimit(names, ENTRY_CONCURRENCY, async (rawName) => {
       this.checkAbort();
       const abs = Buffer.concat([absDir, absDir[absDir.length - 1] === 0x2f ? Buffer.alloc(0) : Buffer.from("/"), rawName]);
       const display = abs.toString("utf8");
-      if (this.exclude(display)) continue;
+      if (this.exclude(display)) return;
       let st: BigIntStats;
       try {
-        st = await fsp.lstat(abs, { bigint: true });
+        // Synchronous on purpose: for a stat, fs/promises' overhead costs more than the call itself.
+        st = lstatSync(abs, { bigint: true });
       } catch (err) {
         this.warn(display, `cannot stat: ${errorMessage(err)}`);
-        continue;
+        return;
       }
       const node = await this.entryNode(abs, display, rawName, st, parent?.get(encodeName(rawName)));
       if (node) nodes.push(node);
-    }
+    });
     return nodes;
   }
 
@@ -387,6 +395,20 @@ export class Archiver {
   }
 
   private async readFile(abs: Buffer, display: string, st: BigIntStats): Promise<{ ids: string[]; size: number } | undefined> {
+    await this.fileSlots.acquire();
+    try {
+      return await this.readFileNow(abs, display, st);
+    } finally {
+      this.fileSlots.release();
+    }
+  }
+
+  private async readFileNow(abs: Buffer, display: string, st: BigIntStats): Promise<{ ids: string[]; size: number } | undefined> {
+    if (st.size < BigInt(this.chunker.options.min)) return this.readSmallFile(abs, display, st);
+    return this.readLargeFile(abs, display, st);
+  }
+
+  private async readLargeFile(abs: Buffer, display: string, st: BigIntStats): Promise<{ ids: string[]; size: number } | undefined> {
     let fh: fsp.FileHandle;
     try {
       fh = await openNoAtime(abs);
@@ -396,7 +418,13 @@ export class Archiver {
     }
     try {
       const read: ReadFn = async (buf, off, len) => (await fh.read(buf, off, len, null)).bytesRead;
-      const ids = await this.storeChunks(read);
+      const buffer = this.buffers.pop() ?? Buffer.allocUnsafe(2 * this.chunker.options.max);
+      let ids;
+      try {
+        ids = await this.storeChunks(read, buffer);
+      } finally {
+        this.buffers.push(buffer);
+      }
       const after = await fh.stat({ bigint: true });
       if (after.mtimeNs !== st.mtimeNs || after.size !== st.size || after.ctimeNs !== st.ctimeNs) {
         this.warn(display, "file changed while it was read; the snapshot holds what was read");
@@ -411,24 +439,73 @@ export class Archiver {
     }
   }
 
-  private async storeChunks(read: ReadFn): Promise<{ ids: string[]; size: number }> {
+  /** A file below the minimum chunk size is one chunk. Read synchronously: for small files the
+   *  promise machinery of fs/promises costs several times the system calls themselves. */
+  private async readSmallFile(abs: Buffer, display: string, st: BigIntStats): Promise<{ ids: string[]; size: number } | undefined> {
+    const data = this.readWholeSync(abs, display, st);
+    if (data === "grew") return this.readLargeFile(abs, display, st);
+    if (data === undefined) return undefined;
+    if (data.length === 0) return { ids: [], size: 0 };
+    return { ids: [await this.storeChunk(data)], size: data.length };
+  }
+
+  private readWholeSync(abs: Buffer, display: string, st: BigIntStats): Buffer | "grew" | undefined {
+    let fd: number;
+    try {
+      try {
+        fd = openSync(abs, fsConstants.O_RDONLY | O_NOATIME);
+      } catch (err) {
+        if (!O_NOATIME || !isErrnoError(err, "EPERM")) throw err;
+        fd = openSync(abs, "r"); // O_NOATIME is refused on other users' files without privilege
+      }
+    } catch (err) {
+      this.warn(display, `cannot read file: ${errorMessage(err)}`);
+      return undefined;
+    }
+    try {
+      const buf = Buffer.allocUnsafe(Number(st.size) + 1);
+      let n = 0;
+      for (;;) {
+        const r = readSync(fd, buf, n, buf.length - n, null);
+        if (r === 0) break;
+        n += r;
+        if (n === buf.length) return "grew"; // larger than when it was stat'ed: chunk it as a large file
+      }
+      const after = fstatSync(fd, { bigint: true });
+      if (after.mtimeNs !== st.mtimeNs || after.size !== st.size || after.ctimeNs !== st.ctimeNs) {
+        this.warn(display, "file changed while it was read; the snapshot holds what was read");
+      }
+      return buf.subarray(0, n);
+    } catch (err) {
+      this.warn(display, `error while reading file: ${errorMessage(err)}`);
+      return undefined;
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  private async storeChunk(chunk: Buffer): Promise<string> {
+    this.checkAbort();
+    const id = sha256(chunk);
+    const r = await this.repo.saveBlob("data", chunk, id);
+    if (r.added) {
+      this.stats.data_blobs++;
+      this.progress.bytesAdded += r.storedSize;
+    }
+    this.progress.bytes += chunk.length;
+    this.report();
+    return id.toString("hex");
+  }
+
+  private async storeChunks(read: ReadFn, buffer?: Buffer): Promise<{ ids: string[]; size: number }> {
     const ids: string[] = [];
     const size = await forEachChunk(
       this.chunker,
       read,
       async (chunk) => {
-        this.checkAbort();
-        const id = sha256(chunk);
-        const r = await this.repo.saveBlob("data", chunk, id);
-        if (r.added) {
-          this.stats.data_blobs++;
-          this.progress.bytesAdded += r.storedSize;
-        }
-        this.progress.bytes += chunk.length;
-        ids.push(id.toString("hex"));
-        this.report();
+        ids.push(await this.storeChunk(chunk));
       },
-      this.buffer,
+      buffer,
     );
     return { ids, size };
   }
@@ -500,12 +577,11 @@ export class Archiver {
 }
 
 const O_NOATIME = (fsConstants as Record<string, number>).O_NOATIME ?? 0;
-const noAtimeAllowed = O_NOATIME !== 0;
 
 /** Opens for reading without touching the file's atime (as restic does), so that reading a file
  *  does not make the next run see a changed node. O_NOATIME needs ownership or CAP_FOWNER. */
 async function openNoAtime(p: Buffer): Promise<fsp.FileHandle> {
-  if (noAtimeAllowed) {
+  if (O_NOATIME) {
     try {
       return await fsp.open(p, fsConstants.O_RDONLY | O_NOATIME);
     } catch (err) {

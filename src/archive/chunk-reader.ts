@@ -12,7 +12,8 @@ export async function forEachChunk(
   buffer?: Buffer,
 ): Promise<number> {
   const max = chunker.options.max;
-  const buf = buffer && buffer.length >= 2 * max ? buffer : Buffer.allocUnsafe(2 * max);
+  // A smaller buffer may be passed for a file expected to be small; it grows if the file did.
+  let buf = buffer ?? Buffer.allocUnsafe(2 * max);
   let start = 0;
   let end = 0;
   let eof = false;
@@ -23,6 +24,13 @@ export async function forEachChunk(
         buf.copyWithin(0, start, end);
         end -= start;
         start = 0;
+      }
+      if (end === buf.length) {
+        const bigger = Buffer.allocUnsafe(Math.max(2 * max, buf.length * 2));
+        buf.copy(bigger, 0, start, end);
+        end -= start;
+        start = 0;
+        buf = bigger;
       }
       const n = await read(buf, end, buf.length - end);
       if (n === 0) eof = true;

@@ -17,6 +17,7 @@ import { addKey, openWithPassword, type KdfParams } from "./keyfile.js";
 import { type BlobType, PackBuilder, type PackedBlob } from "./pack.js";
 import { formatPolynomial, parsePolynomial, randomPolynomial } from "./polynomial.js";
 import { type Snapshot, type SnapshotJSON, byTimeDesc } from "./snapshot.js";
+import { mapLimit } from "../util/concurrency.js";
 
 export interface RepositoryOptions {
   /** Target size of a pack file in bytes (restic's default is 16 MiB). */
@@ -408,11 +409,4 @@ export class Repository {
   }
 }
 
-/** Runs fn over items with at most `limit` in flight. */
-export async function mapLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) await fn(items[next++]);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-}
+export { mapLimit } from "../util/concurrency.js";
