@@ -13,6 +13,7 @@ const FILE_MODE = 0o400;
 
 export class LocalBackend implements Backend {
   readonly location: string;
+  private readonly handles = new HandleCache(32);
 
   constructor(readonly root: string) {
     this.location = root;
@@ -79,8 +80,11 @@ export class LocalBackend implements Backend {
     const p = this.path(h);
     try {
       if (offset === 0 && length === undefined) return await fsp.readFile(p);
-      const fh = await fsp.open(p, "r");
+      // Ranged reads (blobs inside packs) reuse open handles: restore and check read many blobs
+      // from the same pack, and opening the file for each one cost more than the read.
+      const entry = await this.handles.acquire(p);
       try {
+        const fh = entry.fh;
         let start = offset;
         let len = length;
         if (start < 0 || len === undefined) {
@@ -97,7 +101,7 @@ export class LocalBackend implements Backend {
         }
         return got === len ? buf : buf.subarray(0, got);
       } finally {
-        await fh.close();
+        this.handles.release(entry);
       }
     } catch (err) {
       throw wrapIoError(err, `reading ${h.type}/${h.name}`, this.root);
@@ -110,6 +114,7 @@ export class LocalBackend implements Backend {
   }
 
   async remove(h: Handle): Promise<void> {
+    await this.handles.forget(this.path(h));
     try {
       await fsp.unlink(this.path(h));
     } catch (err) {
@@ -140,7 +145,67 @@ export class LocalBackend implements Backend {
     }
   }
 
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    await this.handles.closeAll();
+  }
+}
+
+interface HandleEntry {
+  path: string;
+  fh: fsp.FileHandle;
+  users: number;
+}
+
+/** A few read-only file handles kept open, least recently used closed first (never while in use). */
+class HandleCache {
+  private readonly open = new Map<string, Promise<HandleEntry>>();
+
+  constructor(private readonly max: number) {}
+
+  async acquire(path: string): Promise<HandleEntry> {
+    let p = this.open.get(path);
+    if (p) {
+      this.open.delete(path); // re-insert: most recently used last
+      this.open.set(path, p);
+    } else {
+      p = fsp.open(path, "r").then((fh) => ({ path, fh, users: 0 }));
+      this.open.set(path, p);
+      p.catch(() => this.open.delete(path));
+      await this.evict();
+    }
+    const e = await p;
+    e.users++;
+    return e;
+  }
+
+  release(e: HandleEntry): void {
+    e.users--;
+  }
+
+  private async evict(): Promise<void> {
+    if (this.open.size <= this.max) return;
+    for (const [path, p] of this.open) {
+      if (this.open.size <= this.max) break;
+      const e = await p.catch(() => undefined);
+      if (e && e.users > 0) continue;
+      this.open.delete(path);
+      await e?.fh.close().catch(() => undefined);
+    }
+  }
+
+  async forget(path: string): Promise<void> {
+    const p = this.open.get(path);
+    if (!p) return;
+    this.open.delete(path);
+    const e = await p.catch(() => undefined);
+    await e?.fh.close().catch(() => undefined);
+  }
+
+  async closeAll(): Promise<void> {
+    const all = [...this.open.values()];
+    this.open.clear();
+    for (const p of all) await (await p.catch(() => undefined))?.fh.close().catch(() => undefined);
+  }
 }
 
 /** Moves a finished temp file to its final name without ever replacing an existing file. */
