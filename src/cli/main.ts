@@ -78,6 +78,17 @@ function program(): Command {
     .option("--path <path>", "with latest: only this path", collect)
     .action(run(async (ref: string, o, cmd: Command) => (await import("./commands/restore.js")).restoreCommand(g(cmd), ref, o)));
 
+  p.command("copy")
+    .description("copy snapshots from another repository into this one (-r is the destination)")
+    .argument("[snapshots...]", "only these snapshots (IDs, prefixes or latest); default all")
+    .option("--from-repo <url>", "source repository (env SITEKEEP_FROM_REPOSITORY)")
+    .option("--from-password-file <file>", "read the source password from a file (env SITEKEEP_FROM_PASSWORD_FILE; or SITEKEEP_FROM_PASSWORD)")
+    .option("--from-password-command <cmd>", "run a command that prints the source password (env SITEKEEP_FROM_PASSWORD_COMMAND)")
+    .option("--host <name>", "only snapshots of this host (repeatable)", collect)
+    .option("--tag <tags>", "only snapshots with these tags (repeatable)", collect)
+    .option("--path <path>", "only snapshots of this path (repeatable)", collect)
+    .action(run(async (ids: string[], o, cmd: Command) => (await import("./commands/copy.js")).copyCommand(g(cmd), ids, o)));
+
   p.command("check")
     .description("verify the repository's structure (and with --read-data every byte)")
     .option("--read-data", "read and verify all data")
