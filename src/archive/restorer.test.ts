@@ -1,0 +1,76 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { promises as fsp, appendFileSync, mkdtempSync, existsSync, lstatSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { LocalBackend } from "../backend/local.js";
+import { Repository } from "../repo/repository.js";
+import { Archiver } from "./archiver.js";
+import { Restorer } from "./restorer.js";
+import { encodeTree } from "./tree.js";
+import type { NodeJSON } from "./node.js";
+
+const kdf = { N: 1024, r: 8, p: 1 };
+
+test("restore never writes outside its target: stored names with .. or / are refused, planted links are replaced", async () => {
+  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-restore-safety-"));
+  try {
+    const repo = await Repository.init(new LocalBackend(join(tmp, "repo")), "pw", { kdf });
+    const content = await repo.saveBlob("data", Buffer.from("owned\n"));
+    const file = (name: string): NodeJSON => ({ name, type: "file", mode: 0o644, uid: 0, gid: 0, size: 6, content: [content.id.toString("hex")] });
+    // A hostile tree: names that would climb out of the target, and a link that points outside.
+    const inner = await repo.saveBlob("tree", encodeTree([file("ok.txt")]));
+    const root = encodeTree([
+      file(".."),
+      file("../escaped.txt"),
+      file("a/b.txt"),
+      { name: "link", type: "symlink", mode: 0o777, uid: 0, gid: 0, linktarget: join(tmp, "outside"), content: null },
+      { name: "dir", type: "dir", mode: 0o755, uid: 0, gid: 0, content: null, subtree: inner.id.toString("hex") },
+    ]);
+    const rootId = await repo.saveBlob("tree", root);
+    await repo.flush();
+
+    const target = join(tmp, "target");
+    await fsp.mkdir(join(tmp, "outside"));
+    await fsp.mkdir(target);
+    // Planted before the restore: "dir" is a symlink to a folder outside the target.
+    await fsp.symlink(join(tmp, "outside"), join(target, "dir"));
+
+    const r = await new Restorer(repo, { target }).restore(rootId.id.toString("hex"));
+    const refused = r.errors.map((e) => e.message).filter((m) => /escape the target/.test(m));
+    assert.equal(refused.length, 3, JSON.stringify(r.errors));
+    assert.equal(existsSync(join(tmp, "escaped.txt")), false);
+    assert.deepEqual(await fsp.readdir(join(tmp, "outside")), [], "nothing was written through the planted link");
+    assert.equal(lstatSync(join(target, "dir")).isDirectory(), true, "the planted link was replaced by a real folder");
+    assert.equal(await fsp.readFile(join(target, "dir", "ok.txt"), "utf8"), "owned\n");
+    assert.equal(lstatSync(join(target, "link")).isSymbolicLink(), true, "a stored symlink is restored as a link, not followed");
+  } finally {
+    await fsp.rm(tmp, { recursive: true, force: true });
+  }
+});
+
+test("a file that changes while it is read is reported", async () => {
+  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-changing-"));
+  try {
+    const repo = await Repository.init(new LocalBackend(join(tmp, "repo")), "pw", { kdf });
+    await repo.loadIndex();
+    const src = join(tmp, "src");
+    await fsp.mkdir(src);
+    const big = join(src, "growing.bin");
+    await fsp.writeFile(big, Buffer.alloc(24 * 1024 * 1024, 7));
+    let appended = false;
+    const s = await new Archiver(repo, {
+      paths: [src],
+      onProgress: () => {
+        if (!appended) {
+          appended = true;
+          appendFileSync(big, "more"); // during the read: the first chunk has just been stored
+        }
+      },
+    }).run();
+    assert.equal(appended, true);
+    assert.ok(s.warnings.some((w) => w.path === big && /changed while it was read/.test(w.message)), JSON.stringify(s.warnings));
+  } finally {
+    await fsp.rm(tmp, { recursive: true, force: true });
+  }
+});
