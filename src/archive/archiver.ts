@@ -161,6 +161,7 @@ export class Archiver {
       program_version: PROGRAM_VERSION,
     };
     // The snapshot is written last: until then nothing refers to the new data.
+    this.checkAbort();
     const id = await this.repo.saveSnapshot(snap);
     return {
       message_type: "summary",

@@ -201,6 +201,7 @@ export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<
   await writeBatch();
 
   // 3. Old index files go; 4. then the packs nothing names any more.
+  repo.assertLockHeld();
   await mapLimit(oldIndexIds, 8, (id) => repo.backend.remove({ type: "index", name: id }));
   const obsolete = [...remove, ...repack, ...unreferenced];
   done = 0;

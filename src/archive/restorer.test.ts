@@ -74,3 +74,35 @@ test("a file that changes while it is read is reported", async () => {
     await fsp.rm(tmp, { recursive: true, force: true });
   }
 });
+
+test("a crafted tree that names one entry twice cannot redirect a later hard link outside the target", async () => {
+  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-restore-dup-"));
+  try {
+    const repo = await Repository.init(new LocalBackend(join(tmp, "repo")), "pw", { kdf });
+    const content = await repo.saveBlob("data", Buffer.from("owned\n"));
+    const linked = (name: string): NodeJSON => ({
+      name, type: "file", mode: 0o644, uid: 0, gid: 0, size: 6, inode: 77, links: 2, device_id: 1, content: [content.id.toString("hex")],
+    });
+    const inner = await repo.saveBlob("tree", encodeTree([linked("first")]));
+    // "d" is a folder (where the hard link's first copy goes), then again a symlink to the outside:
+    // were the symlink to replace the folder, the second link would be made through it.
+    const root = encodeTree([
+      { name: "d", type: "dir", mode: 0o755, uid: 0, gid: 0, content: null, subtree: inner.id.toString("hex") },
+      { name: "d", type: "symlink", mode: 0o777, uid: 0, gid: 0, linktarget: join(tmp, "outside"), content: null },
+      linked("second"),
+    ]);
+    const rootId = await repo.saveBlob("tree", root);
+    await repo.flush();
+    const target = join(tmp, "target");
+    await fsp.mkdir(join(tmp, "outside"));
+    await fsp.mkdir(target);
+
+    const r = await new Restorer(repo, { target }).restore(rootId.id.toString("hex"));
+    assert.ok(r.errors.some((e) => /appears twice/.test(e.message)), JSON.stringify(r.errors));
+    assert.equal(lstatSync(join(target, "d")).isDirectory(), true);
+    assert.deepEqual(await fsp.readdir(join(tmp, "outside")), []);
+    assert.equal(lstatSync(join(target, "second")).ino, lstatSync(join(target, "d", "first")).ino, "still a hard link pair");
+  } finally {
+    await fsp.rm(tmp, { recursive: true, force: true });
+  }
+});

@@ -127,12 +127,21 @@ export class Restorer {
     let restoredAny = false;
     const dirsToFinish: { node: NodeJSON; at: Buffer }[] = [];
     const leaves: { node: NodeJSON; at: Buffer; path: string }[] = [];
+    const seen = new Set<string>();
     for (const node of nodes) {
       const raw = decodeName(node.name);
       if (raw.length === 0 || raw.includes(0x2f) || raw.includes(0) || raw.equals(Buffer.from(".")) || raw.equals(Buffer.from(".."))) {
         this.fail(joinPath(path, node.name), "refused: the stored name would escape the target");
         continue;
       }
+      // A real tree never holds a name twice; a crafted one could make a later entry (a symlink)
+      // replace an earlier one (a folder or a hard link's first copy) that restore still writes through.
+      const key = raw.toString("latin1");
+      if (seen.has(key)) {
+        this.fail(joinPath(path, raw.toString("utf8")), "refused: the name appears twice in the same folder of the snapshot (a damaged or crafted tree)");
+        continue;
+      }
+      seen.add(key);
       const childPath = joinPath(path, raw.toString("utf8"));
       const sel = all ? (this.exclude(childPath) ? "none" : "all") : this.selected(childPath, node.type === "dir");
       if (sel === "none") continue;

@@ -82,9 +82,8 @@ export class LocalBackend implements Backend {
       if (offset === 0 && length === undefined) return await fsp.readFile(p);
       // Ranged reads (blobs inside packs) reuse open handles: restore and check read many blobs
       // from the same pack, and opening the file for each one cost more than the read.
-      const entry = await this.handles.acquire(p);
+      const { entry, fh } = await this.handles.acquire(p);
       try {
-        const fh = entry.fh;
         let start = offset;
         let len = length;
         if (start < 0 || len === undefined) {
@@ -114,7 +113,7 @@ export class LocalBackend implements Backend {
   }
 
   async remove(h: Handle): Promise<void> {
-    await this.handles.forget(this.path(h));
+    this.handles.forget(this.path(h));
     try {
       await fsp.unlink(this.path(h));
     } catch (err) {
@@ -152,60 +151,71 @@ export class LocalBackend implements Backend {
 
 interface HandleEntry {
   path: string;
-  fh: fsp.FileHandle;
+  handle: Promise<fsp.FileHandle>;
+  /** Counted synchronously in acquire, so eviction never closes a handle someone is about to use. */
   users: number;
 }
 
 /** A few read-only file handles kept open, least recently used closed first (never while in use). */
 class HandleCache {
-  private readonly open = new Map<string, Promise<HandleEntry>>();
+  private readonly open = new Map<string, HandleEntry>();
 
   constructor(private readonly max: number) {}
 
-  async acquire(path: string): Promise<HandleEntry> {
-    let p = this.open.get(path);
-    if (p) {
+  /** Returns the open handle of path; pair every call with release(entry). */
+  async acquire(path: string): Promise<{ entry: HandleEntry; fh: fsp.FileHandle }> {
+    let e = this.open.get(path);
+    if (e) {
       this.open.delete(path); // re-insert: most recently used last
-      this.open.set(path, p);
+      this.open.set(path, e);
     } else {
-      p = fsp.open(path, "r").then((fh) => ({ path, fh, users: 0 }));
-      this.open.set(path, p);
-      p.catch(() => this.open.delete(path));
-      await this.evict();
+      const entry: HandleEntry = { path, handle: fsp.open(path, "r"), users: 0 };
+      entry.handle.catch(() => {
+        if (this.open.get(path) === entry) this.open.delete(path);
+      });
+      this.open.set(path, entry);
+      e = entry;
     }
-    const e = await p;
     e.users++;
-    return e;
+    this.evict();
+    try {
+      return { entry: e, fh: await e.handle };
+    } catch (err) {
+      e.users--;
+      throw err;
+    }
   }
 
   release(e: HandleEntry): void {
     e.users--;
+    if (e.users === 0 && this.open.get(e.path) !== e) close(e); // evicted or forgotten while in use
   }
 
-  private async evict(): Promise<void> {
-    if (this.open.size <= this.max) return;
-    for (const [path, p] of this.open) {
+  private evict(): void {
+    for (const [path, e] of this.open) {
       if (this.open.size <= this.max) break;
-      const e = await p.catch(() => undefined);
-      if (e && e.users > 0) continue;
+      if (e.users > 0) continue;
       this.open.delete(path);
-      await e?.fh.close().catch(() => undefined);
+      close(e);
     }
   }
 
-  async forget(path: string): Promise<void> {
-    const p = this.open.get(path);
-    if (!p) return;
+  forget(path: string): void {
+    const e = this.open.get(path);
+    if (!e) return;
     this.open.delete(path);
-    const e = await p.catch(() => undefined);
-    await e?.fh.close().catch(() => undefined);
+    if (e.users === 0) close(e);
   }
 
   async closeAll(): Promise<void> {
     const all = [...this.open.values()];
     this.open.clear();
-    for (const p of all) await (await p.catch(() => undefined))?.fh.close().catch(() => undefined);
+    for (const e of all) if (e.users === 0) await close(e);
   }
+}
+
+function close(e: HandleEntry): Promise<void> {
+  return e.handle.then((fh) => fh.close()).catch(() => undefined);
 }
 
 /** Moves a finished temp file to its final name without ever replacing an existing file. */
@@ -214,18 +224,21 @@ async function publish(tmp: string, final: string, h: Handle): Promise<void> {
     // link() fails instead of replacing: nothing is ever overwritten.
     await fsp.link(tmp, final);
   } catch (err) {
-    if (isErrnoError(err, "EEXIST")) {
-      await fsp.unlink(tmp);
+    const exists = (): never | void => {
       if (h.type === "config" || h.type === "keys") {
         throw new SitekeepError("backend.exists", `${h.type} file ${h.name} already exists`);
       }
-      return; // content-addressed: the existing file already holds these bytes
+      // content-addressed: the existing file already holds these bytes
+    };
+    if (isErrnoError(err, "EEXIST")) {
+      await fsp.unlink(tmp);
+      return exists();
     }
     // Shares without hard links (SMB, some FUSE filesystems): fall back to a checked rename.
     if (!isErrnoError(err, "EPERM", "ENOTSUP", "EOPNOTSUPP", "EXDEV", "EMLINK")) throw err;
     if (await fsp.stat(final).then(() => true, () => false)) {
       await fsp.unlink(tmp);
-      return;
+      return exists();
     }
     await fsp.rename(tmp, final);
     return;

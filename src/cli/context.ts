@@ -5,7 +5,8 @@ import { CachedBackend, cacheDirFor, defaultCacheDir } from "../backend/cache.js
 import { Repository } from "../repo/repository.js";
 import { withLock } from "../repo/lock.js";
 import { readPassword } from "./password.js";
-import type { OutputOptions } from "./output.js";
+import { type OutputOptions, printWarning } from "./output.js";
+import { errorMessage } from "../errors.js";
 
 export interface GlobalOptions {
   repo?: string;
@@ -67,6 +68,14 @@ export async function withRepository<T>(
     if (opts.loadIndex !== false) await repo.loadIndex();
     return fn(repo);
   };
-  if (lock === "none") return body();
-  return withLock(repo, lock === "exclusive", body);
+  const json = Boolean(g.json);
+  try {
+    if (lock === "none") return await body();
+    return await withLock(repo, lock === "exclusive", body, {
+      onRefreshError: (err) => printWarning(`could not refresh the repository lock: ${errorMessage(err)}`, json),
+      onReleaseError: (err) => printWarning(`could not remove the repository lock (run \`sitekeep unlock\` later): ${errorMessage(err)}`, json),
+    });
+  } finally {
+    await repo.backend.close().catch(() => undefined); // open pack handles, S3 sockets
+  }
 }

@@ -30,6 +30,12 @@ export function printJSON(obj: unknown): void {
   process.stdout.write(JSON.stringify(obj) + "\n");
 }
 
+/** A warning on stderr: one line, or a JSON object with --json. */
+export function printWarning(message: string, json: boolean): void {
+  if (json) process.stderr.write(JSON.stringify({ message_type: "warning", message }) + "\n");
+  else process.stderr.write(`warning: ${message}\n`);
+}
+
 export function printError(err: unknown, json: boolean): number {
   const se = err instanceof SitekeepError ? err : undefined;
   const code = se?.code ?? "internal";

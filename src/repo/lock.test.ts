@@ -6,6 +6,7 @@ import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { LocalBackend } from "../backend/local.js";
+import { FaultyBackend } from "../backend/faulty.js";
 import { ExitCode, SitekeepError } from "../errors.js";
 import { formatDate } from "../util/gotime.js";
 import { Repository } from "./repository.js";
@@ -247,6 +248,37 @@ test("a held lock is refreshed: a new file with a newer time replaces the old on
   assert.deepEqual(await lockFiles(dir), []);
   await new Promise((r) => setTimeout(r, 100)); // no refresh after release
   assert.deepEqual(await lockFiles(dir), []);
+});
+
+test("a lock whose refreshes fail is lost: committing a snapshot or deleting is refused", async () => {
+  const dir = join(root, `repo${++counter}`);
+  await Repository.init(new LocalBackend(dir), "pw", { kdf: { N: 1024, r: 8, p: 1 } });
+  const faulty = new FaultyBackend(new LocalBackend(dir));
+  const repo = await Repository.open(faulty, "pw");
+  const errors: unknown[] = [];
+  const result = withLock(
+    repo,
+    false,
+    async () => {
+      repo.assertLockHeld(); // fresh: fine
+      faulty.setFaults([{ op: "save", type: "locks", code: "EIO" }]);
+      const deadline = Date.now() + 5000;
+      while (errors.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      assert.ok(errors.length >= 2, "refreshes were attempted and failed");
+      await new Promise((r) => setTimeout(r, 150)); // past lostAfterMs
+      assert.throws(() => repo.assertMayDelete("prune"), /lock was not refreshed/);
+      await repo.saveSnapshot({ time: "2026-01-01T00:00:00Z", tree: "00".repeat(32), paths: ["/x"], hostname: "h", username: "u" });
+    },
+    { refreshMs: 30, lostAfterMs: 100, checkDelayMs: 0, onRefreshError: (e) => errors.push(e) },
+  );
+  await assert.rejects(result, (err: unknown) => {
+    assert.ok(err instanceof SitekeepError);
+    assert.equal(err.code, "repo.lock-lost");
+    assert.match(err.message, /last refresh failed: .*i\/o error/i);
+    return true;
+  });
+  assert.deepEqual(await repo.listIds("snapshots"), [], "no snapshot was committed");
+  assert.equal(repo.lockGuard, undefined, "the guard is gone with the lock");
 });
 
 test("withLock releases after success and after failure", async () => {

@@ -18,6 +18,11 @@ import { type Repository, mapLimit } from "./repository.js";
 export const STALE_AFTER_MS = 30 * 60_000;
 /** How often a held lock is refreshed (restic's refreshInterval). */
 export const REFRESH_EVERY_MS = 5 * 60_000;
+/**
+ * A lock not refreshed for this long may soon look stale to other processes (they wait 30
+ * minutes); from then on we must not commit a snapshot or delete anything under it.
+ */
+export const LOST_AFTER_MS = 25 * 60_000;
 /** Pause between writing our lock and the second look, for backends whose listings lag a little. */
 const DEFAULT_CHECK_DELAY_MS = 200;
 
@@ -53,6 +58,10 @@ export interface AcquireLockOptions {
   checkDelayMs?: number;
   /** Called when a refresh fails; the lock stays held with its previous file. */
   onRefreshError?: (err: unknown) => void;
+  /** Age of the lock file after which the lock counts as lost (default 25 minutes; for tests). */
+  lostAfterMs?: number;
+  /** Called when removing the lock after successful work fails (withLock only). */
+  onReleaseError?: (err: unknown) => void;
 }
 
 /** Thrown when another process holds a conflicting lock. */
@@ -72,6 +81,9 @@ export class Lock {
   #pending: Promise<void> = Promise.resolve();
   #released = false;
   #releasing: Promise<void> | undefined;
+  /** When the lock file in the repository was last written. */
+  #writtenAt = Date.now();
+  #lastRefreshError: unknown;
 
   /** @internal use acquireLock */
   constructor(
@@ -80,6 +92,7 @@ export class Lock {
     id: string,
     refreshMs: number,
     private readonly onRefreshError?: (err: unknown) => void,
+    private readonly lostAfterMs = LOST_AFTER_MS,
   ) {
     this.#id = id;
     if (refreshMs > 0 && Number.isFinite(refreshMs)) {
@@ -97,6 +110,23 @@ export class Lock {
     return this.#released;
   }
 
+  /**
+   * True once the lock file is so old (refreshes failed, or the process was stalled) that another
+   * process may soon take it for stale and, say, prune data this one still needs.
+   */
+  get lost(): boolean {
+    return this.#released || Date.now() - this.#writtenAt > this.lostAfterMs;
+  }
+
+  /** Throws repo.lock-lost when the lock can no longer be trusted; call before committing or deleting. */
+  assertHeld(): void {
+    if (!this.lost) return;
+    const why = this.#lastRefreshError instanceof Error ? ` (last refresh failed: ${this.#lastRefreshError.message})` : "";
+    throw new SitekeepError("repo.lock-lost", `the repository lock was not refreshed for ${Math.round((Date.now() - this.#writtenAt) / 60_000)} minutes${why}; stopping before changing anything`, {
+      hint: "check that the repository is reachable and writable, then run the command again (what was uploaded is reused)",
+    });
+  }
+
   /** Replaces the lock file with one carrying the current time. Errors go to onRefreshError. */
   refresh(): Promise<void> {
     this.#pending = this.#pending.then(async () => {
@@ -105,8 +135,11 @@ export class Lock {
         const newId = await this.repo.saveJSON("locks", newLockJSON(this.exclusive));
         const oldId = this.#id;
         this.#id = newId;
+        this.#writtenAt = Date.now();
+        this.#lastRefreshError = undefined;
         await this.repo.backend.remove({ type: "locks", name: oldId });
       } catch (err) {
+        this.#lastRefreshError = err;
         this.onRefreshError?.(err);
       }
     });
@@ -153,7 +186,7 @@ async function tryLock(repo: Repository, opts: AcquireLockOptions): Promise<Lock
     await repo.backend.remove({ type: "locks", name: id }).catch(() => undefined);
     throw err;
   }
-  return new Lock(repo, opts.exclusive, id, opts.refreshMs ?? REFRESH_EVERY_MS, opts.onRefreshError);
+  return new Lock(repo, opts.exclusive, id, opts.refreshMs ?? REFRESH_EVERY_MS, opts.onRefreshError, opts.lostAfterMs);
 }
 
 async function checkForOtherLocks(repo: Repository, exclusive: boolean, ownId?: string): Promise<void> {
@@ -257,14 +290,20 @@ export async function withLock<T>(
   opts: Omit<AcquireLockOptions, "exclusive"> = {},
 ): Promise<T> {
   const lock = await acquireLock(repo, { ...opts, exclusive });
+  const previousGuard = repo.lockGuard;
+  repo.lockGuard = () => lock.assertHeld();
   let result: T;
   try {
     result = await fn();
   } catch (err) {
     await lock.release().catch(() => undefined);
     throw err;
+  } finally {
+    repo.lockGuard = previousGuard;
   }
-  await lock.release();
+  // The work is done and committed; a lock file we fail to remove is only stale clutter
+  // (it ages out, or `sitekeep unlock` removes it), not a reason to report failure.
+  await lock.release().catch((err: unknown) => opts.onReleaseError?.(err));
   return result;
 }
 

@@ -152,7 +152,18 @@ export class Repository {
     return addKey(this.backend, this.key, password, { params });
   }
 
+  /**
+   * Set while a lock is held (withLock): throws when the lock can no longer be trusted. Called
+   * before anything that commits or deletes, so a process whose lock went stale changes nothing.
+   */
+  lockGuard: (() => void) | undefined;
+
+  assertLockHeld(): void {
+    this.lockGuard?.();
+  }
+
   assertMayDelete(what: string): void {
+    this.assertLockHeld();
     if (this.appendOnly) {
       throw new SitekeepError("repo.appendonly", `${what} refused: the repository was opened append-only`, {
         hint: "open it without --append-only (with a credential that may delete) to do this",
@@ -365,6 +376,7 @@ export class Repository {
   // ---- snapshots ------------------------------------------------------------------------------
 
   async saveSnapshot(s: SnapshotJSON): Promise<string> {
+    this.assertLockHeld();
     return this.saveJSON("snapshots", s);
   }
 

@@ -43,5 +43,9 @@ export async function mapLimit<T>(items: readonly T[], limit: number, fn: (item:
       }
     }
   };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  // allSettled: when one call fails, the others in flight still finish before we return, so a
+  // caller never goes on (releasing a lock, removing temp files) while work is still running.
+  const results = await Promise.allSettled(Array.from({ length: Math.min(limit, items.length) }, worker));
+  const failure = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+  if (failure) throw failure.reason;
 }

@@ -102,6 +102,7 @@ export async function forgetCommand(g: GlobalOptions, ids: string[], f: ForgetFl
       }
     }
     if (!f.dryRun) {
+      repo.assertLockHeld();
       for (const s of remove) await repo.backend.remove({ type: "snapshots", name: s.id });
     }
     let pruned;
