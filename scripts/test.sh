@@ -16,6 +16,13 @@ APT_PACKAGES=(
   "python3:python3" # node-gyp
   "make:make"       # node-gyp
   "g++:g++"         # node-gyp (compiles the native addon)
+  # PostgreSQL 15 server + client (test/helpers/dbservers.ts runs throwaway instances). No command is
+  # named: initdb/pg_ctl live in /usr/lib/postgresql/N/bin, and /usr/bin/pg_dump and /usr/bin/pgbench
+  # are postgresql-client-common's pg_wrapper (present without a server), so the package is checked.
+  "postgresql:"         # pg_dump, psql, initdb, pg_ctl, postgres (postgresql-15 + postgresql-client-15)
+  "postgresql-contrib:" # pgbench (a metapackage for postgresql-15, which ships pgbench on Debian 12)
+  "mariadb-server:mariadbd"     # throwaway MariaDB instances (mariadbd, mariadb-install-db)
+  "mariadb-client:mariadb-dump" # mariadb, mariadb-dump, mariadb-admin
 )
 
 # ---- (a) system packages -----------------------------------------------------------

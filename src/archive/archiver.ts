@@ -17,7 +17,7 @@ import { forEachChunk, streamReader, type ReadFn } from "./chunk-reader.js";
 import { type PathMatcher, compileExcludes } from "./exclude.js";
 import { type ScanTotals, startScan } from "./scanner.js";
 import { Semaphore, mapLimit } from "../util/concurrency.js";
-import { type NodeJSON, decodeName, encodeName, nodeFromStat } from "./node.js";
+import { type NodeJSON, decodeName, encodeName, goModeFromUnix, nodeFromStat } from "./node.js";
 import { encodeTree, loadTree } from "./tree.js";
 import { PROGRAM_VERSION } from "../version.js";
 
@@ -37,7 +37,10 @@ export interface BackupOptions {
   stdinCommand?: string;
   stdinFilename?: string;
   time?: Date;
-  /** Extra snapshot fields set by the site layer. */
+  /** Use this tree as the parent (unchanged files are not read again) instead of a parent snapshot. */
+  parentTree?: string;
+  /** Nodes added to the root of the tree next to the sources (must not collide with their names). */
+  extraRootNodes?: NodeJSON[];
   onProgress?: (p: BackupProgress) => void;
   /** Aborts the run: nothing is committed. */
   signal?: AbortSignal;
@@ -78,6 +81,15 @@ export interface BackupSummary {
   warnings: BackupWarning[];
 }
 
+export interface BuiltTree {
+  tree: string;
+  /** The absolute source paths, sorted: the snapshot's `paths`. */
+  paths: string[];
+  parent?: Snapshot;
+  /** The root tree's nodes. */
+  nodes: NodeJSON[];
+}
+
 interface Source {
   /** Absolute filesystem path of the source (Buffer-safe string). */
   abs: string;
@@ -110,6 +122,7 @@ export class Archiver {
     tree_blobs: 0,
   };
   private lastProgress = 0;
+  private readonly started = Date.now();
   private rootDev: bigint | undefined;
   private scan: ScanTotals | undefined;
 
@@ -121,38 +134,86 @@ export class Archiver {
     this.exclude = compileExcludes(opts.excludes ?? []);
   }
 
+  /** Backs up the sources and commits the snapshot (what `sitekeep backup` does). */
   async run(): Promise<BackupSummary> {
-    const started = Date.now();
     const opts = this.opts;
-    const host = opts.host ?? osHostname();
-    let paths: string[];
-    let tree: string;
-    let parent: Snapshot | undefined;
     if (opts.stdinCommand !== undefined) {
       const name = opts.stdinFilename ?? "stdin";
-      paths = ["/" + name];
-      tree = await this.saveTree([await this.stdinNode(opts.stdinCommand, name)]);
-    } else {
-      if (opts.paths.length === 0) {
-        throw new SitekeepError("backup.nopaths", "nothing to back up: no paths given", { hint: "name at least one file or folder" });
-      }
-      const sources = await this.resolveSources(opts.paths);
-      paths = sources.map((s) => s.abs).sort();
-      parent = await this.findParent(host, paths);
-      const root = this.buildVirtual(sources);
-      if (opts.onProgress) this.scan = startScan(paths, this.exclude, opts.signal);
-      const parentNodes = parent ? await this.safeLoadTree(parent.tree) : undefined;
-      tree = await this.saveTree(await this.virtualNodes(root, "", parentNodes));
+      const node = await this.commandFileNode(opts.stdinCommand, name);
+      return this.commit({ tree: await this.saveTree([node]), paths: ["/" + name] });
     }
+    return this.commit(await this.buildTree());
+  }
+
+  /**
+   * Reads the sources into trees and returns the root tree, without committing a snapshot. The
+   * parent is opts.parentTree when given, else the parent snapshot (opts.parent or the latest of
+   * the same host and paths).
+   */
+  async buildTree(): Promise<BuiltTree> {
+    const opts = this.opts;
+    if (opts.paths.length === 0) {
+      throw new SitekeepError("backup.nopaths", "nothing to back up: no paths given", { hint: "name at least one file or folder" });
+    }
+    const sources = await this.resolveSources(opts.paths);
+    const paths = sources.map((s) => s.abs).sort();
+    const parent = opts.parentTree ? undefined : await this.findParent(opts.host ?? osHostname(), paths);
+    const root = this.buildVirtual(sources);
+    if (opts.onProgress && !this.scan) this.scan = startScan(paths, this.exclude, opts.signal);
+    const parentNodes = await this.safeLoadTree(opts.parentTree ?? parent?.tree);
+    const nodes = await this.virtualNodes(root, "", parentNodes);
+    nodes.push(...(opts.extraRootNodes ?? []));
+    const tree = await this.saveTree(nodes);
+    return { tree, paths, ...(parent ? { parent } : {}), nodes };
+  }
+
+  /** Stores a stream (a database dump, a command's output) as a file node named `name`. */
+  async streamFileNode(name: string, read: ReadFn, meta: { mode?: number; mtime?: Date } = {}): Promise<NodeJSON> {
+    const content = await this.storeChunks(read);
+    this.progress.files++;
+    this.stats.files_new++;
+    const time = meta.mtime ? formatDate(meta.mtime) : formatTimeNs(nowNs());
+    const user = safeUser();
+    return {
+      name: encodeName(Buffer.from(name)),
+      type: "file",
+      mode: meta.mode ?? 0o600,
+      mtime: time,
+      atime: time,
+      ctime: time,
+      uid: user.uid,
+      gid: user.gid,
+      size: content.size || undefined,
+      content: content.ids,
+    };
+  }
+
+  /** Stores a directory node holding `children` (for content that has no folder on disk). */
+  async dirNode(name: string, children: NodeJSON[], mode = 0o700): Promise<NodeJSON> {
+    const subtree = await this.saveTree(children);
+    this.stats.dirs_new++;
+    const now = formatTimeNs(nowNs());
+    const user = safeUser();
+    return { name: encodeName(Buffer.from(name)), type: "dir", mode: goModeFromUnix(0o040000 | mode), mtime: now, atime: now, ctime: now, uid: user.uid, gid: user.gid, content: null, subtree };
+  }
+
+  /** Stores a root tree made of these nodes (for callers that compose the root themselves). */
+  rootTree(nodes: NodeJSON[]): Promise<string> {
+    return this.saveTree(nodes);
+  }
+
+  /** Flushes everything stored and writes the snapshot file: the only step that makes data visible. */
+  async commit(t: { tree: string; paths: string[]; parent?: Snapshot }, started = this.started): Promise<BackupSummary> {
+    const opts = this.opts;
     this.checkAbort();
     await this.repo.flush();
     const user = safeUser();
     const snap: SnapshotJSON = {
       time: opts.time ? formatDate(opts.time) : formatTimeNs(nowNs()),
-      ...(parent ? { parent: parent.id } : {}),
-      tree,
-      paths,
-      hostname: host,
+      ...(t.parent ? { parent: t.parent.id } : {}),
+      tree: t.tree,
+      paths: t.paths,
+      hostname: opts.host ?? osHostname(),
       username: user.username,
       ...(user.uid ? { uid: user.uid } : {}),
       ...(user.gid ? { gid: user.gid } : {}),
@@ -171,7 +232,15 @@ export class Archiver {
       total_bytes_processed: this.progress.bytes,
       total_duration: (Date.now() - started) / 1000,
       snapshot_id: id,
-      ...(parent ? { parent: parent.id } : {}),
+      ...(t.parent ? { parent: t.parent.id } : {}),
+      warnings: this.warnings,
+    };
+  }
+
+  /** Files, bytes and warnings so far (for callers that build trees without committing). */
+  get totals(): { stats: Omit<BackupSummary, "message_type" | "snapshot_id" | "parent" | "warnings" | "total_duration">; warnings: BackupWarning[] } {
+    return {
+      stats: { ...this.stats, data_added: this.progress.bytesAdded, total_files_processed: this.progress.files, total_bytes_processed: this.progress.bytes },
       warnings: this.warnings,
     };
   }
@@ -511,7 +580,7 @@ export class Archiver {
     return { ids, size };
   }
 
-  private async stdinNode(command: string, name: string): Promise<NodeJSON> {
+  private async commandFileNode(command: string, name: string): Promise<NodeJSON> {
     const child = spawn("/bin/sh", ["-c", command], { stdio: ["ignore", "pipe", "pipe"] });
     let stderr = "";
     child.stderr.on("data", (d: Buffer) => {
@@ -521,9 +590,9 @@ export class Archiver {
       child.on("error", rej);
       child.on("close", (code, signal) => res(signal ? 128 : code));
     });
-    let content: { ids: string[]; size: number };
+    let node: NodeJSON;
     try {
-      content = await this.storeChunks(streamReader(child.stdout));
+      node = await this.streamFileNode(name, streamReader(child.stdout), { mode: 0o644 });
     } catch (err) {
       child.kill();
       throw err;
@@ -534,22 +603,7 @@ export class Archiver {
         hint: "fix the command so that it exits 0 when its output is complete",
       });
     }
-    this.progress.files++;
-    this.stats.files_new++;
-    const now = formatTimeNs(nowNs());
-    const user = safeUser();
-    return {
-      name: encodeName(Buffer.from(name)),
-      type: "file",
-      mode: 0o644,
-      mtime: now,
-      atime: now,
-      ctime: now,
-      uid: user.uid,
-      gid: user.gid,
-      size: content.size || undefined,
-      content: content.ids,
-    };
+    return node;
   }
 
   private async saveTree(nodes: NodeJSON[]): Promise<string> {

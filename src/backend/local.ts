@@ -38,7 +38,10 @@ export class LocalBackend implements Backend {
   async hasContent(): Promise<boolean> {
     try {
       const st = await fsp.stat(this.root);
-      return !st.isDirectory() || (await fsp.readdir(this.root)).length > 0;
+      // The site task's run log (sitekeep.log, rotated) sits beside the repository and may be
+      // written before the repository is; a filesystem's lost+found is not content either.
+      const names = (await fsp.readdir(this.root)).filter((n) => !/^sitekeep\.log(\.\d+)?$/.test(n) && n !== "lost+found");
+      return !st.isDirectory() || names.length > 0;
     } catch (err) {
       if (isErrnoError(err, "ENOENT")) return false;
       throw err;

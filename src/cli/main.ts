@@ -140,6 +140,33 @@ function program(): Command {
     .option("--new-password-file <file>", "read the new password from a file")
     .action(run(async (o, cmd: Command) => (await import("./commands/key.js")).keyPasswdCommand(g(cmd), o)));
 
+  const site = p.command("site").description("the site backup task: control file, backups, status (see docs/control-file.md)");
+  const siteCmd = (name: string, description: string): Command =>
+    site.command(name).description(description).option("-c, --config <file>", "control file (env SITEKEEP_CONFIG; default ./sitekeep.yaml)");
+  const siteOp = (mod: (m: typeof import("./commands/site.js")) => (...a: never[]) => Promise<number>) =>
+    run(async (...a: unknown[]) => {
+      const cmd = a[a.length - 1] as Command;
+      const m = await import("./commands/site.js");
+      return (mod(m) as (...x: unknown[]) => Promise<number>)(g(cmd), ...a.slice(0, -2), cmd.opts());
+    });
+  siteCmd("validate", "check the control file; every problem with file:line:col and a fix").action(siteOp((m) => m.siteValidateCommand));
+  siteCmd("backup", "run the site backup task now")
+    .option("-v, --verbose", "print the run log as it is written")
+    .action(siteOp((m) => m.siteBackupCommand));
+  siteCmd("status", "last runs, last good snapshot and its age against the retention window, open alerts").action(siteOp((m) => m.siteStatusCommand));
+  siteCmd("messages", "status messages (newest last)")
+    .option("-n, --limit <n>", "how many", "50")
+    .option("--run <id>", "only this run's messages")
+    .action(siteOp((m) => m.siteMessagesCommand));
+  siteCmd("alerts", "open alerts")
+    .option("--all", "closed ones too")
+    .option("--close <id>", "close an alert")
+    .action(siteOp((m) => m.siteAlertsCommand));
+  siteCmd("freeze", "freeze the writers, run a command (another tool's snapshot), thaw")
+    .requiredOption("--exec <cmd>", "the command to run while the writers are frozen")
+    .action(siteOp((m) => m.siteFreezeCommand));
+  site.command("schema").description("print the control file's JSON Schema").action(run(async () => (await import("./commands/site.js")).siteSchemaCommand()));
+
   p.command("demo")
     .description("run the demo: generate a site folder, back it up twice, restore and verify it")
     .argument("[dir]", "folder for the demo (default ./sitekeep-demo)")
