@@ -188,6 +188,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     env,
     onEvent: (e) => logLine(`writer ${e.writer}: ${e.action} ${e.ok ? "ok" : "FAILED"} in ${e.durationMs} ms${e.ok ? "" : `: ${e.detail}`}`),
   });
+  const opened: Repository[] = [];
   let result: SiteBackupResult;
   try {
     const r = await backupSteps();
@@ -210,6 +211,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     };
   } finally {
     rmSync(tmpDir, { recursive: true, force: true });
+    for (const r of opened) await r.backend.close().catch(() => undefined);
     lock.release();
   }
   state.close();
@@ -257,7 +259,9 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
 
     // ---- open the repositories -------------------------------------------------------------------
     const repo = await openDestination(dest, password, "destination");
+    opened.push(repo);
     const dbRepo = dbDest ? await openDestination(dbDest, password, "database destination") : undefined;
+    if (dbRepo) opened.push(dbRepo);
     mkdirSync(tmpDir, { recursive: true, mode: 0o700 });
     // Shared locks while capturing (as restic's backup); retention takes its own exclusive one.
     const cut = await withLock(repo, false, async () => {
@@ -484,6 +488,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
       try {
         const pw = c.backup.copyPasswordFile ? readFileSync(c.backup.copyPasswordFile, "utf8").replace(/\r?\n$/, "") : password();
         const dst = await openDestination(target, pw, "copy destination");
+        opened.push(dst);
         const snap = await repo.loadSnapshot(snapshotId);
         await withLock(repo, false, () =>
           withLock(dst, false, async () => {
