@@ -3,14 +3,14 @@
 // writers are thawed in reverse order whatever CMD did — also on SIGINT/SIGTERM, and by the
 // watchdog if this process is killed.
 import { spawn } from "node:child_process";
-import { join } from "node:path";
 import { ExitCode } from "../errors.js";
-import { type ControlFile, isCommandWriter } from "./control-schema.js";
-import { parseDurationMs } from "./duration.js";
+import type { ControlFile } from "./control-schema.js";
 import { StateStore, stateDirFor } from "./state.js";
 import { newRunId } from "./task.js";
 import { SiteLock } from "./site-lock.js";
-import { WriterSet } from "./writers.js";
+import { type WriterEvent, WriterSet } from "./writers.js";
+import { openWriterSocket, prepareWriters } from "./writer-setup.js";
+import type { WriterServer } from "./writer-server.js";
 
 export interface FrozenResult {
   exitCode: number;
@@ -23,12 +23,10 @@ export async function runFrozen(config: ControlFile, command: string, opts: { on
   const state = StateStore.open(stateDir);
   const runId = newRunId();
   const lock = SiteLock.acquire(stateDir, config.site, runId);
-  const cmdWriters = config.writers.filter(isCommandWriter);
-  const writers = new WriterSet(cmdWriters, {
-    maxFreezeMs: parseDurationMs(config.backup.maxFreeze) ?? 600_000,
-    watchdogLog: join(stateDir, "watchdog.log"),
-    onEvent: (e) => opts.onLine?.(`writer ${e.writer}: ${e.action} ${e.ok ? "ok" : "FAILED: " + e.detail} (${e.durationMs} ms)`),
-  });
+  const env = process.env;
+  const onEvent = (e: WriterEvent): void => opts.onLine?.(`writer ${e.writer}: ${e.action} ${e.ok ? "ok" : "FAILED: " + e.detail} (${e.durationMs} ms)`);
+  let writers = new WriterSet([], { maxFreezeMs: 0, watchdogLog: "" });
+  let server: WriterServer | undefined;
   state.startRun({ id: runId, site: config.site, kind: "freeze" });
   let exitCode: number = ExitCode.failed;
   let thawFailed: string[] = [];
@@ -40,6 +38,10 @@ export async function runFrozen(config: ControlFile, command: string, opts: { on
   };
   for (const s of forward) process.on(s, onSignal);
   try {
+    server = await openWriterSocket(config, stateDir, runId);
+    const prepared = await prepareWriters(config, { stateDir, server, env, onEvent });
+    writers = prepared.set;
+    for (const name of prepared.absent) opts.onLine?.(`writer ${name}: not registered (required: false), not frozen`);
     await writers.freeze();
     opts.onLine?.(`writers frozen; running ${command}`);
     exitCode = await new Promise<number>((resolve) => {
@@ -53,6 +55,7 @@ export async function runFrozen(config: ControlFile, command: string, opts: { on
   } finally {
     thawFailed = await writers.thaw();
     for (const s of forward) process.off(s, onSignal);
+    await server?.close().catch(() => undefined);
     lock.release();
   }
   if (thawFailed.length) {

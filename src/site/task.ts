@@ -38,7 +38,9 @@ import { streamReader } from "../archive/chunk-reader.js";
 import { streamCommand } from "./command.js";
 import { type MessageRow, StateStore, stateDirFor } from "./state.js";
 import { type MessageKey, messageDef } from "./status-messages.js";
-import { WriterSet } from "./writers.js";
+import { type WriterEvent, WriterSet } from "./writers.js";
+import { openWriterSocket, prepareWriters } from "./writer-setup.js";
+import type { WriterServer } from "./writer-server.js";
 
 /** The folder at the root of every site snapshot holding the manifest, dumps and captures. */
 export const SITE_DIR = ".sitekeep";
@@ -95,7 +97,7 @@ export interface SiteManifest {
   databases: DatabaseManifestEntry[];
   captures: { name: string; file: string; bytes: number; sha256: string; restore?: string; durationMs: number }[];
   files: { path: string; role: string; exclude: string[]; discoveredBy?: string }[];
-  writers: { name: string; kind: "command" }[];
+  writers: { name: string; kind: "command" | "socket" }[];
   freezeWindowMs?: number;
   timings: Record<string, number>;
 }
@@ -182,12 +184,9 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
   logLine(`control file ${loaded.file}`);
 
   const tmpDir = join(stateDir, "tmp", runId);
-  const writers = new WriterSet(c.writers.filter(isCommandWriter), {
-    maxFreezeMs: c.writers.filter(isCommandWriter).reduce((n, w) => n + 2 * (parseDurationMs(w.timeout) ?? 60_000), 0) + (parseDurationMs(c.backup.maxFreeze) ?? 600_000),
-    watchdogLog: join(stateDir, "watchdog.log"),
-    env,
-    onEvent: (e) => logLine(`writer ${e.writer}: ${e.action} ${e.ok ? "ok" : "FAILED"} in ${e.durationMs} ms${e.ok ? "" : `: ${e.detail}`}`),
-  });
+  let writers = new WriterSet([], { maxFreezeMs: 0, watchdogLog: "" });
+  let writerServer: WriterServer | undefined;
+  const onWriterEvent = (e: WriterEvent): void => logLine(`writer ${e.writer}: ${e.action} ${e.ok ? "ok" : "FAILED"} in ${e.durationMs} ms${e.ok ? "" : `: ${e.detail}`}`);
   const opened: Repository[] = [];
   let result: SiteBackupResult;
   try {
@@ -212,6 +211,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
   } finally {
     rmSync(tmpDir, { recursive: true, force: true });
     for (const r of opened) await r.backend.close().catch(() => undefined);
+    await writerServer?.close().catch(() => undefined);
     lock.release();
   }
   state.close();
@@ -239,11 +239,16 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
         throw StepError.from("database-unreachable", err);
       }
     }
-    for (const w of c.writers) {
-      if (!isCommandWriter(w)) throw new StepError("writer-missing", `writer ${w.name}: socket writers are not supported yet`, "use freeze/thaw commands");
-      for (const cmd of [w.freeze, w.thaw]) {
-        if (!(await commandExists(cmd, env))) throw new StepError("writer-missing", `writer ${w.name}: the command ${JSON.stringify(cmd)} cannot run here (not found)`, "install it or fix the writer's command in the control file");
-      }
+    try {
+      writerServer = await openWriterSocket(c, stateDir, runId);
+    } catch (err) {
+      throw StepError.from("writer-missing", err);
+    }
+    const prepared = await prepareWriters(c, { stateDir, server: writerServer, env, onEvent: onWriterEvent });
+    writers = prepared.set;
+    for (const name of prepared.absent) {
+      warnings.push(`writer ${name} did not register; the site was backed up without freezing it`);
+      logLine(`writer ${name}: not registered (required: false), not frozen`);
     }
     for (const cap of c.captures) {
       if (!(await commandExists(cap.export, env))) throw new StepError("capture-failed", `capture ${cap.name}: the command ${JSON.stringify(cap.export)} cannot run here (not found)`, "install it or fix the capture's export command");
@@ -418,7 +423,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
       databases,
       captures,
       files: fileEntries,
-      writers: c.writers.map((w) => ({ name: w.name, kind: "command" as const })),
+      writers: c.writers.map((w) => ({ name: w.name, kind: isCommandWriter(w) ? ("command" as const) : ("socket" as const) })),
       ...(freezeWindowMs !== undefined ? { freezeWindowMs } : {}),
       timings: { ...timings },
     };

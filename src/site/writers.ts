@@ -65,14 +65,39 @@ process.stdin.on("error", () => fire("the pipe to the backup process broke"));
 setInterval(() => {}, 1 << 30);
 `;
 
+/** How one writer's step went. */
+export interface StepResult {
+  ok: boolean;
+  detail: string;
+  durationMs: number;
+}
+
+/** A writer of either kind, as the set drives it. */
+export interface Writer {
+  name: string;
+  freeze(): Promise<StepResult>;
+  thaw(): Promise<StepResult>;
+  /** What the watchdog runs to thaw it if this process dies (command writers). */
+  watchdogThaw?: { thaw: string; timeoutMs: number };
+}
+
+/** A writer made of two shell commands. */
+export function commandWriter(w: CommandWriterSpec, env?: NodeJS.ProcessEnv): Writer {
+  const run = async (cmd: string): Promise<StepResult> => {
+    const r = await runCommand(cmd, { timeoutMs: timeoutMs(w), env });
+    return { ok: commandOk(r), detail: describeResult(r), durationMs: r.durationMs };
+  };
+  return { name: w.name, freeze: () => run(w.freeze), thaw: () => run(w.thaw), watchdogThaw: { thaw: w.thaw, timeoutMs: timeoutMs(w) } };
+}
+
 export class WriterSet {
-  private readonly frozen: CommandWriterSpec[] = [];
+  private readonly frozen: Writer[] = [];
   private watchdog: ReturnType<typeof spawn> | undefined;
   private frozenAt: number | undefined;
   private thawedAt: number | undefined;
 
   constructor(
-    private readonly writers: CommandWriterSpec[],
+    private readonly writers: Writer[],
     private readonly opts: WriterSetOptions,
   ) {}
 
@@ -95,11 +120,11 @@ export class WriterSet {
     this.frozenAt = Date.now();
     for (const w of this.writers) {
       this.frozen.push(w); // before running: a half-done freeze must be thawed too
-      const r = await runCommand(w.freeze, { timeoutMs: timeoutMs(w), env: this.opts.env });
-      this.opts.onEvent?.({ writer: w.name, action: "freeze", ok: commandOk(r), detail: describeResult(r), durationMs: r.durationMs });
-      if (!commandOk(r)) {
+      const r = await w.freeze();
+      this.opts.onEvent?.({ writer: w.name, action: "freeze", ...r });
+      if (!r.ok) {
         const thawErrors = await this.thaw();
-        throw new SitekeepError("writer.freeze", `writer ${w.name} failed to freeze: ${describeResult(r)}${thawErrors.length ? `; thaw also failed for ${thawErrors.join(", ")}` : "; everything frozen was thawed"}`, {
+        throw new SitekeepError("writer.freeze", `writer ${w.name} failed to freeze: ${r.detail}${thawErrors.length ? `; thaw also failed for ${thawErrors.join(", ")}` : "; everything frozen was thawed"}`, {
           hint: "run the freeze command by hand to see why; raise the writer's timeout if it is slow",
         });
       }
@@ -110,11 +135,11 @@ export class WriterSet {
   async thaw(): Promise<string[]> {
     const failed: string[] = [];
     while (this.frozen.length) {
-      const w = this.frozen.pop() as CommandWriterSpec;
-      const r = await runCommand(w.thaw, { timeoutMs: timeoutMs(w), env: this.opts.env });
+      const w = this.frozen.pop() as Writer;
+      const r = await w.thaw();
       this.tellWatchdog(`thawed ${w.name}`);
-      this.opts.onEvent?.({ writer: w.name, action: "thaw", ok: commandOk(r), detail: describeResult(r), durationMs: r.durationMs });
-      if (!commandOk(r)) failed.push(`${w.name} (${describeResult(r)})`);
+      this.opts.onEvent?.({ writer: w.name, action: "thaw", ...r });
+      if (!r.ok) failed.push(`${w.name} (${r.detail})`);
     }
     if (this.frozenAt !== undefined && this.thawedAt === undefined) this.thawedAt = Date.now();
     this.stopWatchdog();
@@ -122,7 +147,8 @@ export class WriterSet {
   }
 
   private startWatchdog(): void {
-    if (this.opts.noWatchdog || this.watchdog) return;
+    const guarded = this.writers.filter((w) => w.watchdogThaw);
+    if (this.opts.noWatchdog || this.watchdog || !guarded.length) return;
     const child = spawn(process.execPath, ["-e", WATCHDOG_SOURCE], { stdio: ["pipe", "ignore", "ignore"], detached: true });
     child.stdin?.on("error", () => undefined);
     child.unref();
@@ -130,7 +156,7 @@ export class WriterSet {
       deadline: Date.now() + this.opts.maxFreezeMs,
       log: this.opts.watchdogLog,
       env: this.opts.env ?? process.env,
-      writers: this.writers.map((w) => ({ name: w.name, thaw: w.thaw, timeoutMs: timeoutMs(w) })),
+      writers: guarded.map((w) => ({ name: w.name, ...w.watchdogThaw })),
     };
     child.stdin?.write(JSON.stringify(cfg) + "\n");
     this.watchdog = child;
@@ -145,11 +171,6 @@ export class WriterSet {
     this.tellWatchdog("done");
     this.watchdog.stdin?.end();
     this.watchdog = undefined;
-  }
-
-  /** PID of the watchdog (tests). */
-  get watchdogPid(): number | undefined {
-    return this.watchdog?.pid;
   }
 }
 
