@@ -51,6 +51,18 @@ async function queryPaths(from: { database: string; query: string }, databases: 
         await client.end().catch(() => undefined);
       }
     }
+    if (db.kind === "mariadb" || db.kind === "mysql") {
+      const u = new URL(db.url.replace(/^mariadb:/, "mysql:"));
+      const args = ["--no-defaults", "--batch", "--skip-column-names", "--raw"];
+      if (db.socket) args.push(`--socket=${db.socket}`);
+      else if (u.hostname) args.push(`--host=${u.hostname}`, ...(u.port ? [`--port=${u.port}`] : []));
+      if (u.username) args.push(`--user=${decodeURIComponent(u.username)}`);
+      args.push(`--database=${decodeURIComponent(u.pathname.slice(1))}`, "-e", from.query);
+      const env = db.passwordFile ? { ...process.env, MYSQL_PWD: readFileSync(db.passwordFile, "utf8").replace(/\r?\n$/, "") } : process.env;
+      const r = await runCommand(["mariadb", ...args].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(" "), { timeoutMs: 120_000, env });
+      if (!commandOk(r)) throw new Error(describeResult(r));
+      return r.stdout.split("\n").map((l) => l.split("\t")[0]);
+    }
   } catch (err) {
     throw new SitekeepError("site.paths-from", `pathsFrom query on database ${from.database} failed: ${errorMessage(err)}`, { hint: "run the query by hand; its first column must be a path" });
   }

@@ -32,6 +32,7 @@ import { SiteLock, processAlive } from "./site-lock.js";
 import { SiteLog } from "./site-log.js";
 import { checkPostgres, dumpPostgres } from "./sources/postgres.js";
 import { checkSqlite, dumpSqlite } from "./sources/sqlite.js";
+import { checkMariadb, dumpMariadb } from "./sources/mariadb.js";
 import type { DatabaseManifestEntry, SourceContext } from "./sources/types.js";
 import { hashingReader } from "./sources/types.js";
 import { streamReader } from "../archive/chunk-reader.js";
@@ -234,7 +235,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
       try {
         if (d.kind === "sqlite") dbBytes += checkSqlite(d).bytes;
         else if (d.kind === "postgres") dbBytes += (await checkPostgres(d)).bytes;
-        else throw new StepError("database-unreachable", `database ${d.name}: kind ${d.kind} is not supported yet`, "use sqlite or postgres, or capture it with a command under captures");
+        else dbBytes += (await checkMariadb(d, tmpDir)).bytes;
       } catch (err) {
         throw StepError.from("database-unreachable", err);
       }
@@ -267,7 +268,6 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     opened.push(repo);
     const dbRepo = dbDest ? await openDestination(dbDest, password, "database destination") : undefined;
     if (dbRepo) opened.push(dbRepo);
-    mkdirSync(tmpDir, { recursive: true, mode: 0o700 });
     // Shared locks while capturing (as restic's backup); retention takes its own exclusive one.
     const cut = await withLock(repo, false, async () => {
       await repo.loadIndex();
@@ -324,6 +324,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
       try {
         if (d.kind === "sqlite") databases.push(await dumpSqlite(d, dbCtx));
         else if (d.kind === "postgres") databases.push(await dumpPostgres(d, dbCtx));
+        else databases.push(await dumpMariadb(d, dbCtx));
       } catch (err) {
         throw StepError.from("database-capture-failed", err);
       }
