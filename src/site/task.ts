@@ -221,6 +221,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
   async function backupSteps(): Promise<SiteBackupResult> {
     // ---- 2. preflight ----------------------------------------------------------------------------
     const t = Date.now();
+    mkdirSync(tmpDir, { recursive: true, mode: 0o700 });
     const password = sitePassword(c, env);
     const dest = c.backup.destination;
     const dbDest = c.backup.databaseDestination;
