@@ -33,7 +33,9 @@ export async function runFrozen(config: ControlFile, command: string, opts: { on
   let error: string | undefined;
   const forward: NodeJS.Signals[] = ["SIGINT", "SIGTERM"];
   let child: ReturnType<typeof spawn> | undefined;
+  const abort = new AbortController();
   const onSignal = (sig: NodeJS.Signals): void => {
+    abort.abort();
     child?.kill(sig);
   };
   for (const s of forward) process.on(s, onSignal);
@@ -42,7 +44,8 @@ export async function runFrozen(config: ControlFile, command: string, opts: { on
     const prepared = await prepareWriters(config, { stateDir, server, env, onEvent });
     writers = prepared.set;
     for (const name of prepared.absent) opts.onLine?.(`writer ${name}: not registered (required: false), not frozen`);
-    await writers.freeze();
+    await writers.freeze(abort.signal);
+    if (abort.signal.aborted) throw new Error("interrupted before the command ran");
     opts.onLine?.(`writers frozen; running ${command}`);
     exitCode = await new Promise<number>((resolve) => {
       child = spawn("/bin/sh", ["-c", command], { stdio: "inherit" });

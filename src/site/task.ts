@@ -164,7 +164,10 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
   for (const orphan of state.orphanedRuns(site, processAlive)) {
     state.finishRun(orphan.id, { status: "interrupted", errorCode: "site.backup-interrupted", error: "the process running it ended without finishing (killed or crashed); its writers were thawed by the watchdog" });
     const def = messageDef("backup-interrupted");
-    state.addMessage({ site, runId: orphan.id, messageId: def.id, severity: def.severity, text: `Run ${orphan.id} was interrupted: its process (PID ${orphan.pid}) ended without finishing; no snapshot was made by it` });
+    const text = `Run ${orphan.id} was interrupted: its process (PID ${orphan.pid}) ended without finishing; no snapshot was made by it`;
+    state.addMessage({ site, runId: orphan.id, messageId: def.id, severity: def.severity, text });
+    // Log watchers saw the run start in sitekeep.log: they must see it end there too.
+    if (orphan.kind === "backup") SiteLog.forDestination(orphan.destination ?? c.backup.destination, stateDir, site, orphan.id).statmsg(def.id, def.severity, text);
   }
 
   let lock: SiteLock;
@@ -373,9 +376,9 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     t = Date.now();
     if (writers.count) {
       try {
-        await writers.freeze();
+        await writers.freeze(opts.signal);
       } catch (err) {
-        throw StepError.from("writer-freeze-failed", err);
+        throw StepError.from(opts.signal?.aborted ? "backup-interrupted" : "writer-freeze-failed", err);
       }
       let frozenErr: unknown;
       try {

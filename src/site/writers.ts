@@ -2,7 +2,8 @@
 // Command writers are frozen in order and thawed in reverse order, always: after an error, a
 // timeout, a signal, and even when this process is killed with SIGKILL, because a watchdog process
 // started before the first freeze outlives us and thaws whatever we did not report as thawed, as
-// soon as our end of its pipe closes or the freeze deadline passes.
+// soon as our end of its pipe closes or the freeze deadline passes. It only thaws writers whose
+// freeze was started (we say "freezing NAME" before each).
 import { spawn } from "node:child_process";
 import { SitekeepError } from "../errors.js";
 import type { CommandWriterSpec } from "./control-schema.js";
@@ -33,7 +34,7 @@ const WATCHDOG_SOURCE = String.raw`
 const { spawn } = require("node:child_process");
 const fs = require("node:fs");
 let cfg = null, buf = "", fired = false, finished = false;
-const thawed = new Set();
+const thawed = new Set(), frozen = new Set();
 const log = (s) => { try { fs.appendFileSync(cfg.log, new Date().toISOString() + " watchdog[" + process.pid + "] " + s + "\n"); } catch {} };
 const runThaw = (w) => new Promise((res) => {
   const c = spawn("/bin/sh", ["-c", w.thaw], { stdio: "ignore", detached: true, env: cfg.env });
@@ -44,7 +45,7 @@ const runThaw = (w) => new Promise((res) => {
 const fire = async (why) => {
   if (fired || finished || !cfg) return;
   fired = true;
-  const left = cfg.writers.filter((w) => !thawed.has(w.name)).reverse();
+  const left = cfg.writers.filter((w) => frozen.has(w.name) && !thawed.has(w.name)).reverse();
   log(why + "; thawing " + (left.map((w) => w.name).join(", ") || "nothing"));
   for (const w of left) { const code = await runThaw(w); log("thaw " + w.name + " exited " + code); }
   process.exit(0);
@@ -56,7 +57,8 @@ process.stdin.on("data", (d) => {
   while ((i = buf.indexOf("\n")) >= 0) {
     const line = buf.slice(0, i); buf = buf.slice(i + 1);
     if (!cfg) { cfg = JSON.parse(line); setTimeout(() => fire("freeze deadline passed"), Math.max(0, cfg.deadline - Date.now())).unref(); continue; }
-    if (line.startsWith("thawed ")) thawed.add(line.slice(7));
+    if (line.startsWith("freezing ")) frozen.add(line.slice(9));
+    else if (line.startsWith("thawed ")) thawed.add(line.slice(7));
     else if (line === "done") { finished = true; process.exit(0); }
   }
 });
@@ -75,7 +77,8 @@ export interface StepResult {
 /** A writer of either kind, as the set drives it. */
 export interface Writer {
   name: string;
-  freeze(): Promise<StepResult>;
+  /** The signal stops a freeze in progress (the run was interrupted). */
+  freeze(signal?: AbortSignal): Promise<StepResult>;
   thaw(): Promise<StepResult>;
   /** What the watchdog runs to thaw it if this process dies (command writers). */
   watchdogThaw?: { thaw: string; timeoutMs: number };
@@ -83,11 +86,13 @@ export interface Writer {
 
 /** A writer made of two shell commands. */
 export function commandWriter(w: CommandWriterSpec, env?: NodeJS.ProcessEnv): Writer {
-  const run = async (cmd: string): Promise<StepResult> => {
-    const r = await runCommand(cmd, { timeoutMs: timeoutMs(w), env });
-    return { ok: commandOk(r), detail: describeResult(r), durationMs: r.durationMs };
+  const run = async (cmd: string, signal?: AbortSignal): Promise<StepResult> => {
+    const r = await runCommand(cmd, { timeoutMs: timeoutMs(w), env, signal });
+    const interrupted = signal?.aborted && !commandOk(r);
+    return { ok: commandOk(r), detail: interrupted ? `${JSON.stringify(cmd)} was stopped: the run was interrupted` : describeResult(r), durationMs: r.durationMs };
   };
-  return { name: w.name, freeze: () => run(w.freeze), thaw: () => run(w.thaw), watchdogThaw: { thaw: w.thaw, timeoutMs: timeoutMs(w) } };
+  // Thaw gets no signal: once started it must finish, whatever else happens.
+  return { name: w.name, freeze: (signal) => run(w.freeze, signal), thaw: () => run(w.thaw), watchdogThaw: { thaw: w.thaw, timeoutMs: timeoutMs(w) } };
 }
 
 export class WriterSet {
@@ -114,13 +119,21 @@ export class WriterSet {
    * Freezes every writer in order. When one fails, everything frozen so far (and the failing one,
    * which may be half-frozen) is thawed before the error is thrown.
    */
-  async freeze(): Promise<void> {
+  async freeze(signal?: AbortSignal): Promise<void> {
     if (!this.writers.length) return;
     this.startWatchdog();
     this.frozenAt = Date.now();
     for (const w of this.writers) {
+      if (signal?.aborted) {
+        const thawErrors = await this.thaw();
+        throw new SitekeepError("writer.interrupted", `interrupted while freezing the writers; everything frozen was thawed${thawErrors.length ? ` (thaw failed for ${thawErrors.join(", ")})` : ""}`, {
+          hint: "run the backup again",
+          exitCode: 130,
+        });
+      }
       this.frozen.push(w); // before running: a half-done freeze must be thawed too
-      const r = await w.freeze();
+      this.tellWatchdog(`freezing ${w.name}`);
+      const r = await w.freeze(signal);
       this.opts.onEvent?.({ writer: w.name, action: "freeze", ...r });
       if (!r.ok) {
         const thawErrors = await this.thaw();
