@@ -88,3 +88,27 @@ test("the watchdog thaws by the deadline when the task hangs while frozen", asyn
     await tmp.cleanup();
   }
 });
+
+test("short freeze: only files changed since the online pass are read while frozen, and the snapshot has their frozen state", async () => {
+  const tmp = await tempDir("site-short-freeze");
+  try {
+    const site = join(tmp.path, "site");
+    const s = setup(tmp.path, `  - { name: app, freeze: "echo 'written just before the freeze' >> ${join(site, "journal.log")}", thaw: "true" }`);
+    for (let i = 0; i < 50; i++) writeFileSync(join(site, `f${i}.txt`), `file ${i}\n`.repeat(100));
+    writeFileSync(join(site, "journal.log"), "start\n");
+    for (let run = 1; run <= 2; run++) {
+      const r = await runSitekeep(["site", "backup", "--json", "--config", s.config], { env: s.env });
+      assert.equal(r.code, 0, describeRun(r));
+      const sum = JSON.parse(r.stdout) as { files_changed_while_frozen: number; total_files_processed: number; freeze_window_ms: number };
+      assert.equal(sum.files_changed_while_frozen, 1, `run ${run}: only journal.log is read again while frozen`);
+      assert.equal(sum.total_files_processed, 52);
+    }
+    const target = join(tmp.path, "restored");
+    const rs = await runSitekeep(["restore", "latest", "--target", target, "-r", join(tmp.path, "dest")], { env: s.env });
+    assert.equal(rs.code, 0, describeRun(rs));
+    assert.equal(readFileSync(join(target, site, "journal.log"), "utf8"), readFileSync(join(site, "journal.log"), "utf8"));
+    assert.match(readFileSync(join(target, site, "journal.log"), "utf8"), /(written just before the freeze\n){2}$/);
+  } finally {
+    await tmp.cleanup();
+  }
+});

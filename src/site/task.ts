@@ -367,6 +367,9 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
       onlineArchiver = new Archiver(repo, { paths, excludes, host: site, signal: opts.signal, ...(previous ? { parentTree: previous.tree } : { parent: "none" }) });
       try {
         tree = await onlineArchiver.buildTree();
+        // The frozen pass reads this tree as its parent: its blobs must be loadable, not still
+        // in a pack being filled. Flushing also makes everything read so far durable.
+        await repo.flush();
       } catch (err) {
         throw StepError.from(opts.signal?.aborted ? "backup-interrupted" : "file-capture-failed", err);
       }
