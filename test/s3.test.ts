@@ -383,3 +383,37 @@ function closedPort(): Promise<number> {
     });
   });
 }
+
+test("the site task backs up to an S3 destination (initialized on first use) and copies to a local second destination", async () => {
+  const dest = repoUrl("site-PS3");
+  const copy = join(tmp.path, "site-copy-ü");
+  await fsp.mkdir(copy);
+  const state = join(tmp.path, "site-state");
+  const config = join(tmp.path, "site-s3.yaml");
+  await fsp.writeFile(
+    config,
+    `site: PS3
+backup:
+  destination: ${dest}
+  copyTo: [ ${JSON.stringify(copy)} ]
+files:
+  - { path: ${src} }
+stateDir: ${state}
+`,
+  );
+  const r = ok(await runSitekeep(["site", "backup", "--json", "--config", config], { env }));
+  const sum = JSON.parse(r.stdout) as { message_id: number; snapshot_id: string; log: string; warnings: string[] };
+  assert.equal(sum.message_id, 5035);
+  assert.deepEqual(sum.warnings, []);
+  // The run log of a remote destination lives in the state directory.
+  assert.equal(sum.log, join(state, "logs", "PS3", "sitekeep.log"));
+  assert.match(await fsp.readFile(sum.log, "utf8"), /STATMSG: ID=5035/);
+  const listed = JSON.parse(ok(await runSitekeep(["-r", dest, "snapshots", "--json"], { env })).stdout) as { id: string; tags: string[] }[];
+  assert.deepEqual(listed.map((s) => s.id), [sum.snapshot_id]);
+  assert.ok(listed[0].tags.includes("site:PS3"));
+  // The copy in the second destination (a folder with a non-ASCII name) restores identical.
+  const target = join(tmp.path, "site-s3-restored");
+  ok(await runSitekeep(["-r", copy, "restore", "latest", "--target", target], { env }));
+  assert.deepEqual(await compareTrees(src, join(target, src)), []);
+  ok(await runRestic(["-r", copy, "check", "--read-data"], { env: { ...env, RESTIC_PASSWORD: env.SITEKEEP_PASSWORD } }));
+});

@@ -1,7 +1,7 @@
 // The run log in the destination (`sitekeep.log`, beside the repository's folders), the seed's
 // Smsbkup.log: one line per event and a `STATMSG: ID=... SEV=...` line per status message, so
 // existing log watchers keep working. Rotated when it grows past 4 MiB (5 old files kept).
-import { appendFileSync, existsSync, renameSync, statSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, renameSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { Severity } from "./status-messages.js";
 
@@ -19,7 +19,14 @@ export class SiteLog {
 
   /** The log of a local destination, or one in the state directory for remote (s3:) destinations. */
   static forDestination(destination: string, stateDir: string, site: string, runId: string): SiteLog {
-    const dir = destination.startsWith("s3:") ? join(stateDir, "logs", site) : destination;
+    if (!destination.startsWith("s3:")) return new SiteLog(join(destination, "sitekeep.log"), site, runId);
+    // Our own folder: created here (a local destination's folder never is: a missing one is an error).
+    const dir = join(stateDir, "logs", site);
+    try {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+    } catch {
+      // reported by the first write
+    }
     return new SiteLog(join(dir, "sitekeep.log"), site, runId);
   }
 
