@@ -399,7 +399,12 @@ export class Archiver {
       }
       node = nodeFromStat(rawName, st, target);
     } else node = nodeFromStat(rawName, st);
-    this.addXattrs(abs, display, node);
+    // Setting or removing an extended attribute changes the ctime: with the same inode and ctime
+    // the parent's attributes are still current, and listing them for every unchanged file cost
+    // as much as the lstat itself.
+    if (prev && prev.type === node.type && prev.ctime === node.ctime && prev.inode !== undefined && prev.inode === node.inode) {
+      if (prev.extended_attributes) node.extended_attributes = prev.extended_attributes;
+    } else this.addXattrs(abs, display, node);
     if (st.isDirectory()) {
       if (this.opts.oneFileSystem && this.rootDev !== undefined && st.dev !== this.rootDev) {
         // restic keeps the mount point as an empty directory.

@@ -1,0 +1,53 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { LocalBackend } from "../backend/local.js";
+import { Repository } from "../repo/repository.js";
+import { setXattr } from "../platform/fsx.js";
+import { Archiver } from "./archiver.js";
+import { loadTree } from "./tree.js";
+
+test("an incremental backup sees a changed extended attribute (it changes the ctime) and keeps unchanged ones", async () => {
+  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-xattr-incr-"));
+  try {
+    const repo = await Repository.init(new LocalBackend(join(tmp, "repo")), "pw", { kdf: { N: 1024, r: 8, p: 1 } });
+    await repo.loadIndex();
+    const a = join(tmp, "a.txt");
+    writeFileSync(a, "a\n");
+    writeFileSync(join(tmp, "b.txt"), "b\n");
+    try {
+      setXattr(a, "user.tag", Buffer.from("one"));
+      setXattr(join(tmp, "b.txt"), "user.tag", Buffer.from("keep"));
+    } catch {
+      return; // no user xattrs on this filesystem
+    }
+    const attrs = async (snapTree: string): Promise<Record<string, string>> => {
+      const root = await loadTree(repo, snapTree);
+      const out: Record<string, string> = {};
+      for (const n of root) out[n.name] = Buffer.from(n.extended_attributes?.[0]?.value ?? "", "base64").toString();
+      return out;
+    };
+    const first = await new Archiver(repo, { paths: [a, join(tmp, "b.txt")] }).run();
+    const snap1 = await repo.loadSnapshot(first.snapshot_id);
+    /** The tree of the folder holding the two files (snapshots keep the absolute path's chain). */
+    const tmpTree = async (id: string): Promise<string> => {
+      let tree = id;
+      for (const part of tmp.split("/").filter(Boolean)) {
+        const n = (await loadTree(repo, tree)).find((x) => x.name === part);
+        assert.ok(n?.subtree, part);
+        tree = n.subtree;
+      }
+      return tree;
+    };
+    assert.deepEqual(await attrs(await tmpTree(snap1.tree)), { "a.txt": "one", "b.txt": "keep" });
+    setXattr(a, "user.tag", Buffer.from("two"));
+    const second = await new Archiver(repo, { paths: [a, join(tmp, "b.txt")] }).run();
+    const snap2 = await repo.loadSnapshot(second.snapshot_id);
+    assert.equal(second.parent, first.snapshot_id);
+    assert.deepEqual(await attrs(await tmpTree(snap2.tree)), { "a.txt": "two", "b.txt": "keep" });
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});
