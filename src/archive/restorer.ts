@@ -20,6 +20,11 @@ export interface RestoreOptions {
   includes?: string[];
   excludes?: string[];
   dryRun?: boolean;
+  /**
+   * Leave the metadata of existing folders that merely lead to included paths alone (they are
+   * created when missing, with the snapshot's metadata).
+   */
+  keepAncestors?: boolean;
   /** Restore ownership; defaults to true when running as root. */
   ownership?: boolean;
   onProgress?: (p: RestoreProgress) => void;
@@ -158,13 +163,15 @@ export class Restorer {
           restoredAny = true;
         } else {
           // Create the folder only if something below it is selected.
-          if (!this.opts.dryRun) await this.makeDir(at, childPath);
+          const created = this.opts.dryRun ? false : await this.makeDir(at, childPath);
           const any = await this.restoreTree(node.subtree, at, childPath, false);
           if (any) {
-            dirsToFinish.push({ node, at });
+            // A folder only on the way to what was selected: with keepAncestors (recovery to the
+            // original paths, target "/"), an existing /srv or /var keeps its own mode, owner and times.
+            if (!this.opts.keepAncestors || created) dirsToFinish.push({ node, at });
             restoredAny = true;
-          } else if (!this.opts.dryRun) {
-            await fsp.rmdir(at).catch(() => undefined);
+          } else if (created) {
+            await fsp.rmdir(at).catch(() => undefined); // only what we made: never an existing empty folder
           }
         }
         continue;
@@ -185,10 +192,12 @@ export class Restorer {
     return restoredAny;
   }
 
-  private async makeDir(at: Buffer, path: string): Promise<void> {
-    if (this.opts.dryRun) return;
+  /** Makes the folder (replacing anything else that stands there); true when it did not exist. */
+  private async makeDir(at: Buffer, path: string): Promise<boolean> {
+    if (this.opts.dryRun) return false;
     try {
       await fsp.mkdir(at, { mode: 0o700 });
+      return true;
     } catch (err) {
       if (!isErrnoError(err, "EEXIST")) throw this.fatal(path, err);
       const st = await fsp.lstat(at);
@@ -196,7 +205,9 @@ export class Restorer {
         // Something else (a symlink planted in the target?) stands where the folder goes: replace it.
         await fsp.unlink(at);
         await fsp.mkdir(at, { mode: 0o700 });
+        return true;
       }
+      return false;
     }
   }
 

@@ -165,6 +165,22 @@ function program(): Command {
   siteCmd("freeze", "freeze the writers, run a command (another tool's snapshot), thaw")
     .requiredOption("--exec <cmd>", "the command to run while the writers are frozen")
     .action(siteOp((m) => m.siteFreezeCommand));
+  siteCmd("recover", "recover the site from a snapshot: files, captures, databases (see docs/recovery.md)")
+    .option("--snapshot <id>", "snapshot ID or prefix (default: the latest of the site)")
+    .option("--before <time>", "the newest snapshot made before this time")
+    .option("--only <what>", "files, captures, databases, or names of databases/captures (repeatable, comma-separated)", collect)
+    .option("--root <dir>", "restore files under this folder instead of their original paths")
+    .option("--replace", "replace existing databases and files")
+    .option("--database <mode>", "restore (default), existing (verify one recovered by other means) or skip", "restore")
+    .option("--database-name <name=new>", "restore a database under a new name (SQLite: a new path) (repeatable)", collect)
+    .option("--dry-run", "show the plan, change nothing")
+    .option("--from <url>", "recover from this destination (the control file is then optional)")
+    .option("--site <code>", "with --from: which site, when the repository holds several")
+    .action(siteOp((m) => m.siteRecoverCommand));
+  siteCmd("drill", "restore a snapshot into a sandbox and prove it: files verified, databases restored and counted")
+    .option("--snapshot <id>", "snapshot ID or prefix (default: the latest of the site)")
+    .option("--keep-sandbox", "keep the restored sandbox for inspection")
+    .action(siteOp((m) => m.siteDrillCommand));
   site.command("schema").description("print the control file's JSON Schema").action(run(async () => (await import("./commands/site.js")).siteSchemaCommand()));
 
   p.command("demo")

@@ -58,7 +58,11 @@ export function loadControlFile(path: string, env: NodeJS.ProcessEnv = process.e
   return parseControlFile(text, path, env);
 }
 
-export function parseControlFile(text: string, file: string, env: NodeJS.ProcessEnv = process.env): LoadedControlFile {
+/**
+ * Parses and validates a control file. `machineChecks: false` skips the checks of this machine
+ * (scripts and password files exist): for the copy stored in a snapshot, read on a new machine.
+ */
+export function parseControlFile(text: string, file: string, env: NodeJS.ProcessEnv = process.env, opts: { machineChecks?: boolean } = {}): LoadedControlFile {
   const lc = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
   const problems: ControlProblem[] = [];
@@ -112,7 +116,7 @@ export function parseControlFile(text: string, file: string, env: NodeJS.Process
   if (problems.length) throw new ControlFileError(file, sortProblems(problems));
 
   const config = parsed.data;
-  for (const p of semanticProblems(config, text)) problems.push({ ...p, path: fmtPath(p.path), ...locate(p.path, p.atKey) });
+  for (const p of semanticProblems(config, text, opts.machineChecks !== false)) problems.push({ ...p, path: fmtPath(p.path), ...locate(p.path, p.atKey) });
   if (problems.length) throw new ControlFileError(file, sortProblems(problems));
   return { file, text, config };
 }
@@ -240,7 +244,7 @@ interface SemanticProblem {
   hint: string;
 }
 
-function semanticProblems(c: ControlFile, text: string): SemanticProblem[] {
+function semanticProblems(c: ControlFile, text: string, machine: boolean): SemanticProblem[] {
   const out: SemanticProblem[] = [];
   const b = c.backup;
 
@@ -307,8 +311,8 @@ function semanticProblems(c: ControlFile, text: string): SemanticProblem[] {
     });
   }
 
-  if (b.afterBackup) out.push(...scriptProblems(b.afterBackup, ["backup", "afterBackup"]));
-  if (b.passwordFile && !existsSync(b.passwordFile)) {
+  if (machine && b.afterBackup) out.push(...scriptProblems(b.afterBackup, ["backup", "afterBackup"]));
+  if (machine && b.passwordFile && !existsSync(b.passwordFile)) {
     out.push({ path: ["backup", "passwordFile"], message: `${b.passwordFile} does not exist`, hint: "create it (mode 0600) with the repository password, or remove the key and set SITEKEEP_PASSWORD" });
   }
 

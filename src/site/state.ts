@@ -8,7 +8,7 @@ import Database from "better-sqlite3";
 import { SitekeepError, errorMessage } from "../errors.js";
 import type { Severity } from "./status-messages.js";
 
-export type RunKind = "backup" | "drill" | "freeze";
+export type RunKind = "backup" | "drill" | "freeze" | "recovery";
 export type RunStatus = "running" | "succeeded" | "failed" | "interrupted";
 
 export interface RunRow {

@@ -41,6 +41,12 @@ const defs = [
   { id: 5021, severity: "E", key: "backup-interrupted", meaning: "The run was interrupted (signal, or the process died); writers were thawed." },
   { id: 5022, severity: "E", key: "backup-failed", meaning: "The run failed for a reason not covered by a more specific message." },
   { id: 5023, severity: "W", key: "retention-window-exceeded", meaning: "The newest good snapshot is older than the retention window." },
+  { id: 5070, severity: "I", key: "recovery-started", meaning: "A recovery of the site from a snapshot started (`site recover`)." },
+  { id: 5071, severity: "I", key: "recovery-completed", meaning: "The recovery finished: every item was restored and checked; the report names what is left to do." },
+  { id: 5072, severity: "E", key: "recovery-failed", meaning: "The recovery finished with failed items (named in the text and the report); what was there before them is untouched." },
+  { id: 5080, severity: "I", key: "drill-started", meaning: "A restore drill started: the snapshot is restored into a sandbox." },
+  { id: 5081, severity: "I", key: "drill-passed", meaning: "The drill proved the snapshot restores: files verified, databases restored with the manifest's row counts; the time to recover is in the text." },
+  { id: 5082, severity: "E", key: "drill-failed", meaning: "The drill could not prove the snapshot restores (the failing items are named); an alert is raised." },
 ] as const satisfies readonly MessageDef[];
 
 export type MessageKey = (typeof defs)[number]["key"];

@@ -6,6 +6,7 @@ import { runSiteBackup } from "../../site/task.js";
 import { siteStatus } from "../../site/status.js";
 import { StateStore, stateDirFor } from "../../site/state.js";
 import { runFrozen } from "../../site/freeze.js";
+import { existsSync, readFileSync } from "node:fs";
 import { SitekeepError } from "../../errors.js";
 import { type GlobalOptions, outputOptions } from "../context.js";
 import { formatBytes, formatDuration, printJSON } from "../output.js";
@@ -159,4 +160,75 @@ export async function siteFreezeCommand(g: GlobalOptions, f: SiteFlags & { exec:
   });
   if (out.json) printJSON({ message_type: "freeze", writers: config.writers.filter(isCommandWriter).map((w) => w.name), exit_code: r.exitCode, freeze_window_ms: r.freezeWindowMs, thaw_failed: r.thawFailed });
   return r.exitCode;
+}
+
+export interface RecoverFlags extends SiteFlags {
+  snapshot?: string;
+  before?: string;
+  only?: string[];
+  root?: string;
+  replace?: boolean;
+  database?: string;
+  databaseName?: string[];
+  dryRun?: boolean;
+  from?: string;
+  site?: string;
+}
+
+export async function siteRecoverCommand(g: GlobalOptions, f: RecoverFlags): Promise<number> {
+  const out = outputOptions(g);
+  const { recoverSite } = await import("../../site/recovery.js");
+  const configPath = controlFilePath(f.config);
+  // With --from, the control file is optional: the snapshot carries its own copy.
+  const loaded = f.from && !f.config && !process.env.SITEKEEP_CONFIG && !existsSync(configPath) ? undefined : loadControlFile(configPath);
+  const mode = f.database ?? "restore";
+  if (!["restore", "existing", "skip"].includes(mode)) {
+    throw new SitekeepError("recover.flag", `--database must be restore, existing or skip, got ${JSON.stringify(mode)}`, { hint: "restore (default), existing (verify a database recovered by other means) or skip" });
+  }
+  const names: Record<string, string> = {};
+  for (const pair of f.databaseName ?? []) {
+    const i = pair.indexOf("=");
+    if (i <= 0) throw new SitekeepError("recover.flag", `--database-name takes NAME=NEWNAME, got ${JSON.stringify(pair)}`, { hint: "e.g. --database-name site=site_restored (a new path for SQLite)" });
+    names[pair.slice(0, i)] = pair.slice(i + 1);
+  }
+  let before: Date | undefined;
+  if (f.before) {
+    before = new Date(f.before);
+    if (Number.isNaN(before.getTime())) throw new SitekeepError("recover.flag", `--before: not a time: ${f.before}`, { hint: 'e.g. --before "2026-11-20 18:00" or an RFC 3339 time' });
+  }
+  const report = await recoverSite({
+    loaded,
+    from: f.from,
+    site: f.site,
+    snapshot: f.snapshot,
+    before,
+    only: f.only?.flatMap((o) => o.split(",")),
+    root: f.root,
+    replace: f.replace,
+    database: mode as "restore" | "existing" | "skip",
+    databaseNames: names,
+    dryRun: f.dryRun,
+    password: g.passwordFile ? readFileSync(g.passwordFile, "utf8").replace(/\r?\n$/, "") : undefined,
+    onLine: out.json || out.quiet ? undefined : (l) => process.stdout.write(l + "\n"),
+  });
+  if (out.json) printJSON(report);
+  else if (!out.quiet) {
+    const { reportMarkdown } = await import("../../site/recovery.js");
+    process.stdout.write("\n" + reportMarkdown(report));
+    if (report.reportFiles) process.stdout.write(`report saved: ${report.reportFiles.markdown} (and .json)\n`);
+  }
+  return report.ok ? 0 : 1;
+}
+
+export async function siteDrillCommand(g: GlobalOptions, f: SiteFlags & { snapshot?: string; keepSandbox?: boolean }): Promise<number> {
+  const out = outputOptions(g);
+  const { runDrill } = await import("../../site/drill.js");
+  const loaded = loadControlFile(controlFilePath(f.config));
+  const report = await runDrill(loaded, {
+    snapshot: f.snapshot,
+    keepSandbox: f.keepSandbox,
+    onLine: out.json || out.quiet ? undefined : (l) => process.stdout.write(l + "\n"),
+  });
+  if (out.json) printJSON(report);
+  return report.ok ? 0 : 1;
 }

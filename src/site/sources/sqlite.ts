@@ -79,6 +79,7 @@ export async function dumpSqlite(spec: SqliteSpec, ctx: SourceContext): Promise<
     dumpTool: "sqlite3 online backup API",
     dump: { file: `/.sitekeep/${file}`, format: "sqlite-database", bytes, sha256 },
     databaseBytes: statSync(spec.path).size,
+    file: { mode: statSync(spec.path).mode & 0o7777, uid: statSync(spec.path).uid, gid: statSync(spec.path).gid },
     tables,
     startedAt,
     durationMs: Date.now() - started,

@@ -39,6 +39,8 @@ export interface DatabaseManifestEntry {
   durationMs: number;
   /** Where it came from, without any password. */
   location: string;
+  /** SQLite: the database file's permission bits and owner, restored with it on a new machine. */
+  file?: { mode: number; uid: number; gid: number };
 }
 
 /** Wraps a ReadFn so that the bytes passing through are hashed and counted. */
