@@ -49,6 +49,23 @@ export interface AlertRow {
   closed_by: string | null;
   run_id: string | null;
   text: string;
+  message_id: number | null;
+  postponed_until: string | null;
+  notified_open: number;
+  notified_close: number;
+  notify_tries: number;
+}
+
+export interface NotificationRow {
+  id: number;
+  alert_id: number;
+  state: "opened" | "closed";
+  channel: string;
+  target: string;
+  ok: number;
+  attempts: number;
+  error: string | null;
+  time: string;
 }
 
 const SCHEMA = `
@@ -92,7 +109,28 @@ CREATE TABLE IF NOT EXISTS alerts (
   text TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_open ON alerts(site, closed_at);
+CREATE TABLE IF NOT EXISTS notifications (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  alert_id INTEGER NOT NULL,
+  state TEXT NOT NULL,
+  channel TEXT NOT NULL,
+  target TEXT NOT NULL,
+  ok INTEGER NOT NULL,
+  attempts INTEGER NOT NULL,
+  error TEXT,
+  time TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notifications_alert ON notifications(alert_id);
 `;
+
+/** Columns added after the first release: added to older state databases when they are opened. */
+const ADDED_COLUMNS: [table: string, column: string, decl: string][] = [
+  ["alerts", "message_id", "INTEGER"],
+  ["alerts", "postponed_until", "TEXT"],
+  ["alerts", "notified_open", "INTEGER NOT NULL DEFAULT 0"],
+  ["alerts", "notified_close", "INTEGER NOT NULL DEFAULT 0"],
+  ["alerts", "notify_tries", "INTEGER NOT NULL DEFAULT 0"],
+];
 
 /** The state directory: the control file's stateDir, else SITEKEEP_STATE_DIR, else a per-user default. */
 export function stateDirFor(configured?: string): string {
@@ -118,6 +156,10 @@ export class StateStore {
       db.pragma("journal_mode = WAL");
       db.pragma("busy_timeout = 5000");
       db.exec(SCHEMA);
+      for (const [table, column, decl] of ADDED_COLUMNS) {
+        const cols = db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[];
+        if (!cols.some((c) => c.name === column)) db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${decl}`);
+      }
       return new StateStore(dir, db);
     } catch (err) {
       throw new SitekeepError("state.open", `cannot open the state database in ${dir}: ${errorMessage(err)}`, {
@@ -209,20 +251,63 @@ export class StateStore {
   // ---- alerts ------------------------------------------------------------------------------------
 
   /** Opens an alert unless one of the same kind is already open; returns it and whether it is new. */
-  openAlert(a: { site: string; kind: string; severity: AlertRow["severity"]; runId?: string; text: string }): { alert: AlertRow; opened: boolean } {
+  openAlert(a: { site: string; kind: string; severity: AlertRow["severity"]; runId?: string; text: string; messageId?: number }): { alert: AlertRow; opened: boolean } {
     const existing = this.db.prepare("SELECT * FROM alerts WHERE site = ? AND kind = ? AND closed_at IS NULL").get(a.site, a.kind) as AlertRow | undefined;
     if (existing) {
-      this.db.prepare("UPDATE alerts SET text = ?, run_id = ? WHERE id = ?").run(a.text, a.runId ?? null, existing.id);
-      return { alert: { ...existing, text: a.text, run_id: a.runId ?? null }, opened: false };
+      // The same ongoing condition: one alert, kept current, not a new one (and no new notification).
+      this.db.prepare("UPDATE alerts SET text = ?, run_id = ?, message_id = COALESCE(?, message_id) WHERE id = ?").run(a.text, a.runId ?? null, a.messageId ?? null, existing.id);
+      return { alert: this.alert(existing.id) as AlertRow, opened: false };
     }
     const opened_at = new Date().toISOString();
     const info = this.db
-      .prepare("INSERT INTO alerts (site, kind, severity, opened_at, run_id, text) VALUES (?, ?, ?, ?, ?, ?)")
-      .run(a.site, a.kind, a.severity, opened_at, a.runId ?? null, a.text);
-    return {
-      alert: { id: Number(info.lastInsertRowid), site: a.site, kind: a.kind, severity: a.severity, opened_at, closed_at: null, closed_by: null, run_id: a.runId ?? null, text: a.text },
-      opened: true,
-    };
+      .prepare("INSERT INTO alerts (site, kind, severity, opened_at, run_id, text, message_id) VALUES (?, ?, ?, ?, ?, ?, ?)")
+      .run(a.site, a.kind, a.severity, opened_at, a.runId ?? null, a.text, a.messageId ?? null);
+    return { alert: this.alert(Number(info.lastInsertRowid)) as AlertRow, opened: true };
+  }
+
+  alert(id: number): AlertRow | undefined {
+    return this.db.prepare("SELECT * FROM alerts WHERE id = ?").get(id) as AlertRow | undefined;
+  }
+
+  /** Hides an open alert from notifications and the open list until `until`. */
+  postponeAlert(id: number, until: Date): boolean {
+    return this.db.prepare("UPDATE alerts SET postponed_until = ? WHERE id = ? AND closed_at IS NULL").run(until.toISOString(), id).changes > 0;
+  }
+
+  /** Alerts whose opening or closing has not been notified yet. */
+  alertsToNotify(site: string, now = new Date()): { alert: AlertRow; state: "opened" | "closed" }[] {
+    const rows = this.db.prepare("SELECT * FROM alerts WHERE site = ? AND (notified_open = 0 OR (closed_at IS NOT NULL AND notified_close = 0)) ORDER BY id").all(site) as AlertRow[];
+    const out: { alert: AlertRow; state: "opened" | "closed" }[] = [];
+    for (const a of rows) {
+      if (a.closed_at !== null && a.notified_open === 0) {
+        this.markNotified(a.id, "closed"); // closed before anyone was told: nothing to say
+        continue;
+      }
+      if (a.closed_at === null && a.postponed_until && Date.parse(a.postponed_until) > now.getTime()) continue;
+      out.push({ alert: a, state: a.closed_at === null ? "opened" : "closed" });
+    }
+    return out;
+  }
+
+  markNotified(id: number, state: "opened" | "closed"): void {
+    if (state === "opened") this.db.prepare("UPDATE alerts SET notified_open = 1, notify_tries = 0 WHERE id = ?").run(id);
+    else this.db.prepare("UPDATE alerts SET notified_open = 1, notified_close = 1, notify_tries = 0 WHERE id = ?").run(id);
+  }
+
+  /** Counts a delivery round in which every channel failed; returns the rounds so far. */
+  notifyFailed(id: number): number {
+    this.db.prepare("UPDATE alerts SET notify_tries = notify_tries + 1 WHERE id = ?").run(id);
+    return (this.alert(id) as AlertRow).notify_tries;
+  }
+
+  addNotification(n: Omit<NotificationRow, "id" | "time"> & { time?: string }): void {
+    this.db
+      .prepare("INSERT INTO notifications (alert_id, state, channel, target, ok, attempts, error, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+      .run(n.alert_id, n.state, n.channel, n.target, n.ok, n.attempts, n.error, n.time ?? new Date().toISOString());
+  }
+
+  notifications(alertId: number): NotificationRow[] {
+    return this.db.prepare("SELECT * FROM notifications WHERE alert_id = ? ORDER BY id").all(alertId) as NotificationRow[];
   }
 
   /** Closes open alerts of these kinds (by = a run ID, "operator", ...); returns how many. */
