@@ -183,6 +183,28 @@ function program(): Command {
     .action(siteOp((m) => m.siteDrillCommand));
   site.command("schema").description("print the control file's JSON Schema").action(run(async () => (await import("./commands/site.js")).siteSchemaCommand()));
 
+  p.command("serve")
+    .description("run the service: scheduler, alerts, HTTP API and /metrics (see docs/service.md)")
+    .option("-c, --config <file>", "control file (env SITEKEEP_CONFIG; default ./sitekeep.yaml)")
+    .option("--listen <host:port>", "override service.listen")
+    .action(run(async (o, cmd: Command) => (await import("./commands/serve.js")).serveCommand(g(cmd), o)));
+  const service = p.command("service").description("install the service, or talk to the running one");
+  service.command("install")
+    .description("write a systemd unit for `sitekeep serve`")
+    .option("-c, --config <file>", "control file")
+    .option("--user <name>", "run the service as this user")
+    .option("--output <file>", "where to write the unit (default /etc/systemd/system/sitekeep-<site>.service)")
+    .action(run(async (o, cmd: Command) => (await import("./commands/serve.js")).serviceInstallCommand(g(cmd), o)));
+  service.command("status")
+    .description("the running service's view: health, active run, next runs")
+    .option("-c, --config <file>", "control file")
+    .action(run(async (o, cmd: Command) => (await import("./commands/serve.js")).serviceStatusCommand(g(cmd), o)));
+  service.command("run")
+    .description("ask the running service to start a backup now (or a drill)")
+    .option("-c, --config <file>", "control file")
+    .option("--drill", "start a drill instead")
+    .action(run(async (o, cmd: Command) => (await import("./commands/serve.js")).serviceRunCommand(g(cmd), o)));
+
   p.command("demo")
     .description("run the demo: generate a site folder, back it up twice, restore and verify it")
     .argument("[dir]", "folder for the demo (default ./sitekeep-demo)")

@@ -173,7 +173,7 @@ const KNOWN_KEYS: Record<string, string[]> = {
   "": ["site", "backup", "databases", "captures", "files", "writers", "drill", "alerts", "service", "stateDir"],
   backup: [
     "enabled", "schedule", "timezone", "destination", "passwordFile", "databaseDestination", "retention", "retentionWindow",
-    "alertOnFailure", "afterBackup", "afterBackupTimeout", "maxFreeze", "copyTo", "copyPasswordFile",
+    "alertOnFailure", "afterBackup", "afterBackupTimeout", "maxDuration", "maxFreeze", "copyTo", "copyPasswordFile",
   ],
   "backup.retention": ["keepLast", "keepHourly", "keepDaily", "keepWeekly", "keepMonthly", "keepYearly", "keepWithin"],
   databases: ["name", "kind", "path", "url", "socket", "passwordFile", "globals"],
@@ -181,7 +181,7 @@ const KNOWN_KEYS: Record<string, string[]> = {
   files: ["path", "pathsFrom", "exclude", "role"],
   writers: ["name", "freeze", "thaw", "timeout", "socket", "required"],
   alerts: ["email", "webhook", "command"],
-  service: ["listen", "tokenFile"],
+  service: ["listen", "tokenFile", "catchUp", "tls"],
   drill: ["schedule", "keepSandbox"],
 };
 

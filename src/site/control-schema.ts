@@ -41,6 +41,7 @@ const backup = z.strictObject({
   alertOnFailure: z.boolean().default(true),
   afterBackup: absolutePath.optional().describe("Script run after a successful backup"),
   afterBackupTimeout: duration.default("1h"),
+  maxDuration: duration.default("12h").describe("A run still going after this is stopped safely (writers thawed, nothing committed) and reported as failed"),
   maxFreeze: duration.default("10m").describe("Longest time writers may stay frozen while the changed files are read; a watchdog thaws them by then"),
   copyTo: z.array(z.string().min(1)).default([]).describe("Repositories that receive a copy of every new snapshot"),
   copyPasswordFile: absolutePath.optional().describe("Password of the copyTo repositories (default: the destination's)"),
@@ -137,8 +138,10 @@ export const controlFileSchema = z
     alerts: alerts.optional(),
     service: z
       .strictObject({
-        listen: z.string().default("127.0.0.1:8420"),
-        tokenFile: absolutePath.optional(),
+        listen: z.string().default("127.0.0.1:8420").describe("host:port of the HTTP API, console and /metrics"),
+        tokenFile: absolutePath.optional().describe("Bearer token of the API (default <stateDir>/service.token, created 0600 on first start)"),
+        catchUp: z.boolean().default(true).describe("Run a backup at start when a scheduled one was missed while the service was down"),
+        tls: z.strictObject({ certFile: absolutePath, keyFile: absolutePath }).optional(),
       })
       .optional(),
     stateDir: absolutePath.optional().describe("Runs, messages, alerts, drills (or SITEKEEP_STATE_DIR)"),

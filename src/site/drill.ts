@@ -19,6 +19,7 @@ import { compareTables, mariaDrop, mariaRestoreInto, mariaTables, pgDrop, pgRest
 import { type SiteManifest, SITE_DIR, newRunId, sitePassword } from "./task.js";
 import { StateStore, stateDirFor } from "./state.js";
 import { type MessageKey, messageDef } from "./status-messages.js";
+import { dispatchAlerts } from "./alert-dispatch.js";
 
 export interface DrillItem {
   kind: "files" | "capture" | "database";
@@ -43,12 +44,12 @@ export interface DrillReport {
 
 export async function runDrill(
   loaded: LoadedControlFile,
-  opts: { snapshot?: string; keepSandbox?: boolean; env?: NodeJS.ProcessEnv; onLine?: (l: string) => void; sample?: number } = {},
+  opts: { snapshot?: string; keepSandbox?: boolean; env?: NodeJS.ProcessEnv; onLine?: (l: string) => void; sample?: number; runId?: string } = {},
 ): Promise<DrillReport> {
   const c = loaded.config;
   const env = opts.env ?? process.env;
   const say = (l: string): void => opts.onLine?.(l);
-  const id = newRunId();
+  const id = opts.runId ?? newRunId();
   const stateDir = stateDirFor(c.stateDir);
   const state = StateStore.open(stateDir);
   const sandbox = join(stateDir, "drills", id);
@@ -174,9 +175,10 @@ export async function runDrill(
   } else {
     const failed = report.items.filter((i) => !i.ok);
     message("drill-failed", `Drill of site ${c.site} FAILED: ${failed.map((i) => `${i.kind} ${i.name}: ${i.detail}`).join("; ")}`);
-    state.openAlert({ site: c.site, kind: "drill-failed", severity: "critical", runId: id, text: `Restore drill of site ${c.site} failed: ${failed.map((i) => `${i.kind} ${i.name}`).join(", ")}` });
+    state.openAlert({ site: c.site, kind: "drill-failed", severity: "critical", runId: id, messageId: messageDef("drill-failed").id, text: `Restore drill of site ${c.site} failed: ${failed.map((i) => `${i.kind} ${i.name}`).join(", ")}` });
   }
   state.finishRun(id, { status: report.ok ? "succeeded" : "failed", snapshotId: report.snapshot.id || undefined, summary: report, ...(report.ok ? {} : { error: report.items.find((i) => !i.ok)?.detail }) });
+  await dispatchAlerts(c, state, { env }).catch((err: unknown) => say(`alert delivery failed: ${errorMessage(err)}`));
   state.close();
   return report;
 }

@@ -41,6 +41,7 @@ import { type MessageRow, StateStore, stateDirFor } from "./state.js";
 import { type MessageKey, messageDef } from "./status-messages.js";
 import { type WriterEvent, WriterSet } from "./writers.js";
 import { openWriterSocket, prepareWriters } from "./writer-setup.js";
+import { dispatchAlerts } from "./alert-dispatch.js";
 import type { WriterServer } from "./writer-server.js";
 
 /** The folder at the root of every site snapshot holding the manifest, dumps and captures. */
@@ -54,6 +55,8 @@ export interface SiteBackupOptions {
   /** Lines of the run log as they are written (for a verbose CLI). */
   onLog?: (line: string) => void;
   env?: NodeJS.ProcessEnv;
+  /** The run's ID (the service hands it out before the run starts). */
+  runId?: string;
 }
 
 export interface SiteBackupResult {
@@ -136,7 +139,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
   const c = loaded.config;
   const env = opts.env ?? process.env;
   const site = c.site;
-  const runId = newRunId();
+  const runId = opts.runId ?? newRunId();
   const stateDir = stateDirFor(c.stateDir);
   const state = StateStore.open(stateDir);
   const log = SiteLog.forDestination(c.backup.destination, stateDir, site, runId);
@@ -198,13 +201,19 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     result = r;
   } catch (err) {
     const interrupted = opts.signal?.aborted || (err instanceof SitekeepError && err.exitCode === ExitCode.interrupted);
-    const step = interrupted ? StepError.from("backup-interrupted", err) : StepError.from("backup-failed", err);
+    // A service that stops a run (maxDuration, shutdown) says why in the signal's reason.
+    const reason = typeof opts.signal?.reason === "string" ? opts.signal.reason : undefined;
+    const step = interrupted
+      ? reason
+        ? new StepError("backup-interrupted", `${reason}; nothing was committed and the writers were thawed`, "see the run log", { exitCode: ExitCode.interrupted })
+        : StepError.from("backup-interrupted", err)
+      : StepError.from("backup-failed", err);
     // Writers are thawed on every path out of the run (backupSteps thaws too; this is the backstop).
     const thawFailed = await writers.thaw();
     if (thawFailed.length) message("writer-thaw-failed", `Thaw failed for ${thawFailed.join(", ")}: the application may still be quiesced`);
     message(step.key, `Backup of site ${site} failed: ${step.message}`);
     logLine(`Backup failed: ${step.message}${step.hint ? ` (${step.hint})` : ""}`);
-    if (c.backup.alertOnFailure) state.openAlert({ site, kind: "backup-failed", severity: "critical", runId, text: `Backup of site ${site} failed (message ${messageDef(step.key).id}): ${step.message}` });
+    if (c.backup.alertOnFailure) state.openAlert({ site, kind: "backup-failed", severity: "critical", runId, messageId: messageDef(step.key).id, text: `Backup of site ${site} failed (message ${messageDef(step.key).id}): ${step.message}` });
     state.finishRun(runId, { status: interrupted ? "interrupted" : "failed", errorCode: step.code, error: step.message, warnings: warnings.length, freezeMs: writers.freezeWindowMs });
     result = {
       runId, site, status: interrupted ? "interrupted" : "failed", messageId: lastMessage, warnings,
@@ -218,6 +227,9 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     await writerServer?.close().catch(() => undefined);
     lock.release();
   }
+  // Alerts this run opened or closed reach their channels now (a backup started by cron, without
+  // the service, notifies too). A delivery failure is recorded, never the run's failure.
+  await dispatchAlerts(c, state, { env }).catch((err: unknown) => logLine(`alert delivery failed: ${errorMessage(err)}`));
   state.close();
   return result;
 
@@ -496,6 +508,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
       }
       mark("retentionMs", t);
     }
+    let copyFailed = false;
     for (const target of c.backup.copyTo) {
       t = Date.now();
       try {
@@ -513,9 +526,12 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
       } catch (err) {
         warnings.push(`copy to ${target}: ${errorMessage(err)}`);
         message("copy-failed", `Copy of snapshot ${snapshotId.slice(0, 8)} to ${target} failed; the snapshot is safe: ${errorMessage(err)}`);
+        copyFailed = true;
+        state.openAlert({ site, kind: "copy-failed", severity: "warning", runId, messageId: messageDef("copy-failed").id, text: `Copy of site ${site}'s snapshot to ${target} failed: ${errorMessage(err)}` });
       }
       mark("copyMs", t);
     }
+    if (c.backup.copyTo.length && !copyFailed) state.closeAlerts(site, ["copy-failed"], runId);
     if (c.backup.afterBackup) {
       t = Date.now();
       message("after-backup-started", `After-backup script ${c.backup.afterBackup} started`);
@@ -536,7 +552,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
       if (!commandOk(r)) {
         warnings.push(`afterBackup: ${describeResult(r)}`);
         message("after-backup-failed", `After-backup script failed; the snapshot is kept: ${describeResult(r)}`);
-        state.openAlert({ site, kind: "after-backup-failed", severity: "warning", runId, text: `After-backup script of site ${site} failed: ${describeResult(r)}` });
+        state.openAlert({ site, kind: "after-backup-failed", severity: "warning", runId, messageId: messageDef("after-backup-failed").id, text: `After-backup script of site ${site} failed: ${describeResult(r)}` });
       } else state.closeAlerts(site, ["after-backup-failed"], runId);
       mark("afterBackupMs", t);
     }
