@@ -23,6 +23,7 @@ APT_PACKAGES=(
   "postgresql-contrib:" # pgbench (a metapackage for postgresql-15, which ships pgbench on Debian 12)
   "mariadb-server:mariadbd"     # throwaway MariaDB instances (mariadbd, mariadb-install-db)
   "mariadb-client:mariadb-dump" # mariadb, mariadb-dump, mariadb-admin
+  "chromium:chromium"           # the web console's end-to-end tests (playwright-core drives it)
 )
 
 # ---- (a) system packages -----------------------------------------------------------

@@ -149,6 +149,11 @@ export async function recoverSite(opts: RecoverOptions): Promise<RecoveryReport>
   }
 }
 
+/** A literal path as an exclude pattern. */
+function globEscape(p: string): string {
+  return p.replace(/[*?[\]\\]/g, "\\$&");
+}
+
 function passwordFromEnv(env: NodeJS.ProcessEnv): string {
   if (env.SITEKEEP_PASSWORD !== undefined) return env.SITEKEEP_PASSWORD;
   if (env.SITEKEEP_PASSWORD_FILE) return readFileSync(env.SITEKEEP_PASSWORD_FILE, "utf8").replace(/\r?\n$/, "");
@@ -230,10 +235,17 @@ async function runRecovery(src: SiteSource, opts: RecoverOptions, ctx: Ctx): Pro
       const paths = [...new Set(manifest.files.map((f) => f.path))];
       const target = opts.root ? resolve(opts.root) : "/";
       await item("files", paths.length === 1 ? paths[0] : `${paths.length} paths`, `restore ${paths.join(", ")} ${opts.root ? `under ${target}` : "to their original paths"}`, async () => {
-        const r = await new Restorer(src.repo, { target, includes: paths, keepAncestors: true }).restore(snapshot.tree);
+        // SQLite databases inside the site's folders are the database step's business: the file
+        // pass holds a raw copy taken while the application wrote, and restoring it here would
+        // overwrite a live database that --replace was meant to protect.
+        const excludes = manifest.databases.filter((d) => d.kind === "sqlite").flatMap((d) => ["", "-wal", "-shm", "-journal"].map((x) => globEscape(d.location + x)));
+        const r = await new Restorer(src.repo, { target, includes: paths, excludes, keepAncestors: true }).restore(snapshot.tree);
         if (r.errors.length) throw new SitekeepError("recover.files", `${r.errors.length} items could not be restored: ${r.errors.slice(0, 3).map((e) => `${e.path}: ${e.message}`).join("; ")}`, { hint: "see the report; other files were restored" });
         return { detail: `${r.files_restored} files, ${r.dirs_restored} folders, ${r.bytes_restored} bytes restored and verified against their hashes`, checks: [`${r.files_restored} files restored with verified content`] };
       });
+      if (!wants(opts, "databases")) {
+        for (const d of manifest.databases.filter((x) => x.kind === "sqlite")) todo.push(`the SQLite database ${d.name} (${d.location}) is restored by the database step, which --only left out`);
+      }
       for (const f of manifest.files.filter((x) => x.role === "content-library" || x.role === "package-source")) {
         todo.push(`redistribute the ${f.role} at ${f.path} to where it is served (it is restored, not republished)`);
       }

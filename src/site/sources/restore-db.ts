@@ -2,7 +2,7 @@
 // database, counts the rows of every table the manifest lists, and compares. A replaced database is
 // first restored under a temporary name and verified, so a failed restore leaves the old one as
 // it was.
-import { chmodSync, chownSync, closeSync, copyFileSync, existsSync, fsyncSync, openSync, renameSync, rmSync, statSync } from "node:fs";
+import { chmodSync, chownSync, closeSync, copyFileSync, existsSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, statSync } from "node:fs";
 import { dirname, join, basename } from "node:path";
 import Database from "better-sqlite3";
 import pg from "pg";
@@ -59,6 +59,7 @@ export function restoreSqlite(copy: string, target: string, entry: DatabaseManif
   if (existsSync(target) && statSync(target).size > 0 && !opts.replace) {
     throw new SitekeepError("recover.exists", `database ${entry.name}: ${target} exists`, { hint: "add --replace to overwrite it, or restore it under another path with --database-name" });
   }
+  mkdirSync(dirname(target), { recursive: true, mode: 0o755 }); // a new machine may lack the folder
   const tmp = join(dirname(target), `.${basename(target)}.sitekeep-restore`);
   copyFileSync(copy, tmp);
   const fd = openSync(tmp, "r+");
