@@ -49,4 +49,13 @@ export default defineConfig(
       ],
     },
   },
+  // The web console runs in the browser.
+  {
+    files: ["console/**/*.js"],
+    languageOptions: {
+      globals: Object.fromEntries(
+        ["window", "document", "location", "sessionStorage", "fetch", "Node", "console", "setTimeout", "clearTimeout", "setInterval", "clearInterval", "TextDecoder", "URL", "encodeURIComponent"].map((n) => [n, "readonly"]),
+      ),
+    },
+  },
 );

@@ -1,8 +1,10 @@
 // The service's HTTP API (docs/openapi.yaml) and /metrics. Every request needs the bearer token
 // (the console adds a session on top); anything else gets 401. JSON in, JSON out, errors as
 // {error: {code, message, hint}}.
-import { timingSafeEqual } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { randomBytes, timingSafeEqual } from "node:crypto";
+import { existsSync, readFileSync } from "node:fs";
+import { extname, join, normalize } from "node:path";
+import { fileURLToPath } from "node:url";
 import { type IncomingMessage, type ServerResponse, createServer as createHttpServer } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
@@ -12,12 +14,28 @@ import { Repository } from "../repo/repository.js";
 import { parseDurationMs } from "../site/duration.js";
 import { siteStatus } from "../site/status.js";
 import { siteTag, sitePassword } from "../site/task.js";
+import { fileContent, findNode, listDir } from "../archive/browse.js";
+import { Restorer } from "../archive/restorer.js";
+import { ControlFileError } from "../site/control-file.js";
+import { type TaskChanges, applyTaskChanges, saveControlFile } from "../site/control-edit.js";
+import { nextOccurrences } from "./scheduler.js";
 import type { SiteService } from "./service.js";
 import { BusyError } from "./service.js";
 
 export interface HttpServer {
   url: string;
   close(): Promise<void>;
+}
+
+/** The console's static files: console/ at the package root (beside src/ and dist/). */
+const CONSOLE_DIR = fileURLToPath(new URL("../../console/", import.meta.url));
+const MIME: Record<string, string> = { ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png" };
+const SESSION_COOKIE = "sitekeep_session";
+const SESSION_TTL_MS = 12 * 3600_000;
+
+interface Session {
+  csrf: string;
+  expires: number;
 }
 
 type Handler = (req: IncomingMessage, params: string[], body: unknown) => Promise<{ status?: number; json?: unknown; text?: string; type?: string }>;
@@ -79,30 +97,101 @@ export async function startHttp(svc: SiteService, listen: string, tls?: { certFi
       return r.ok ? { json: { reloaded: true } } : { status: 422, json: apiError("config.invalid", r.error ?? "invalid control file", "fix it and reload again; the previous one stays in force") };
     }],
     ["GET", /^\/metrics$/, async () => ({ text: svc.metrics(), type: "text/plain; version=0.0.4; charset=utf-8" })],
+    ["GET", /^\/api\/config$/, async () => {
+      const file = svc.configPath;
+      return { json: { file, text: readFileSync(file, "utf8"), backup: svc.config.backup, site: svc.config.site } };
+    }],
+    ["PUT", /^\/api\/config$/, async (_req, _p, body) => {
+      const changes = ((body as { backup?: TaskChanges } | undefined)?.backup ?? {}) as TaskChanges;
+      const file = svc.configPath;
+      let next: string;
+      try {
+        next = applyTaskChanges(readFileSync(file, "utf8"), file, changes).text;
+      } catch (err) {
+        if (err instanceof ControlFileError) return { status: 422, json: { ...apiError(err.code, "the changes make the control file invalid", "fix the fields named in problems"), problems: err.problems } };
+        throw err;
+      }
+      saveControlFile(file, next);
+      const r = svc.reload();
+      if (!r.ok) return { status: 422, json: apiError("config.invalid", r.error ?? "reload failed", "the previous file is kept as .prev") };
+      return { json: { saved: file, previous: `${file}.prev`, next_runs: svc.nextRuns() } };
+    }],
+    ["GET", /^\/api\/schedule\/preview$/, async (req) => {
+      const q = query(req);
+      const cron = q.get("cron") ?? "";
+      const tz = q.get("timezone") ?? "local";
+      try {
+        return { json: { next: nextOccurrences(cron, tz, Math.min(10, Number(q.get("n") ?? 5) || 5), svc.clock.now()).map((d) => d.toISOString()) } };
+      } catch (err) {
+        return { status: 422, json: apiError("schedule.invalid", `not a schedule: ${errorMessage(err)}`, 'five fields (minute hour day month weekday), e.g. "0 2 * * 1,4"') };
+      }
+    }],
+    ["GET", /^\/api\/snapshots\/([0-9a-f]{4,64})\/tree$/, async (req, [id]) => {
+      const path = query(req).get("path") ?? "/";
+      return withSnapshot(svc, id, async (repo, tree) => ({ json: { path, entries: await listDir(repo, tree, path) } }));
+    }],
+    ["POST", /^\/api\/snapshots\/([0-9a-f]{4,64})\/restore$/, async (_req, [id], body) => {
+      const b = (body ?? {}) as { paths?: string[]; target?: string };
+      if (!Array.isArray(b.paths) || !b.paths.length || b.paths.some((p) => typeof p !== "string" || !p.startsWith("/"))) {
+        return { status: 400, json: apiError("api.paths", "paths must be a non-empty list of absolute paths in the snapshot", '{"paths": ["/srv/app/config.yml"], "target": "original"}') };
+      }
+      const target = !b.target || b.target === "original" ? "/" : b.target;
+      if (!target.startsWith("/")) return { status: 400, json: apiError("api.target", "target must be \"original\" or an absolute folder", 'e.g. "/tmp/restore"') };
+      return withSnapshot(svc, id, async (repo, tree) => {
+        for (const p of b.paths as string[]) await findNode(repo, tree, p); // 404 before anything is written
+        const escaped = (b.paths as string[]).map((p) => p.replace(/[*?[\]\\]/g, "\\$&"));
+        const r = await new Restorer(repo, { target, includes: escaped, keepAncestors: target === "/" }).restore(tree);
+        svc.log("info", "restored from the console", { snapshot: id, paths: b.paths, target, files: r.files_restored, errors: r.errors.length });
+        return { status: r.errors.length ? 500 : 200, json: r };
+      });
+    }],
   ];
 
+  const sessions = new Map<string, Session>();
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const send = (status: number, payload: string, type = "application/json; charset=utf-8"): void => {
       res.writeHead(status, { "content-type": type, "cache-control": "no-store", "x-content-type-options": "nosniff" });
       res.end(payload);
     };
     try {
-      if (!authorized(req, svc.token)) {
+      const urlPath = new URL(req.url ?? "/", "http://x").pathname;
+      // Public: the console's static shell and the login call (no data in either).
+      if (req.method === "GET" && (urlPath.startsWith("/assets/") || urlPath === "/login")) return serveStatic(urlPath === "/login" ? "/index.html" : urlPath.slice("/assets".length), res);
+      if (urlPath === "/api/session") return await sessionEndpoint(req, res, sessions, svc, Boolean(tls));
+      const bearer = authorized(req, svc.token);
+      const session = bearer ? undefined : sessionOf(req, sessions);
+      if (!bearer && !session) {
+        if (req.method === "GET" && !urlPath.startsWith("/api/") && urlPath !== "/metrics") {
+          res.writeHead(302, { location: "/login" });
+          res.end();
+          return;
+        }
         res.setHeader("www-authenticate", 'Bearer realm="sitekeep"');
-        return send(401, JSON.stringify(apiError("api.unauthorized", "missing or wrong bearer token", `send "Authorization: Bearer <token>" (the token is in ${svc.config.service?.tokenFile ?? "<stateDir>/service.token"})`)));
+        return send(401, JSON.stringify(apiError("api.unauthorized", "missing or wrong bearer token", `send "Authorization: Bearer <token>" (the token is in ${svc.config.service?.tokenFile ?? "<stateDir>/service.token"}) or log in to the console`)));
       }
+      if (session && req.method !== "GET" && req.method !== "HEAD" && !sameSite(req, session)) {
+        return send(403, JSON.stringify(apiError("api.csrf", "cross-site request refused", "the console sends X-CSRF-Token from the same origin")));
+      }
+      if (req.method === "GET" && (urlPath === "/" || urlPath === "/index.html")) return serveStatic("/index.html", res);
       const path = new URL(req.url ?? "/", "http://x").pathname;
+      const file = /^\/api\/snapshots\/([0-9a-f]{4,64})\/file$/.exec(path);
+      if (file && req.method === "GET") return await download(svc, file[1], query(req).get("path") ?? "", res);
       const candidates = routes.filter(([, re]) => re.test(path));
       if (!candidates.length) return send(404, JSON.stringify(apiError("api.notfound", `no such endpoint ${path}`, "see docs/openapi.yaml")));
       const route = candidates.find(([method]) => method === req.method);
       if (!route) return send(405, JSON.stringify(apiError("api.method", `${req.method} is not allowed on ${path}`, `use ${candidates.map(([mm]) => mm).join(" or ")}`)));
-      const body = req.method === "POST" ? await readJson(req) : undefined;
+      const body = req.method === "POST" || req.method === "PUT" ? await readJson(req) : undefined;
       const params = (route[1].exec(path) as RegExpExecArray).slice(1);
       const r = await route[2](req, params, body);
       if (r.text !== undefined) return send(r.status ?? 200, r.text, r.type);
       send(r.status ?? 200, JSON.stringify(r.json));
     } catch (err) {
       if (err instanceof BusyError) return send(409, JSON.stringify(apiError(err.code, err.message, err.hint)));
+      if (err instanceof SitekeepError && /notfound|notdir|notfile|snapshot\.notfound|repo\.nosnapshot/.test(err.code)) return send(404, JSON.stringify(apiError(err.code, err.message, err.hint)));
+      if (res.headersSent) {
+        res.destroy(err instanceof Error ? err : undefined);
+        return;
+      }
       if (err instanceof SyntaxError) return send(400, JSON.stringify(apiError("api.json", "the request body is not JSON", "send a JSON object")));
       const se = err instanceof SitekeepError ? err : undefined;
       svc.log("error", "API request failed", { path: req.url, error: errorMessage(err) });
@@ -163,4 +252,122 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   }
   const text = Buffer.concat(chunks).toString("utf8").trim();
   return text ? (JSON.parse(text) as unknown) : undefined;
+}
+
+function serveStatic(rel: string, res: ServerResponse): void {
+  const p = normalize(join(CONSOLE_DIR, rel));
+  if (!p.startsWith(CONSOLE_DIR) || !existsSync(p)) {
+    res.writeHead(404, { "content-type": "text/plain" });
+    res.end("not found");
+    return;
+  }
+  res.writeHead(200, {
+    "content-type": MIME[extname(p)] ?? "application/octet-stream",
+    "cache-control": "no-cache",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
+    "referrer-policy": "no-referrer",
+  });
+  res.end(readFileSync(p));
+}
+
+function cookies(req: IncomingMessage): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const part of (req.headers.cookie ?? "").split(";")) {
+    const i = part.indexOf("=");
+    if (i > 0) out.set(part.slice(0, i).trim(), part.slice(i + 1).trim());
+  }
+  return out;
+}
+
+function sessionOf(req: IncomingMessage, sessions: Map<string, Session>): Session | undefined {
+  const id = cookies(req).get(SESSION_COOKIE);
+  if (!id) return undefined;
+  const s = sessions.get(id);
+  if (!s || s.expires < Date.now()) {
+    sessions.delete(id);
+    return undefined;
+  }
+  return s;
+}
+
+/** A state-changing request with a session must come from the console itself: same origin, CSRF token. */
+function sameSite(req: IncomingMessage, s: Session): boolean {
+  const origin = req.headers.origin;
+  if (origin && new URL(origin).host !== req.headers.host) return false;
+  const sent = req.headers["x-csrf-token"];
+  return typeof sent === "string" && sent.length === s.csrf.length && timingSafeEqual(Buffer.from(sent), Buffer.from(s.csrf));
+}
+
+/** POST /api/session {password} or {token}: log in; GET: the session's CSRF token; DELETE: log out. */
+async function sessionEndpoint(req: IncomingMessage, res: ServerResponse, sessions: Map<string, Session>, svc: SiteService, secure: boolean): Promise<void> {
+  const json = (status: number, body: unknown, headers: Record<string, string> = {}): void => {
+    res.writeHead(status, { "content-type": "application/json; charset=utf-8", "cache-control": "no-store", ...headers });
+    res.end(JSON.stringify(body));
+  };
+  if (req.method === "GET") {
+    const s = sessionOf(req, sessions);
+    return s ? json(200, { csrf: s.csrf, site: svc.config.site }) : json(401, apiError("api.unauthorized", "not logged in", "POST /api/session with the password"));
+  }
+  if (req.method === "DELETE") {
+    const id = cookies(req).get(SESSION_COOKIE);
+    if (id) sessions.delete(id);
+    return json(200, { logged_out: true }, { "set-cookie": `${SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0` });
+  }
+  if (req.method !== "POST") return json(405, apiError("api.method", "use GET, POST or DELETE", "POST {\"password\": ...} logs in"));
+  const origin = req.headers.origin;
+  if (origin && new URL(origin).host !== req.headers.host) return json(403, apiError("api.csrf", "cross-site login refused", "log in from the console itself"));
+  const body = ((await readJson(req)) ?? {}) as { password?: string; token?: string };
+  const password = svc.consolePassword();
+  const ok =
+    (typeof body.token === "string" && safeEqual(body.token, svc.token)) || (password !== undefined && typeof body.password === "string" && safeEqual(body.password, password));
+  if (!ok) {
+    await new Promise((r) => setTimeout(r, 400)); // slows guessing
+    svc.log("warn", "console login refused", { from: req.socket.remoteAddress });
+    return json(401, apiError("api.login", "wrong password", password === undefined ? "no console password is set (service.passwordFile): log in with the service token" : "check the password in service.passwordFile"));
+  }
+  const id = randomBytes(32).toString("base64url");
+  const csrf = randomBytes(24).toString("base64url");
+  sessions.set(id, { csrf, expires: Date.now() + SESSION_TTL_MS });
+  svc.log("info", "console login", { from: req.socket.remoteAddress });
+  json(200, { csrf, site: svc.config.site }, { "set-cookie": `${SESSION_COOKIE}=${id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${SESSION_TTL_MS / 1000}${secure ? "; Secure" : ""}` });
+}
+
+function safeEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+async function withSnapshot<T>(svc: SiteService, id: string, fn: (repo: Repository, tree: string) => Promise<T>): Promise<T> {
+  const backend = openBackend(svc.config.backup.destination);
+  try {
+    const repo = await Repository.open(backend, sitePassword(svc.config));
+    await repo.loadIndex();
+    const snap = await repo.findSnapshot(id);
+    if (!snap.tags?.includes(siteTag(svc.config.site))) throw new SitekeepError("browse.notfound", `snapshot ${id} is not one of site ${svc.config.site}`, { hint: "see GET /api/snapshots" });
+    return await fn(repo, snap.tree);
+  } finally {
+    await backend.close().catch(() => undefined);
+  }
+}
+
+async function download(svc: SiteService, id: string, path: string, res: ServerResponse): Promise<void> {
+  await withSnapshot(svc, id, async (repo, tree) => {
+    const { node } = await findNode(repo, tree, path);
+    if (!node || node.type !== "file") throw new SitekeepError("browse.notfile", `${path} is not a file`, { hint: "browse folders with /tree" });
+    const name = path.split("/").pop() ?? "file";
+    res.writeHead(200, {
+      "content-type": "application/octet-stream",
+      "content-length": String(node.size ?? 0),
+      "content-disposition": `attachment; filename*=UTF-8''${encodeURIComponent(name)}`,
+      "cache-control": "no-store",
+      "x-content-type-options": "nosniff",
+    });
+    for await (const chunk of fileContent(repo, node)) {
+      if (!res.write(chunk)) await new Promise((r) => res.once("drain", r));
+    }
+    res.end();
+  });
 }

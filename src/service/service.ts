@@ -73,6 +73,21 @@ export class SiteService {
     return this.loaded.config;
   }
 
+  get configPath(): string {
+    return this.opts.configPath;
+  }
+
+  /** The console password (service.passwordFile), read on each login so a change needs no restart. */
+  consolePassword(): string | undefined {
+    const f = this.config.service?.passwordFile;
+    if (!f) return undefined;
+    try {
+      return readFileSync(f, "utf8").replace(/\r?\n$/, "");
+    } catch {
+      return undefined;
+    }
+  }
+
   get stateDir(): string {
     return stateDirFor(this.loaded.config.stateDir);
   }

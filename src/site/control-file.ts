@@ -181,7 +181,7 @@ const KNOWN_KEYS: Record<string, string[]> = {
   files: ["path", "pathsFrom", "exclude", "role"],
   writers: ["name", "freeze", "thaw", "timeout", "socket", "required"],
   alerts: ["email", "webhook", "command"],
-  service: ["listen", "tokenFile", "catchUp", "tls"],
+  service: ["listen", "tokenFile", "passwordFile", "catchUp", "tls"],
   drill: ["schedule", "keepSandbox"],
 };
 

@@ -140,6 +140,7 @@ export const controlFileSchema = z
       .strictObject({
         listen: z.string().default("127.0.0.1:8420").describe("host:port of the HTTP API, console and /metrics"),
         tokenFile: absolutePath.optional().describe("Bearer token of the API (default <stateDir>/service.token, created 0600 on first start)"),
+        passwordFile: absolutePath.optional().describe("Password of the web console (else log in with the service token)"),
         catchUp: z.boolean().default(true).describe("Run a backup at start when a scheduled one was missed while the service was down"),
         tls: z.strictObject({ certFile: absolutePath, keyFile: absolutePath }).optional(),
       })
