@@ -182,6 +182,7 @@ async function taskView() {
     try {
       const r = await api("GET", `/api/schedule/preview?cron=${encodeURIComponent(f.schedule.value)}&timezone=${encodeURIComponent(f.timezone.value)}`);
       preview.replaceChildren(...r.next.map((d) => h("li", {}, fmtTime(d))));
+      document.getElementById("err-schedule").textContent = "";
     } catch (err) {
       preview.replaceChildren(h("li", { class: "field-error" }, err.message));
     }
@@ -361,7 +362,7 @@ async function browseView(id, path) {
   const data = await api("GET", `/api/snapshots/${id}/tree?path=${encodeURIComponent(path)}`);
   const parts = path.split("/").filter(Boolean);
   const link = (p) => `/#/snapshots/${id}/${p.map(encodeURIComponent).join("/")}`;
-  const crumbs = h("nav", { class: "crumbs", "aria-label": "Path" }, h("a", { href: link([]) }, "/"), parts.map((p, i) => [h("a", { href: link(parts.slice(0, i + 1)) }, p), i < parts.length - 1 ? "/" : ""]));
+  const crumbs = h("nav", { class: "crumbs", "aria-label": "Path" }, h("a", { href: link([]) }, "/"), ...parts.flatMap((p, i) => [h("a", { href: link(parts.slice(0, i + 1)) }, p), i < parts.length - 1 ? "/" : ""]));
   const selected = new Set();
   const view = h("div");
   const result = h("div", { role: "status", id: "restore-result" });

@@ -19,7 +19,7 @@ function startApp(socket: string, name: string, events: string, freezeDelayMs = 
     startWriter({
       socket: ${JSON.stringify(socket)}, name: ${JSON.stringify(name)}, retryMs: 100,
       prepare: () => log("prepare-${name}"),
-      freeze: async () => { log("freeze-${name}"); await new Promise((r) => setTimeout(r, ${freezeDelayMs})); },
+      freeze: async () => { log("freeze-${name}"); await new Promise((r) => setTimeout(r, ${freezeDelayMs})); ${freezeDelayMs > 0 ? `log("frozen-${name}");` : ""} },
       thaw: () => log("thaw-${name}"),
       onEvent: (e) => { if (e.kind === "self-thaw") log("self-thaw-${name} " + e.reason); },
     });
@@ -120,7 +120,11 @@ test("when the task is killed (SIGKILL) while a socket writer is frozen, the wri
     await waitFor(() => lines(s.events).includes("freeze-app"), 20_000, "the freeze");
     task.kill("SIGKILL");
     await waitFor(() => lines(s.events).some((l) => l.startsWith("self-thaw-app")), 10_000, "the writer to thaw itself");
-    assert.ok(lines(s.events).includes("thaw-app"));
+    // The thaw waits for the freeze hook in progress to finish: a thaw that ran first would be
+    // undone by the late freeze, leaving the application quiesced.
+    await waitFor(() => lines(s.events).includes("thaw-app"), 10_000, "the thaw hook");
+    const ev = lines(s.events);
+    assert.ok(ev.indexOf("frozen-app") >= 0 && ev.indexOf("frozen-app") < ev.indexOf("thaw-app"), ev.join(","));
     assert.match(lines(s.events).find((l) => l.startsWith("self-thaw-app")) ?? "", /connection lost/);
 
     // The next run records the killed one as interrupted and succeeds (the app registers again).

@@ -85,7 +85,7 @@ export async function startHttp(svc: SiteService, listen: string, tls?: { certFi
     ["GET", /^\/api\/snapshots$/, async () => {
       const backend = openBackend(svc.config.backup.destination);
       try {
-        const repo = await Repository.open(backend, sitePassword(svc.config));
+        const repo = await Repository.open(backend, sitePassword(svc.config, svc.env));
         const snaps = (await repo.listSnapshots(() => undefined)).filter((s) => s.tags?.includes(siteTag(svc.config.site)));
         return { json: snaps.sort((a, b) => Date.parse(b.time) - Date.parse(a.time)).map((s) => ({ id: s.id, short_id: s.id.slice(0, 8), time: s.time, tags: s.tags ?? [], paths: s.paths, hostname: s.hostname })) };
       } finally {
@@ -343,7 +343,7 @@ function safeEqual(a: string, b: string): boolean {
 async function withSnapshot<T>(svc: SiteService, id: string, fn: (repo: Repository, tree: string) => Promise<T>): Promise<T> {
   const backend = openBackend(svc.config.backup.destination);
   try {
-    const repo = await Repository.open(backend, sitePassword(svc.config));
+    const repo = await Repository.open(backend, sitePassword(svc.config, svc.env));
     await repo.loadIndex();
     const snap = await repo.findSnapshot(id);
     if (!snap.tags?.includes(siteTag(svc.config.site))) throw new SitekeepError("browse.notfound", `snapshot ${id} is not one of site ${svc.config.site}`, { hint: "see GET /api/snapshots" });

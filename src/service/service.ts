@@ -58,7 +58,7 @@ export class SiteService {
     loaded: LoadedControlFile,
   ) {
     this.loaded = loaded;
-    this.state = StateStore.open(this.stateDir);
+    this.state = StateStore.open(this.stateDir, { now: () => this.clock.now() });
     this.scheduler = new Scheduler((job, err) => this.log("error", `scheduled ${job} failed to start`, { error: errorMessage(err) }));
     this.token = loadOrCreateToken(loaded.config.service?.tokenFile ?? join(this.stateDir, "service.token"));
   }
@@ -71,6 +71,11 @@ export class SiteService {
 
   get config(): LoadedControlFile["config"] {
     return this.loaded.config;
+  }
+
+  /** The environment runs and the API use (the repository password comes from it). */
+  get env(): NodeJS.ProcessEnv {
+    return this.opts.env ?? process.env;
   }
 
   get configPath(): string {
@@ -167,12 +172,12 @@ export class SiteService {
     const done = (async () => {
       try {
         if (kind === "backup") {
-          const r = await runSiteBackup(loaded, { signal: abort.signal, env, runId });
+          const r = await runSiteBackup(loaded, { signal: abort.signal, env, runId, now: () => this.clock.now() });
           this.log(r.status === "succeeded" ? "info" : "error", `backup ${r.status}`, { run: runId, message_id: r.messageId, snapshot: r.snapshotId, error: r.error?.message });
           await this.refreshRepoStats();
           return r;
         }
-        const d = await runDrill(loaded, { env, runId });
+        const d = await runDrill(loaded, { env, runId, now: () => this.clock.now() });
         this.log(d.ok ? "info" : "error", `drill ${d.ok ? "passed" : "failed"}`, { run: runId, rto_ms: d.rtoMs });
         return d;
       } finally {
@@ -186,8 +191,17 @@ export class SiteService {
     return { runId, done };
   }
 
-  /** The retention window and pending alert deliveries. */
-  async watch(): Promise<void> {
+  private watching: Promise<void> | undefined;
+
+  /** The retention window and pending alert deliveries (one round at a time). */
+  watch(): Promise<void> {
+    this.watching ??= this.watchOnce().finally(() => {
+      this.watching = undefined;
+    });
+    return this.watching;
+  }
+
+  private async watchOnce(): Promise<void> {
     try {
       const r = checkRetentionWindow(this.config, this.state, this.clock.now());
       if (r.opened) this.log("warn", "the newest good backup is older than the retention window");

@@ -22,6 +22,7 @@ export async function dispatchAlerts(config: ControlFile, state: StateStore, opt
       state.markNotified(alert.id, what); // nowhere to send: the console and `site alerts` show it
       continue;
     }
+    if (!state.claimNotify(alert.id, what)) continue; // another dispatcher is sending it
     const results = await deliverAlert(config.alerts, {
       site: alert.site,
       alertId: alert.id,

@@ -24,9 +24,13 @@ const KEYS: (keyof TaskChanges)[] = ["enabled", "schedule", "timezone", "destina
 /** Applies the changes to the file's text; null removes a key. Throws ControlFileError when the result is invalid. */
 export function applyTaskChanges(text: string, file: string, changes: TaskChanges, env: NodeJS.ProcessEnv = process.env): { text: string; loaded: LoadedControlFile } {
   const doc = parseDocument(text);
+  // Values from the console are literal: a "${NAME}" typed there must not read the service's
+  // environment (and echo a secret back in an error message).
+  const literal = (v: unknown): unknown =>
+    typeof v === "string" ? v.replace(/\$\{/g, () => "$${") : Array.isArray(v) ? v.map(literal) : v && typeof v === "object" ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k, literal(x)])) : v;
   for (const key of KEYS) {
     if (!(key in changes)) continue;
-    const v = changes[key];
+    const v = literal(changes[key]) as TaskChanges[typeof key];
     if (v === null || v === undefined || (key === "afterBackup" && v === "")) doc.deleteIn(["backup", key]);
     else doc.setIn(["backup", key], v);
   }

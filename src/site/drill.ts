@@ -44,14 +44,14 @@ export interface DrillReport {
 
 export async function runDrill(
   loaded: LoadedControlFile,
-  opts: { snapshot?: string; keepSandbox?: boolean; env?: NodeJS.ProcessEnv; onLine?: (l: string) => void; sample?: number; runId?: string } = {},
+  opts: { snapshot?: string; keepSandbox?: boolean; env?: NodeJS.ProcessEnv; onLine?: (l: string) => void; sample?: number; runId?: string; now?: () => Date } = {},
 ): Promise<DrillReport> {
   const c = loaded.config;
   const env = opts.env ?? process.env;
   const say = (l: string): void => opts.onLine?.(l);
   const id = opts.runId ?? newRunId();
   const stateDir = stateDirFor(c.stateDir);
-  const state = StateStore.open(stateDir);
+  const state = StateStore.open(stateDir, { now: opts.now });
   const sandbox = join(stateDir, "drills", id);
   const started = Date.now();
   const message = (key: MessageKey, text: string): void => {
@@ -60,13 +60,18 @@ export async function runDrill(
     say(`${def.id} ${def.severity} ${text}`);
   };
   state.startRun({ id, site: c.site, kind: "drill", destination: c.backup.destination });
-  const repo = await Repository.open(openBackend(c.backup.destination), sitePassword(c, env));
+  let repo: Repository | undefined;
   let dbRepo: Repository | undefined;
   const items: DrillItem[] = [];
   let report: DrillReport | undefined;
   try {
+    // Inside the try: an unreachable destination or a wrong password is a failed drill (5082 and
+    // an alert), not a run left "running" forever.
+    const r0 = await Repository.open(openBackend(c.backup.destination), sitePassword(c, env));
+    repo = r0;
     mkdirSync(sandbox, { recursive: true, mode: 0o700 });
-    report = await withLock(repo, false, async () => {
+    report = await withLock(r0, false, async () => {
+      const repo = r0;
       await repo.loadIndex();
       const snap = await pickSnapshot(repo, c.site, { snapshot: opts.snapshot });
       message("drill-started", `Drill of site ${c.site}: restoring snapshot ${snap.id.slice(0, 8)} (${snap.time}) into a sandbox`);
@@ -165,7 +170,7 @@ export async function runDrill(
     report = { id, site: c.site, snapshot: { id: "", time: "" }, ok: false, items, drift: { checked: 0, differing: [], missing: [] }, rtoMs: Date.now() - started };
   } finally {
     if (!opts.keepSandbox) rmSync(sandbox, { recursive: true, force: true });
-    await repo.backend.close().catch(() => undefined);
+    await repo?.backend.close().catch(() => undefined);
     await dbRepo?.backend.close().catch(() => undefined);
   }
   for (const i of report.items) say(`${i.ok ? "ok    " : "FAILED"} ${i.kind} ${i.name}: ${i.detail} (${i.rtoMs} ms)`);

@@ -133,7 +133,7 @@ export async function recoverSite(opts: RecoverOptions): Promise<RecoveryReport>
       if (!opts.dryRun) state.startRun({ id, site: manifest.site, kind: "recovery", destination: url });
       if (opts.dryRun) say(`plan for recovering site ${manifest.site} from snapshot ${snapshot.id.slice(0, 8)} (${snapshot.time}):`);
       else message("recovery-started", `Recovery of site ${manifest.site} from snapshot ${snapshot.id.slice(0, 8)} (${snapshot.time}) started`);
-      const report = await runRecovery(src, opts, { id, url, started, say, stateDir, env });
+      const report = await runRecovery(src, opts, { id, url, started, say, stateDir, env, work });
       report.reportFiles = writeReport(work, report);
       if (opts.dryRun) say(`plan only (--dry-run): nothing was changed; ${report.items.length} items would be recovered`);
       else if (report.ok) message("recovery-completed", `Recovery of site ${manifest.site} completed: ${report.items.length} items; report ${report.reportFiles.markdown}`);
@@ -198,6 +198,8 @@ interface Ctx {
   say: (l: string) => void;
   stateDir: string;
   env: NodeJS.ProcessEnv;
+  /** This recovery's private folder (report; safety dumps of replaced MariaDB databases). */
+  work: string;
 }
 
 async function runRecovery(src: SiteSource, opts: RecoverOptions, ctx: Ctx): Promise<RecoveryReport> {
@@ -224,7 +226,9 @@ async function runRecovery(src: SiteSource, opts: RecoverOptions, ctx: Ctx): Pro
   };
 
   // Writers: the application is quiesced while its data is put back.
-  const prepared = opts.dryRun || !config.writers.length ? undefined : await prepareWriters(config, { stateDir: ctx.stateDir, env: ctx.env }).catch((err: unknown) => {
+  // No watchdog deadline here: a recovery may take hours, and thawing (restarting) the application
+  // while its database is being replaced would be worse than waiting.
+  const prepared = opts.dryRun || !config.writers.length ? undefined : await prepareWriters(config, { stateDir: ctx.stateDir, env: ctx.env, maxFreezeMs: 7 * 24 * 3600_000 }).catch((err: unknown) => {
     warnings.push(`writers not frozen during recovery: ${errorMessage(err)}`);
     return undefined;
   });
@@ -297,7 +301,7 @@ async function runRecovery(src: SiteSource, opts: RecoverOptions, ctx: Ctx): Pro
             if (errs.length) warnings.push(`database ${entry.name}: roles: ${errs.slice(0, 3).join(" | ")}`);
           }
           check = await restorePostgres(t, dump, entry, { replace: Boolean(opts.replace), db: newName });
-        } else check = await restoreMariadb({ url: spec.url, socket: spec.socket, passwordFile: spec.passwordFile }, dump, entry, { replace: Boolean(opts.replace), db: newName });
+        } else check = await restoreMariadb({ url: spec.url, socket: spec.socket, passwordFile: spec.passwordFile }, dump, entry, { replace: Boolean(opts.replace), db: newName, safetyDir: ctx.work });
         const n = Object.keys(entry.tables).length;
         return { detail: `restored ${describeTarget}; ${n} tables with the row counts of the manifest`, checks: Object.entries(check.tables).map(([t, rows]) => `${t}: ${rows} rows`) };
       });

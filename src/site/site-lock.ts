@@ -1,6 +1,6 @@
 // One run per site at a time: a lock file in the state directory, created exclusively. A lock left
 // by a process that no longer exists on this host is taken over.
-import { closeSync, mkdirSync, openSync, readFileSync, statSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, mkdirSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { SitekeepError } from "../errors.js";
@@ -47,10 +47,14 @@ export class SiteLock {
       }
       const stale = other.host === hostname() && typeof other.pid === "number" && !processAlive(other.pid);
       if (stale || (attempt === 0 && other.pid === undefined && safeAgeMs(path) > 60_000)) {
+        // Take the stale lock out of the way with a rename: of two processes racing here only
+        // one rename succeeds, so the other cannot remove the lock the winner creates next.
         try {
-          unlinkSync(path);
+          const aside = `${path}.stale-${process.pid}`;
+          renameSync(path, aside);
+          unlinkSync(aside);
         } catch {
-          // someone else took it over first
+          // someone else moved it first; try to create ours (and lose to theirs if it is there)
         }
         continue;
       }

@@ -130,6 +130,7 @@ const ADDED_COLUMNS: [table: string, column: string, decl: string][] = [
   ["alerts", "notified_open", "INTEGER NOT NULL DEFAULT 0"],
   ["alerts", "notified_close", "INTEGER NOT NULL DEFAULT 0"],
   ["alerts", "notify_tries", "INTEGER NOT NULL DEFAULT 0"],
+  ["alerts", "notify_claimed_at", "TEXT"],
 ];
 
 /** The state directory: the control file's stateDir, else SITEKEEP_STATE_DIR, else a per-user default. */
@@ -144,9 +145,11 @@ export class StateStore {
   private constructor(
     readonly dir: string,
     private readonly db: Database.Database,
+    /** The clock of every time recorded (the service's injectable clock in tests). */
+    private readonly now: () => Date,
   ) {}
 
-  static open(dir: string): StateStore {
+  static open(dir: string, opts: { now?: () => Date } = {}): StateStore {
     try {
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       const file = join(dir, "state.db");
@@ -160,7 +163,7 @@ export class StateStore {
         const cols = db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[];
         if (!cols.some((c) => c.name === column)) db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${decl}`);
       }
-      return new StateStore(dir, db);
+      return new StateStore(dir, db, opts.now ?? (() => new Date()));
     } catch (err) {
       throw new SitekeepError("state.open", `cannot open the state database in ${dir}: ${errorMessage(err)}`, {
         hint: "set stateDir in the control file (or SITEKEEP_STATE_DIR) to a folder this user can write",
@@ -177,7 +180,7 @@ export class StateStore {
   startRun(r: { id: string; site: string; kind: RunKind; destination?: string }): void {
     this.db
       .prepare("INSERT INTO runs (id, site, kind, status, started_at, pid, destination) VALUES (?, ?, ?, 'running', ?, ?, ?)")
-      .run(r.id, r.site, r.kind, new Date().toISOString(), process.pid, r.destination ?? null);
+      .run(r.id, r.site, r.kind, this.now().toISOString(), process.pid, r.destination ?? null);
   }
 
   finishRun(
@@ -190,7 +193,7 @@ export class StateStore {
       )
       .run(
         r.status,
-        new Date().toISOString(),
+        this.now().toISOString(),
         r.snapshotId ?? null,
         r.dbSnapshotId ?? null,
         r.freezeMs ?? null,
@@ -226,7 +229,7 @@ export class StateStore {
   // ---- messages ----------------------------------------------------------------------------------
 
   addMessage(m: { site: string; runId?: string; messageId: number; severity: Severity; text: string; time?: Date }): MessageRow {
-    const time = (m.time ?? new Date()).toISOString();
+    const time = (m.time ?? this.now()).toISOString();
     const info = this.db
       .prepare("INSERT INTO messages (time, site, run_id, message_id, severity, text) VALUES (?, ?, ?, ?, ?, ?)")
       .run(time, m.site, m.runId ?? null, m.messageId, m.severity, m.text);
@@ -258,7 +261,7 @@ export class StateStore {
       this.db.prepare("UPDATE alerts SET text = ?, run_id = ?, message_id = COALESCE(?, message_id) WHERE id = ?").run(a.text, a.runId ?? null, a.messageId ?? null, existing.id);
       return { alert: this.alert(existing.id) as AlertRow, opened: false };
     }
-    const opened_at = new Date().toISOString();
+    const opened_at = this.now().toISOString();
     const info = this.db
       .prepare("INSERT INTO alerts (site, kind, severity, opened_at, run_id, text, message_id) VALUES (?, ?, ?, ?, ?, ?, ?)")
       .run(a.site, a.kind, a.severity, opened_at, a.runId ?? null, a.text, a.messageId ?? null);
@@ -275,7 +278,7 @@ export class StateStore {
   }
 
   /** Alerts whose opening or closing has not been notified yet. */
-  alertsToNotify(site: string, now = new Date()): { alert: AlertRow; state: "opened" | "closed" }[] {
+  alertsToNotify(site: string, now = this.now()): { alert: AlertRow; state: "opened" | "closed" }[] {
     const rows = this.db.prepare("SELECT * FROM alerts WHERE site = ? AND (notified_open = 0 OR (closed_at IS NOT NULL AND notified_close = 0)) ORDER BY id").all(site) as AlertRow[];
     const out: { alert: AlertRow; state: "opened" | "closed" }[] = [];
     for (const a of rows) {
@@ -290,20 +293,33 @@ export class StateStore {
   }
 
   markNotified(id: number, state: "opened" | "closed"): void {
-    if (state === "opened") this.db.prepare("UPDATE alerts SET notified_open = 1, notify_tries = 0 WHERE id = ?").run(id);
-    else this.db.prepare("UPDATE alerts SET notified_open = 1, notified_close = 1, notify_tries = 0 WHERE id = ?").run(id);
+    if (state === "opened") this.db.prepare("UPDATE alerts SET notified_open = 1, notify_tries = 0, notify_claimed_at = NULL WHERE id = ?").run(id);
+    else this.db.prepare("UPDATE alerts SET notified_open = 1, notified_close = 1, notify_tries = 0, notify_claimed_at = NULL WHERE id = ?").run(id);
   }
 
-  /** Counts a delivery round in which every channel failed; returns the rounds so far. */
+  /**
+   * Claims the delivery of an alert's opening or closing for this caller. Several dispatchers
+   * (the service's watch, a run's own dispatch, a `site backup` from cron) may look at the same
+   * alert at once: only the one whose claim succeeds sends. A claim older than 10 minutes is
+   * abandoned (its process died) and may be taken again.
+   */
+  claimNotify(id: number, state: "opened" | "closed"): boolean {
+    const now = this.now();
+    const stale = new Date(now.getTime() - 10 * 60_000).toISOString();
+    const cond = state === "opened" ? "notified_open = 0" : "notified_close = 0 AND closed_at IS NOT NULL";
+    return this.db.prepare(`UPDATE alerts SET notify_claimed_at = ? WHERE id = ? AND ${cond} AND (notify_claimed_at IS NULL OR notify_claimed_at < ?)`).run(now.toISOString(), id, stale).changes === 1;
+  }
+
+  /** Counts a delivery round in which every channel failed (and drops the claim); returns the rounds so far. */
   notifyFailed(id: number): number {
-    this.db.prepare("UPDATE alerts SET notify_tries = notify_tries + 1 WHERE id = ?").run(id);
+    this.db.prepare("UPDATE alerts SET notify_tries = notify_tries + 1, notify_claimed_at = NULL WHERE id = ?").run(id);
     return (this.alert(id) as AlertRow).notify_tries;
   }
 
   addNotification(n: Omit<NotificationRow, "id" | "time"> & { time?: string }): void {
     this.db
       .prepare("INSERT INTO notifications (alert_id, state, channel, target, ok, attempts, error, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-      .run(n.alert_id, n.state, n.channel, n.target, n.ok, n.attempts, n.error, n.time ?? new Date().toISOString());
+      .run(n.alert_id, n.state, n.channel, n.target, n.ok, n.attempts, n.error, n.time ?? this.now().toISOString());
   }
 
   notifications(alertId: number): NotificationRow[] {
@@ -314,12 +330,12 @@ export class StateStore {
   closeAlerts(site: string, kinds: string[], by: string): number {
     let n = 0;
     const stmt = this.db.prepare("UPDATE alerts SET closed_at = ?, closed_by = ? WHERE site = ? AND kind = ? AND closed_at IS NULL");
-    for (const k of kinds) n += stmt.run(new Date().toISOString(), by, site, k).changes;
+    for (const k of kinds) n += stmt.run(this.now().toISOString(), by, site, k).changes;
     return n;
   }
 
   closeAlert(id: number, by: string): boolean {
-    return this.db.prepare("UPDATE alerts SET closed_at = ?, closed_by = ? WHERE id = ? AND closed_at IS NULL").run(new Date().toISOString(), by, id).changes > 0;
+    return this.db.prepare("UPDATE alerts SET closed_at = ?, closed_by = ? WHERE id = ? AND closed_at IS NULL").run(this.now().toISOString(), by, id).changes > 0;
   }
 
   alerts(site: string, opts: { open?: boolean; limit?: number } = {}): AlertRow[] {

@@ -7,7 +7,7 @@
 // A failed run never deletes or damages an earlier snapshot: nothing is committed before step 5,
 // and retention only runs after the new snapshot exists.
 import { createHash, randomBytes } from "node:crypto";
-import { mkdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, readFileSync, realpathSync, rmSync } from "node:fs";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { Archiver, type BackupSummary } from "../archive/archiver.js";
@@ -57,6 +57,8 @@ export interface SiteBackupOptions {
   env?: NodeJS.ProcessEnv;
   /** The run's ID (the service hands it out before the run starts). */
   runId?: string;
+  /** The clock of recorded times (the service's injectable clock). */
+  now?: () => Date;
 }
 
 export interface SiteBackupResult {
@@ -137,11 +139,13 @@ export function entryExcludes(path: string, exclude: string[]): string[] {
 /** Runs the site backup task once. Never throws: the outcome is in the result (and the state database). */
 export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupOptions = {}): Promise<SiteBackupResult> {
   const c = loaded.config;
-  const env = opts.env ?? process.env;
+  const fullEnv = opts.env ?? process.env;
+  // Commands of the control file (writers, captures, pathsFrom, hooks) get no repository password.
+  const env: NodeJS.ProcessEnv = { ...fullEnv, SITEKEEP_PASSWORD: undefined };
   const site = c.site;
   const runId = opts.runId ?? newRunId();
   const stateDir = stateDirFor(c.stateDir);
-  const state = StateStore.open(stateDir);
+  const state = StateStore.open(stateDir, { now: opts.now });
   const log = SiteLog.forDestination(c.backup.destination, stateDir, site, runId);
   log.rotate();
   const warnings: string[] = [];
@@ -178,7 +182,8 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     lock = SiteLock.acquire(stateDir, site, runId);
   } catch (err) {
     const se = err instanceof SitekeepError ? err : undefined;
-    message("site-busy", `Backup of site ${site} not started: ${errorMessage(err)}`);
+    // 5001 only for a run that is really active; a state directory we cannot write is another story.
+    message(se?.code === "site.busy" ? "site-busy" : "backup-failed", `Backup of site ${site} not started: ${errorMessage(err)}`);
     state.close();
     return {
       runId, site, status: "failed", messageId: lastMessage, warnings, exitCode: se?.exitCode ?? ExitCode.locked, logPath: log.path, stateDir, timings,
@@ -237,11 +242,18 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     // ---- 2. preflight ----------------------------------------------------------------------------
     const t = Date.now();
     mkdirSync(tmpDir, { recursive: true, mode: 0o700 });
-    const password = sitePassword(c, env);
+    const password = sitePassword(c, fullEnv);
     const dest = c.backup.destination;
     const dbDest = c.backup.databaseDestination;
     const localDests = [[dest, "destination"], ...(dbDest ? [[dbDest, "database destination"]] : [])].filter(([u]) => !u.startsWith("s3:"));
     const destStates = localDests.map(([u, role]) => preflightLocal(u, role));
+    // An empty destination where this site's repository used to be is most likely an unmounted
+    // share (its mount point is an empty folder): initializing there would back up to the wrong disk.
+    for (const s of destStates) {
+      if (!s.hasRepository && state.runs(site, 1000, "backup").some((r) => r.status === "succeeded" && r.destination === s.url)) {
+        throw new StepError("destination-missing", `the destination ${s.url} holds no repository, but earlier runs of site ${site} wrote one there`, "is the share mounted? Mount it; to start a new repository on purpose, move the old state directory away");
+      }
+    }
     if (c.backup.afterBackup) {
       const p = scriptProblems(c.backup.afterBackup, ["backup", "afterBackup"]);
       if (p.length) throw new StepError("config-invalid", `backup.afterBackup: ${p[0].message}`, p[0].hint);
@@ -269,6 +281,10 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     }
     for (const cap of c.captures) {
       if (!(await commandExists(cap.export, env))) throw new StepError("capture-failed", `capture ${cap.name}: the command ${JSON.stringify(cap.export)} cannot run here (not found)`, "install it or fix the capture's export command");
+    }
+    for (const f of c.files) {
+      const clash = f.path ? destinationInside(f.path) : undefined;
+      if (clash) throw new StepError("config-invalid", `files: ${f.path} contains the destination ${clash} (through a symbolic link)`, "put the destination outside every folder under files");
     }
     const estimate = await estimateBytes(state, site, dbBytes, c.files.flatMap((f) => (f.path ? [f.path] : [])), opts.signal);
     for (const s of destStates) {
@@ -314,7 +330,11 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
         }
         const by = typeof f.pathsFrom === "string" ? f.pathsFrom : `${f.pathsFrom.database}: ${f.pathsFrom.query}`;
         logLine(`pathsFrom ${JSON.stringify(by)}: ${found.length} paths`);
-        for (const p of found) fileEntries.push({ path: p, role: f.role, exclude: f.exclude, discoveredBy: by });
+        for (const p of found) {
+          const clash = destinationInside(p);
+          if (clash) throw new StepError("paths-discovery-failed", `pathsFrom ${JSON.stringify(by)} found ${p}, which contains the destination ${clash}`, "the backup must not contain its own destination: fix the command or query");
+          fileEntries.push({ path: p, role: f.role, exclude: f.exclude, discoveredBy: by });
+        }
       }
     }
     const paths = [...new Set(fileEntries.map((e) => resolve(e.path)))];
@@ -396,18 +416,35 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
         throw StepError.from(opts.signal?.aborted ? "backup-interrupted" : "writer-freeze-failed", err);
       }
       let frozenErr: unknown;
+      // The frozen pass gets maxFreeze, no more: by then the watchdog (and socket writers
+      // themselves) thaw, and a snapshot read after that would not be consistent.
+      const frozenAbort = new AbortController();
+      const onOuterAbort = (): void => frozenAbort.abort(opts.signal?.reason);
+      opts.signal?.addEventListener("abort", onOuterAbort, { once: true });
+      let overran = false;
+      const maxFreezeMs = parseDurationMs(c.backup.maxFreeze) ?? 600_000;
+      const freezeTimer = setTimeout(() => {
+        overran = true;
+        frozenAbort.abort("maxFreeze");
+      }, maxFreezeMs);
       try {
         if (paths.length) {
           // Unchanged files (size, mtime, ctime, inode) reuse the first pass's content: only what
           // changed since is read while the application is quiesced.
-          frozenArchiver = new Archiver(repo, { paths, excludes, host: site, signal: opts.signal, ...(tree ? { parentTree: tree.tree } : {}) });
+          frozenArchiver = new Archiver(repo, { paths, excludes, host: site, signal: frozenAbort.signal, ...(tree ? { parentTree: tree.tree } : {}) });
           tree = await frozenArchiver.buildTree();
         }
       } catch (err) {
         frozenErr = err;
+      } finally {
+        clearTimeout(freezeTimer);
+        opts.signal?.removeEventListener("abort", onOuterAbort);
       }
       const thawFailed = await writers.thaw();
       if (thawFailed.length) throw new StepError("writer-thaw-failed", `thaw failed for ${thawFailed.join(", ")}`, "the application may still be quiesced: run the thaw command by hand now");
+      if (overran) {
+        throw new StepError("writer-freeze-failed", `the frozen pass took longer than backup.maxFreeze (${c.backup.maxFreeze}); the writers were thawed and nothing was committed`, "raise backup.maxFreeze, or exclude fast-changing files so fewer are read while frozen");
+      }
       if (frozenErr) throw StepError.from(opts.signal?.aborted ? "backup-interrupted" : "file-capture-failed", frozenErr);
     }
     mark("frozenMs", t);
@@ -463,6 +500,9 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     try {
       summary = await siteArchiver.commit({ tree: await siteArchiver.rootTree(rootNodes), paths: [...(tree?.paths ?? []), `/${SITE_DIR}`].sort(), ...(previous ? { parent: previous } : {}) });
     } catch (err) {
+      // The database snapshot of this run would be an orphan no site snapshot names: it goes (it is
+      // this run's own, never an earlier one).
+      if (dbRepo && dbSnapshotId) await dbRepo.backend.remove({ type: "snapshots", name: dbSnapshotId }).catch(() => undefined);
       throw StepError.from(opts.signal?.aborted ? "backup-interrupted" : "snapshot-failed", err);
     }
     mark("commitMs", t);
@@ -500,7 +540,9 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
       t = Date.now();
       try {
         const removed = await applyRetention(repo, site, c.backup.retention, snapshotId);
-        if (dbRepo && dbSnapshotId) await applyRetention(dbRepo, site, c.backup.retention, dbSnapshotId);
+        // Database snapshots follow the site snapshots they belong to (same run tag), not the
+        // policy on their own: each kept site snapshot keeps its databases.
+        if (dbRepo && dbSnapshotId) await applyRetention(dbRepo, site, c.backup.retention, dbSnapshotId, await runTagsOf(repo, site));
         logLine(`retention: ${removed} snapshot${removed === 1 ? "" : "s"} removed`);
       } catch (err) {
         warnings.push(`retention: ${errorMessage(err)}`);
@@ -569,7 +611,25 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
   }
 
   function password(): string {
-    return sitePassword(c, env);
+    return sitePassword(c, fullEnv);
+  }
+
+  /** The destination inside `path` (symlinks resolved), if any. */
+  function destinationInside(path: string): string | undefined {
+    const real = (p: string): string => {
+      try {
+        return realpathSync(p);
+      } catch {
+        return resolve(p);
+      }
+    };
+    const base = real(path).replace(/\/$/, "");
+    for (const d of [c.backup.destination, c.backup.databaseDestination]) {
+      if (!d || d.startsWith("s3:")) continue;
+      const dr = real(d);
+      if (dr === base || dr.startsWith(base + "/")) return d;
+    }
+    return undefined;
   }
 
   function checkAbort(): void {
@@ -584,15 +644,29 @@ export async function latestSiteSnapshot(repo: Repository, site: string): Promis
 }
 
 /** forget + prune for this site's snapshots; the snapshot just made is always kept. */
-async function applyRetention(repo: Repository, site: string, policy: RetentionPolicy, keep: string): Promise<number> {
+/** The run tags of the site's snapshots in a repository. */
+async function runTagsOf(repo: Repository, site: string): Promise<Set<string>> {
+  const snaps = (await repo.listSnapshots()).filter((s) => s.tags?.includes(siteTag(site)));
+  return new Set(snaps.flatMap((s) => s.tags?.filter((t) => t.startsWith("run:")) ?? []));
+}
+
+/**
+ * forget + prune for this site's snapshots; the snapshot just made is always kept. With
+ * `followRuns`, the snapshots kept are exactly those whose run tag is in the set (database
+ * snapshots follow their site snapshots).
+ */
+async function applyRetention(repo: Repository, site: string, policy: RetentionPolicy, keep: string, followRuns?: Set<string>): Promise<number> {
   // forget and prune need the exclusive lock (another process may be backing up): wait a while.
   return withLock(
     repo,
     true,
     async () => {
       const mine = (await repo.listSnapshots()).filter((s) => s.tags?.includes(siteTag(site)));
-      const plan = forgetPlan(mine, policy, { host: false, paths: false, tags: false }, { protect: (s) => s.id === keep });
-      const remove = plan.flatMap((p) => p.remove).filter((s) => s.id !== keep);
+      const remove = followRuns
+        ? mine.filter((s) => s.id !== keep && !s.tags?.some((t) => followRuns.has(t)))
+        : forgetPlan(mine, policy, { host: false, paths: false, tags: false }, { protect: (s) => s.id === keep })
+            .flatMap((p) => p.remove)
+            .filter((s) => s.id !== keep);
       if (!remove.length) return 0;
       repo.assertMayDelete("retention");
       for (const s of remove) await repo.backend.remove({ type: "snapshots", name: s.id });

@@ -26,6 +26,8 @@ interface Registered {
 
 export class WriterServer {
   private readonly registered = new Map<string, Registered>();
+  /** Every connection, registered or not: close() must not wait on one that never says goodbye. */
+  private readonly sockets = new Set<Socket>();
   private readonly listeners = new Set<() => void>();
 
   private constructor(
@@ -115,7 +117,13 @@ export class WriterServer {
     for (const r of this.registered.values()) {
       if (!r.closed) r.socket.end(encode({ type: "done" }));
     }
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    // A short grace for goodbyes, then connections that linger (a hung application, a client that
+    // never identified) are cut: the run's lock and socket must not wait on them.
+    const grace = new Promise<void>((resolve) => setTimeout(resolve, 500).unref());
+    await Promise.race([closed, grace]);
+    for (const s of this.sockets) s.destroy();
+    await closed;
     try {
       unlinkSync(this.path);
     } catch {
@@ -124,6 +132,8 @@ export class WriterServer {
   }
 
   private accept(s: Socket): void {
+    this.sockets.add(s);
+    s.on("close", () => this.sockets.delete(s));
     let me: Registered | undefined;
     s.on("error", () => undefined);
     s.on(

@@ -25,9 +25,9 @@ export async function openWriterSocket(c: ControlFile, stateDir: string, runId: 
 /** Checks every writer can take part and returns the set to freeze; throws writer-missing. */
 export async function prepareWriters(
   c: ControlFile,
-  opts: { stateDir: string; server?: WriterServer; env: NodeJS.ProcessEnv; onEvent?: (e: WriterEvent) => void },
+  opts: { stateDir: string; server?: WriterServer; env: NodeJS.ProcessEnv; onEvent?: (e: WriterEvent) => void; maxFreezeMs?: number },
 ): Promise<PreparedWriters> {
-  const maxFreezeMs = parseDurationMs(c.backup.maxFreeze) ?? 600_000;
+  const maxFreezeMs = opts.maxFreezeMs ?? parseDurationMs(c.backup.maxFreeze) ?? 600_000;
   const socketWriters = c.writers.filter((w) => !isCommandWriter(w));
   let registeredMissing: string[] = [];
   if (socketWriters.length && opts.server) {

@@ -63,6 +63,8 @@ process.stdin.on("data", (d) => {
   }
 });
 process.stdin.on("end", () => fire("the backup process ended without thawing"));
+// Stopping a service sends SIGTERM to its whole process group or cgroup: that is when we are needed.
+for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"]) process.on(sig, () => fire("received " + sig));
 process.stdin.on("error", () => fire("the pipe to the backup process broke"));
 setInterval(() => {}, 1 << 30);
 `;

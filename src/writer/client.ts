@@ -53,19 +53,24 @@ export function startWriter(opts: WriterOptions): WriterHandle {
   let socket: Socket | undefined;
   let retry: NodeJS.Timeout | undefined;
   let deadlineTimer: NodeJS.Timeout | undefined;
-  let thawing: Promise<void> | undefined;
+  let thawing: Promise<string | undefined> | undefined;
   const retryMs = opts.retryMs ?? 1000;
 
-  const thawOnce = (reason?: "connection lost" | "deadline passed"): Promise<void> => {
-    if (!frozen) return thawing ?? Promise.resolve();
+  /** The freeze hook in progress: a thaw waits for it, or the freeze would land after the thaw. */
+  let freezing: Promise<unknown> = Promise.resolve();
+
+  /** Runs the thaw hook once per freeze; resolves to the hook's error message, if it failed. */
+  const thawOnce = (reason?: "connection lost" | "deadline passed"): Promise<string | undefined> => {
+    if (!frozen) return thawing ?? Promise.resolve(undefined);
     frozen = false;
     if (deadlineTimer) clearTimeout(deadlineTimer);
     if (reason) opts.onEvent?.({ kind: "self-thaw", reason });
-    thawing = Promise.resolve()
+    thawing = freezing
+      .catch(() => undefined)
       .then(() => opts.thaw())
       .then(
         () => undefined,
-        () => undefined,
+        (err: unknown) => (err instanceof Error ? err.message : String(err)),
       );
     return thawing;
   };
@@ -110,16 +115,17 @@ export function startWriter(opts: WriterOptions): WriterHandle {
             frozen = true; // before the hook: a half-done freeze is thawed too
             if (deadlineTimer) clearTimeout(deadlineTimer);
             deadlineTimer = setTimeout(() => void thawOnce("deadline passed"), Math.max(0, m.deadline - Date.now()));
-            void step("freeze", opts.freeze);
+            freezing = step("freeze", opts.freeze);
             break;
           case "thaw":
             if (!frozen) {
               send({ type: "ack", step: "thaw" });
               break;
             }
-            void thawOnce().then(() => {
-              opts.onEvent?.({ kind: "step", step: "thaw", ok: true });
-              send({ type: "ack", step: "thaw" });
+            void thawOnce().then((error) => {
+              opts.onEvent?.({ kind: "step", step: "thaw", ok: error === undefined, ...(error ? { error } : {}) });
+              // A thaw that failed is reported: the application may still be quiesced (5013).
+              send(error === undefined ? { type: "ack", step: "thaw" } : { type: "fail", step: "thaw", message: error });
             });
             break;
           case "done":

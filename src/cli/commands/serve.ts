@@ -41,7 +41,9 @@ Type=simple
 ExecStart=${process.execPath} ${bin} serve --config ${config}
 ExecReload=/bin/kill -HUP $MAINPID
 KillSignal=SIGTERM
-# A run in progress is stopped safely (writers thawed) before the service exits.
+# Only the service itself gets SIGTERM: it stops a run safely (writers thawed). Its watchdog and
+# a thaw command in progress must outlive it, so they are not killed with it.
+KillMode=process
 TimeoutStopSec=15min
 Restart=on-failure
 RestartSec=30s

@@ -21,11 +21,18 @@ function password(spec: PostgresSpec): string | undefined {
   return readFileSync(spec.passwordFile, "utf8").replace(/\r?\n$/, "");
 }
 
-function childEnv(spec: PostgresSpec): NodeJS.ProcessEnv {
-  const pw = password(spec);
-  // The password reaches the tools through the environment, never their command line.
-  return { ...process.env, ...(pw !== undefined ? { PGPASSWORD: pw } : {}), PGCONNECT_TIMEOUT: "15" };
+/**
+ * A URL and environment for the PostgreSQL tools: a password never goes on their command line
+ * (where `ps` shows it). One written into the URL (through a ${ENV} reference) moves to PGPASSWORD.
+ */
+export function pgToolConnection(url: string, passwordFile?: string): { url: string; env: NodeJS.ProcessEnv } {
+  const u = new URL(url);
+  const inUrl = u.password ? decodeURIComponent(u.password) : undefined;
+  u.password = "";
+  const pw = passwordFile ? readFileSync(passwordFile, "utf8").replace(/\r?\n$/, "") : inUrl;
+  return { url: u.toString(), env: { ...process.env, ...(pw !== undefined ? { PGPASSWORD: pw } : {}), PGCONNECT_TIMEOUT: "15" } };
 }
+
 
 async function connect(spec: PostgresSpec): Promise<pg.Client> {
   const client = new pg.Client({ connectionString: spec.url, password: password(spec), connectionTimeoutMillis: 15_000, application_name: "sitekeep" });
@@ -85,10 +92,10 @@ export async function dumpPostgres(spec: PostgresSpec, ctx: SourceContext): Prom
       tables[t.label] = Number(r.rows[0].n);
     }
 
-    const env = childEnv(spec);
+    const { url: toolUrl, env } = pgToolConnection(spec.url, spec.passwordFile);
     const pgDump = pgTool("pg_dump", major);
     const file = `databases/${spec.name}.pgdump`;
-    const dump = streamCommand({ file: pgDump, args: ["--format=custom", `--snapshot=${snap}`, "--no-password", `--dbname=${spec.url}`] }, { timeoutMs: 24 * 3600_000, env, signal: ctx.signal });
+    const dump = streamCommand({ file: pgDump, args: ["--format=custom", `--snapshot=${snap}`, "--no-password", `--dbname=${toolUrl}`] }, { timeoutMs: 24 * 3600_000, env, signal: ctx.signal });
     const h = hashingReader(streamReader(dump.stdout));
     try {
       await ctx.store(file, h.read);
@@ -106,7 +113,7 @@ export async function dumpPostgres(spec: PostgresSpec, ctx: SourceContext): Prom
     await client.query("COMMIT");
 
     let globals: DatabaseManifestEntry["globals"];
-    if (spec.globals) globals = await dumpGlobals(spec, env, major, ctx);
+    if (spec.globals) globals = await dumpGlobals(spec, toolUrl, env, major, ctx);
     ctx.log(`database ${spec.name}: PostgreSQL ${engineVersion}, dump ${dumped.bytes} bytes, ${list.rows.length} tables`);
     return {
       name: spec.name,
@@ -130,11 +137,11 @@ export async function dumpPostgres(spec: PostgresSpec, ctx: SourceContext): Prom
 }
 
 /** Roles need superuser to read their passwords; without it, roles are dumped without passwords. */
-async function dumpGlobals(spec: PostgresSpec, env: NodeJS.ProcessEnv, major: number, ctx: SourceContext): Promise<DatabaseManifestEntry["globals"]> {
+async function dumpGlobals(spec: PostgresSpec, toolUrl: string, env: NodeJS.ProcessEnv, major: number, ctx: SourceContext): Promise<DatabaseManifestEntry["globals"]> {
   const tool = pgTool("pg_dumpall", major);
   const file = `databases/${spec.name}.globals.sql`;
   for (const extra of [[], ["--no-role-passwords"]]) {
-    const run = streamCommand({ file: tool, args: ["--globals-only", "--no-password", ...extra, `--dbname=${spec.url}`] }, { timeoutMs: 600_000, env, signal: ctx.signal });
+    const run = streamCommand({ file: tool, args: ["--globals-only", "--no-password", ...extra, `--dbname=${toolUrl}`] }, { timeoutMs: 600_000, env, signal: ctx.signal });
     const h = hashingReader(streamReader(run.stdout));
     await ctx.store(file, h.read);
     const res = await run.done;

@@ -7,9 +7,10 @@ import { dirname, join, basename } from "node:path";
 import Database from "better-sqlite3";
 import pg from "pg";
 import { readFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
 import { SitekeepError, errorMessage } from "../../errors.js";
 import { describeResult, runCommand } from "../command.js";
-import { pgTool } from "./postgres.js";
+import { pgTool, pgToolConnection } from "./postgres.js";
 import type { DatabaseManifestEntry } from "./types.js";
 
 export interface TableCheck {
@@ -136,9 +137,10 @@ const ident = (s: string): string => `"${s.replace(/"/g, '""')}"`;
 /** Restores a pg_dump custom-format file into database `db` (created; must not exist). */
 export async function pgRestoreInto(t: PgTarget, dump: string, db: string): Promise<void> {
   await pgQuery(t, "postgres", `CREATE DATABASE ${ident(db)}`);
-  const env = { ...process.env, ...(pgPassword(t) !== undefined ? { PGPASSWORD: pgPassword(t) } : {}) };
+  const conn = pgToolConnection(withDb(t.url, db), t.passwordFile);
+  const env = conn.env;
   const r = await runCommand(
-    [pgTool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error", "--no-password", `--dbname=${withDb(t.url, db)}`, dump].map(shq).join(" "),
+    [pgTool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error", "--no-password", `--dbname=${conn.url}`, dump].map(shq).join(" "),
     { timeoutMs: 24 * 3600_000, env },
   );
   if (r.code !== 0) {
@@ -154,8 +156,8 @@ export async function pgDrop(t: PgTarget, db: string): Promise<void> {
 
 /** Roles first (errors for roles that already exist are expected and only reported). */
 export async function pgApplyGlobals(t: PgTarget, globals: string): Promise<string[]> {
-  const env = { ...process.env, ...(pgPassword(t) !== undefined ? { PGPASSWORD: pgPassword(t) } : {}) };
-  const r = await runCommand([pgTool("psql"), "-X", "-q", "--no-password", `--dbname=${withDb(t.url, "postgres")}`, "-f", globals].map(shq).join(" "), { timeoutMs: 600_000, env });
+  const conn = pgToolConnection(withDb(t.url, "postgres"), t.passwordFile);
+  const r = await runCommand([pgTool("psql"), "-X", "-q", "--no-password", `--dbname=${conn.url}`, "-f", globals].map(shq).join(" "), { timeoutMs: 600_000, env: conn.env });
   return r.stderr.split("\n").filter((l) => /ERROR/.test(l) && !/already exists/.test(l));
 }
 
@@ -175,7 +177,9 @@ export async function restorePostgres(t: PgTarget, dump: string, entry: Database
   if (existing && !opts.replace && Object.keys(await pgTables(t, db)).length > 0) {
     throw new SitekeepError("recover.exists", `database ${entry.name}: ${db} exists and has tables`, { hint: "add --replace to replace it, or restore under another name with --database-name" });
   }
-  const tmp = `${db}_sitekeep_restore`;
+  // A short random name: a long database name plus a suffix could be truncated by the server
+  // back to the live name, and the drop below would hit the live database.
+  const tmp = `sitekeep_restore_${randomBytes(4).toString("hex")}`;
   await pgDrop(t, tmp);
   await pgRestoreInto(t, dump, tmp);
   const check = compareTables(entry.tables, await pgTables(t, tmp));
@@ -218,7 +222,7 @@ async function mariaSql(t: MariaTarget, sql: string, db?: string, stdinFile?: st
 }
 
 export async function mariaTables(t: MariaTarget, db: string): Promise<Record<string, number>> {
-  const names = (await mariaSql(t, `SELECT table_name FROM information_schema.tables WHERE table_schema = '${db.replace(/'/g, "''")}' AND table_type = 'BASE TABLE'`)).split("\n").filter(Boolean);
+  const names = (await mariaSql(t, `SELECT table_name FROM information_schema.tables WHERE table_schema = ${sqlString(db)} AND table_type = 'BASE TABLE'`)).split("\n").filter(Boolean);
   const out: Record<string, number> = {};
   for (const n of names) out[n] = Number((await mariaSql(t, `SELECT COUNT(*) FROM \`${n.replace(/`/g, "``")}\``, db)).trim());
   return out;
@@ -239,13 +243,13 @@ export async function mariaRestoreInto(t: MariaTarget, dump: string, db: string)
 }
 
 /** As restorePostgres: verified under a temporary name first; MariaDB cannot rename a database, so the proven dump is then loaded into the real one. */
-export async function restoreMariadb(t: MariaTarget, dump: string, entry: DatabaseManifestEntry, opts: { replace: boolean; db?: string }): Promise<TableCheck> {
+export async function restoreMariadb(t: MariaTarget, dump: string, entry: DatabaseManifestEntry, opts: { replace: boolean; db?: string; safetyDir?: string }): Promise<TableCheck> {
   const db = opts.db ?? mariaDbName(t.url);
-  const exists = (await mariaSql(t, `SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = '${db.replace(/'/g, "''")}'`)).trim() !== "0";
+  const exists = (await mariaSql(t, `SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = ${sqlString(db)}`)).trim() !== "0";
   if (exists && !opts.replace && Object.keys(await mariaTables(t, db)).length > 0) {
     throw new SitekeepError("recover.exists", `database ${entry.name}: ${db} exists and has tables`, { hint: "add --replace to replace it, or restore under another name with --database-name" });
   }
-  const tmp = `${db}_sitekeep_restore`.slice(0, 64);
+  const tmp = `sitekeep_restore_${randomBytes(4).toString("hex")}`;
   await mariaDrop(t, tmp);
   await mariaRestoreInto(t, dump, tmp);
   const check = compareTables(entry.tables, await mariaTables(t, tmp));
@@ -253,9 +257,31 @@ export async function restoreMariadb(t: MariaTarget, dump: string, entry: Databa
   if (check.missing.length || check.mismatches.length) {
     throw new SitekeepError("recover.verify", `database ${entry.name}: the restored database does not match the manifest (${[...check.missing.map((m) => `missing ${m}`), ...check.mismatches].join("; ")})`, { hint: "the snapshot may be damaged: run sitekeep check --read-data" });
   }
-  if (exists) await mariaDrop(t, db);
-  await mariaRestoreInto(t, dump, db);
+  if (exists) {
+    // MariaDB cannot rename a database: the live one is dumped first, so a failed load can put it back.
+    const safety = join(opts.safetyDir ?? dirname(dump), `${db}.before-recovery.sql`);
+    await mariaDumpTo(t, db, safety);
+    await mariaDrop(t, db);
+    try {
+      await mariaRestoreInto(t, dump, db);
+    } catch (err) {
+      await mariaRestoreInto(t, safety, db).catch(() => undefined);
+      throw new SitekeepError("recover.database", `database ${entry.name}: loading the dump into ${db} failed (${errorMessage(err)}); the previous database was put back from ${safety}`, { hint: "check the server's free space and log" });
+    }
+  } else await mariaRestoreInto(t, dump, db);
   return compareTables(entry.tables, await mariaTables(t, db));
+}
+
+async function mariaDumpTo(t: MariaTarget, db: string, file: string): Promise<void> {
+  const env = t.passwordFile ? { ...process.env, MYSQL_PWD: readFileSync(t.passwordFile, "utf8").replace(/\r?\n$/, "") } : process.env;
+  const args = mariaArgs(t).filter((a) => a !== "--batch" && a !== "--skip-column-names");
+  const r = await runCommand([existsSync("/usr/bin/mariadb-dump") ? "mariadb-dump" : "mysqldump", ...args, "--single-transaction", "--routines", "--triggers", "--events", "--hex-blob", db].map(shq).join(" ") + ` > ${shq(file)}`, { timeoutMs: 24 * 3600_000, env });
+  if (r.code !== 0) throw new SitekeepError("recover.database", `cannot save the live database ${db} before replacing it: ${describeResult({ ...r, command: "mariadb-dump" })}`, { hint: "nothing was replaced; check the server" });
+}
+
+/** A MariaDB string literal (default sql_mode: backslash escapes are active). */
+function sqlString(v: string): string {
+  return `'${v.replace(/\\/g, "\\\\").replace(/'/g, "''")}'`;
 }
 
 function shq(s: string): string {
