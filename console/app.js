@@ -249,6 +249,7 @@ async function taskView() {
 async function runView() {
   const out = h("ul", { class: "live", id: "live", "aria-live": "polite" });
   const state = h("p", { id: "run-state", role: "status" });
+  const progress = h("p", { id: "run-progress", class: "muted" });
   const btn = h("button", { type: "button", id: "run-now" }, "Back up now");
   const watch = async (runId) => {
     const t = setInterval(async () => {
@@ -256,6 +257,17 @@ async function runView() {
         const run = await api("GET", `/api/runs/${encodeURIComponent(runId)}`);
         out.replaceChildren(...run.messages.map((m) => h("li", { class: `sev-${m.severity}` }, `${m.message_id} ${m.severity} ${m.text}`)));
         state.replaceChildren(h("span", { class: `badge ${run.status}` }, run.status), ` run ${run.id}${run.freeze_ms != null ? `, freeze window ${run.freeze_ms} ms` : ""}`);
+        if (run.status === "running") {
+          const st = await api("GET", "/api/status");
+          const p = st.active?.runId === runId ? st.active.progress : undefined;
+          if (p) {
+            const parts = [`phase: ${p.phase}`];
+            if (p.files !== undefined) parts.push(`${p.files}${p.totalFiles ? `/${p.totalFiles}` : ""} files`, `${fmtBytes(p.bytes)}${p.totalBytes ? ` of ${fmtBytes(p.totalBytes)}` : ""}`);
+            if (p.rate) parts.push(`${fmtBytes(p.rate)}/s`);
+            if (p.etaSeconds) parts.push(`ETA ${fmtAge(p.etaSeconds)}`);
+            progress.textContent = parts.join(" · ");
+          }
+        } else progress.textContent = "";
         if (run.status !== "running") { clearInterval(t); btn.disabled = false; }
       } catch (err) {
         clearInterval(t);
@@ -276,7 +288,7 @@ async function runView() {
       state.replaceChildren(errorNotice(err));
     }
   });
-  render(h("h1", {}, "Run now"), h("div", { class: "row" }, btn), state, out);
+  render(h("h1", {}, "Run now"), h("div", { class: "row" }, btn), state, progress, out);
   const s = await api("GET", "/api/status");
   if (s.active) { btn.disabled = true; void watch(s.active.runId); }
 }
@@ -350,10 +362,23 @@ async function snapshotsView(params) {
   const [id, ...rest] = params;
   if (id) return browseView(id, "/" + rest.map(decodeURIComponent).join("/"));
   const snaps = await api("GET", "/api/snapshots");
+  const picked = [];
+  const compare = h("button", { type: "button", id: "compare", class: "secondary", onclick: () => {
+    if (picked.length !== 2) return;
+    const [a, b] = [...picked].sort((x, y) => Date.parse(snaps.find((s) => s.id === x).time) - Date.parse(snaps.find((s) => s.id === y).time));
+    location.hash = `#/compare/${a}/${b}`;
+  } }, "Compare the two selected");
+  compare.disabled = true;
+  const pick = (id, on) => {
+    if (on) picked.push(id);
+    else picked.splice(picked.indexOf(id), 1);
+    compare.disabled = picked.length !== 2;
+  };
   render(
     h("h1", {}, "Snapshots"),
+    h("div", { class: "row" }, compare),
     snaps.length
-      ? h("div", { class: "table-wrap" }, h("table", { id: "snapshots" }, h("thead", {}, h("tr", {}, h("th", {}, "Snapshot"), h("th", {}, "Time"), h("th", {}, "Tags"), h("th", {}, "Paths"))), h("tbody", {}, snaps.map((s) => h("tr", {}, h("td", {}, h("a", { href: `/#/snapshots/${s.id}`, class: "mono" }, s.short_id)), h("td", {}, fmtTime(s.time)), h("td", { class: "mono" }, s.tags.join(" ")), h("td", { class: "mono" }, s.paths.join(" ")))))))
+      ? h("div", { class: "table-wrap" }, h("table", { id: "snapshots" }, h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", {}, "Snapshot"), h("th", {}, "Time"), h("th", {}, "Tags"), h("th", {}, "Paths"))), h("tbody", {}, snaps.map((s) => h("tr", {}, h("td", {}, h("input", { type: "checkbox", "aria-label": `select snapshot ${s.short_id}`, onchange: (e) => pick(s.id, e.target.checked) })), h("td", {}, h("a", { href: `/#/snapshots/${s.id}`, class: "mono" }, s.short_id)), h("td", {}, fmtTime(s.time)), h("td", { class: "mono" }, s.tags.join(" ")), h("td", { class: "mono" }, s.paths.join(" ")))))))
       : h("p", { class: "muted" }, "No snapshots yet."),
   );
 }
@@ -406,6 +431,65 @@ async function browseView(id, path) {
   );
 }
 
+async function compareView([a, b]) {
+  const d = await api("GET", `/api/snapshots/diff?a=${a}&b=${b}`);
+  render(
+    h("h1", {}, `Changes from ${a.slice(0, 8)} to ${b.slice(0, 8)}`),
+    d.entries.length
+      ? h("div", { class: "table-wrap" }, h("table", { id: "diff" }, h("thead", {}, h("tr", {}, h("th", {}, "Change"), h("th", {}, "Path"), h("th", {}, "Size"))), h("tbody", {}, d.entries.map((e) => h("tr", {}, h("td", {}, h("span", { class: `badge ${e.change === "removed" ? "failed" : e.change === "added" ? "succeeded" : "warning"}` }, e.change)), h("td", { class: "mono" }, e.path), h("td", {}, e.sizes ? `${fmtBytes(e.sizes[0])} → ${fmtBytes(e.sizes[1])}` : e.type))))))
+      : h("p", { class: "muted" }, "No differences."),
+    d.truncated ? h("p", { class: "muted" }, "Only the first 2000 changes are shown.") : null,
+  );
+}
+
+async function recoverView() {
+  const snaps = await api("GET", "/api/snapshots");
+  const snap = h("select", { id: "rc-snapshot" }, snaps.map((s, i) => h("option", { value: s.id, selected: i === 0 }, `${s.short_id} — ${fmtTime(s.time)}${i === 0 ? " (latest)" : ""}`)));
+  const only = ["files", "captures", "databases"].map((w) => h("input", { type: "checkbox", id: `rc-${w}`, checked: true, value: w }));
+  const root = h("input", { type: "text", id: "rc-root", placeholder: "empty: original paths" });
+  const db = h("select", { id: "rc-database" }, h("option", { value: "restore" }, "restore from the snapshot"), h("option", { value: "existing" }, "verify a database recovered by other means"), h("option", { value: "skip" }, "skip databases"));
+  const replace = h("input", { type: "checkbox", id: "rc-replace" });
+  const dry = h("input", { type: "checkbox", id: "rc-dry", checked: true });
+  const out = h("div", { id: "rc-report", role: "status" });
+  const go = h("button", { type: "submit", id: "rc-go" }, "Recover");
+  const form = h("form", { class: "grid", onsubmit: async (e) => {
+    e.preventDefault();
+    if (!dry.checked && !window.confirm("Recover the site now? Files and captures are put back; databases per your choice.")) return;
+    go.disabled = true;
+    out.replaceChildren(h("p", { class: "muted" }, "working…"));
+    try {
+      const r = await api("POST", "/api/recover", { snapshot: snap.value, only: only.filter((c) => c.checked).map((c) => c.value), root: root.value.trim(), database: db.value, replace: replace.checked, dryRun: dry.checked });
+      const t = setInterval(async () => {
+        const run = await api("GET", `/api/runs/${encodeURIComponent(r.run_id)}`);
+        if (run.status === "running") return;
+        clearInterval(t);
+        go.disabled = false;
+        const rep = run.result;
+        if (!rep) return out.replaceChildren(h("div", { class: "notice bad" }, "no report"));
+        out.replaceChildren(
+          h("div", { class: `notice ${rep.ok ? "ok" : "bad"}` }, rep.dryRun ? "Plan only — nothing was changed." : rep.ok ? "Recovered." : "Finished with failures."),
+          h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Item"), h("th", {}, "Result"))), h("tbody", {}, rep.items.map((i) => h("tr", {}, h("td", {}, `${i.kind} ${i.name}`), h("td", {}, `${i.ok ? "✓" : "✗"} ${i.detail}`)))))),
+          h("h2", {}, "What you still have to do"),
+          h("ul", {}, rep.todo.map((x) => h("li", {}, x))),
+        );
+      }, 700);
+      timers.push(t);
+    } catch (err) {
+      go.disabled = false;
+      out.replaceChildren(errorNotice(err));
+    }
+  } },
+    h("label", { for: "rc-snapshot" }, "Snapshot"), snap,
+    h("span", {}, "What"), h("div", { class: "row" }, only.map((c) => h("label", {}, c, ` ${c.value}`))),
+    h("label", { for: "rc-root" }, "Files under"), h("div", {}, root, h("div", { class: "hint" }, "an absolute folder to restore files beside the live site; empty for their original paths")),
+    h("label", { for: "rc-database" }, "Databases"), db,
+    h("label", { for: "rc-replace" }, "Replace existing"), h("div", {}, replace, h("div", { class: "hint" }, "without it, a database that exists and has tables is left alone")),
+    h("label", { for: "rc-dry" }, "Plan only (dry run)"), dry,
+    h("span"), h("div", {}, go),
+  );
+  render(h("h1", {}, "Recover the site"), form, out);
+}
+
 async function drillsView() {
   const runs = (await api("GET", "/api/runs?limit=200")).filter((r) => r.kind === "drill");
   const state = h("p", { role: "status", id: "drill-state" });
@@ -436,7 +520,7 @@ async function drillsView() {
 
 // ---- routing --------------------------------------------------------------------------------
 
-const views = { overview: overviewView, task: taskView, run: runView, messages: messagesView, alerts: alertsView, snapshots: snapshotsView, drills: drillsView };
+const views = { overview: overviewView, task: taskView, run: runView, messages: messagesView, alerts: alertsView, snapshots: snapshotsView, compare: compareView, recover: recoverView, drills: drillsView };
 
 async function route() {
   for (const t of timers) clearInterval(t);

@@ -10,7 +10,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
@@ -519,6 +519,39 @@ test("status messages and drills views", async () => {
   await page.locator("#run-drill").waitFor();
   assert.equal(await page.locator("main h1").innerText(), "Drills");
   await shot(page, "drills");
+});
+
+test("snapshots: compare two snapshots; recover: a dry-run plan, then a real recovery of a deleted file", async () => {
+  await nav("Snapshots");
+  await page.locator("#snapshots tbody tr").first().waitFor();
+  const boxes = page.locator("#snapshots tbody input[type=checkbox]");
+  const n = await boxes.count();
+  assert.ok(n >= 2);
+  // The oldest two are the demo's own backups, between which it changed app.conf.
+  await boxes.nth(n - 1).check();
+  await boxes.nth(n - 2).check();
+  await page.locator("#compare").click();
+  await page.locator("#diff tbody tr").first().waitFor();
+  const changed = await page.locator("#diff tbody td.mono").allInnerTexts();
+  assert.ok(changed.some((p) => p.endsWith("/site/app/config/app.conf")), `app.conf changed between the demo's two backups: ${changed.join(", ")}`);
+  await shot(page, "compare");
+
+  const conf = join(demoDir, "site", "app", "config", "database.conf");
+  const before = readFileSync(conf);
+  unlinkSync(conf);
+  await nav("Recover");
+  await page.locator("#rc-go").waitFor();
+  await page.locator("#rc-databases").uncheck();
+  await page.locator("#rc-go").click();
+  await page.locator("#rc-report .notice").waitFor();
+  assert.match(await page.locator("#rc-report .notice").innerText(), /Plan only/);
+  assert.equal(existsSync(conf), false, "a plan changes nothing");
+  await shot(page, "recover-plan");
+  await page.locator("#rc-dry").uncheck();
+  page.once("dialog", (d) => void d.accept());
+  await page.locator("#rc-go").click();
+  await until(async () => /Recovered\./.test(await page.locator("#rc-report").innerText()), "the recovery to finish", 30_000);
+  assert.deepEqual(readFileSync(conf), before, "the deleted file is back with the same bytes");
 });
 
 test("refusals: wrong password, no session, cross-site posts, missing CSRF header", async () => {

@@ -15,6 +15,7 @@ import { parseDurationMs } from "../site/duration.js";
 import { siteStatus } from "../site/status.js";
 import { siteTag, sitePassword } from "../site/task.js";
 import { fileContent, findNode, listDir } from "../archive/browse.js";
+import { diffSnapshots } from "../archive/diff.js";
 import { Restorer } from "../archive/restorer.js";
 import { ControlFileError } from "../site/control-file.js";
 import { type TaskChanges, applyTaskChanges, saveControlFile } from "../site/control-edit.js";
@@ -62,7 +63,11 @@ export async function startHttp(svc: SiteService, listen: string, tls?: { certFi
     ["POST", /^\/api\/drills$/, async () => ({ status: 202, json: { run_id: (await svc.startRun("drill")).runId, kind: "drill" } })],
     ["GET", /^\/api\/runs\/([^/]+)$/, async (_req, [id]) => {
       const run = svc.store.run(id);
-      return run ? { json: { ...run, messages: svc.store.messages(svc.config.site, { runId: id, limit: 500 }).reverse() } } : { status: 404, json: apiError("api.notfound", `no run ${id}`, "see GET /api/runs") };
+      const result = svc.result(id);
+      if (!run && result === undefined && svc.activeRun?.runId === id) return { json: { id, kind: svc.activeRun.kind, status: "running", messages: [] } };
+      if (!run && result === undefined) return { status: 404, json: apiError("api.notfound", `no run ${id}`, "see GET /api/runs") };
+      const base = run ?? { id, kind: "recovery", status: (result as { ok?: boolean }).ok === false ? "failed" : "succeeded" };
+      return { json: { ...base, messages: svc.store.messages(svc.config.site, { runId: id, limit: 500 }).reverse(), ...(result !== undefined ? { result } : {}) } };
     }],
     ["GET", /^\/api\/messages$/, async (req) => {
       const q = query(req);
@@ -125,6 +130,32 @@ export async function startHttp(svc: SiteService, listen: string, tls?: { certFi
       } catch (err) {
         return { status: 422, json: apiError("schedule.invalid", `not a schedule: ${errorMessage(err)}`, 'five fields (minute hour day month weekday), e.g. "0 2 * * 1,4"') };
       }
+    }],
+    ["GET", /^\/api\/snapshots\/diff$/, async (req) => {
+      const q = query(req);
+      const a = q.get("a") ?? "";
+      const b = q.get("b") ?? "";
+      if (!/^[0-9a-f]{4,64}$/.test(a) || !/^[0-9a-f]{4,64}$/.test(b)) return { status: 400, json: apiError("api.snapshots", "give two snapshot IDs as ?a=…&b=…", "the older first") };
+      return withSnapshot(svc, a, async (repo, ta) => {
+        const sb = await repo.findSnapshot(b);
+        const d = await diffSnapshots(repo, ta, sb.tree);
+        return { json: { a, b: sb.id, ...d } };
+      });
+    }],
+    ["POST", /^\/api\/recover$/, async (_req, _p, body) => {
+      const o = (body ?? {}) as { snapshot?: string; only?: string[]; root?: string; replace?: boolean; database?: string; databaseNames?: Record<string, string>; dryRun?: boolean };
+      if (o.database !== undefined && !["restore", "existing", "skip"].includes(o.database)) return { status: 400, json: apiError("api.database", "database must be restore, existing or skip", "see docs/recovery.md") };
+      if (o.root !== undefined && o.root !== "" && !o.root.startsWith("/")) return { status: 400, json: apiError("api.root", "root must be an absolute folder", 'e.g. "/srv/restore"') };
+      const { runId } = await svc.startRun("recovery", {
+        snapshot: o.snapshot || undefined,
+        only: Array.isArray(o.only) && o.only.length ? o.only : undefined,
+        root: o.root || undefined,
+        replace: Boolean(o.replace),
+        database: (o.database as "restore" | "existing" | "skip" | undefined) ?? "restore",
+        databaseNames: o.databaseNames ?? {},
+        dryRun: o.dryRun !== false, // a plan unless explicitly asked to act
+      });
+      return { status: 202, json: { run_id: runId, kind: "recovery" } };
     }],
     ["GET", /^\/api\/snapshots\/([0-9a-f]{4,64})\/tree$/, async (req, [id]) => {
       const path = query(req).get("path") ?? "/";

@@ -12,9 +12,10 @@ import { dispatchAlerts } from "../site/alert-dispatch.js";
 import type { DeliverOptions } from "../site/notify.js";
 import { parseDurationMs } from "../site/duration.js";
 import { type DrillReport, runDrill } from "../site/drill.js";
+import { type RecoverOptions, type RecoveryReport, recoverSite } from "../site/recovery.js";
 import { StateStore, stateDirFor } from "../site/state.js";
 import { messageDef } from "../site/status-messages.js";
-import { type SiteBackupResult, newRunId, runSiteBackup, siteTag, sitePassword } from "../site/task.js";
+import { type SiteBackupResult, type SiteProgress, newRunId, runSiteBackup, siteTag, sitePassword } from "../site/task.js";
 import { checkRetentionWindow } from "../site/watch.js";
 import { Repository } from "../repo/repository.js";
 import { type RepoStats, renderMetrics } from "./metrics.js";
@@ -34,7 +35,7 @@ export interface ServiceOptions {
   log?: (entry: Record<string, unknown>) => void;
 }
 
-export type RunKind = "backup" | "drill";
+export type RunKind = "backup" | "drill" | "recovery";
 
 export class BusyError extends SitekeepError {
   constructor(active: { kind: RunKind; runId: string }) {
@@ -47,10 +48,12 @@ export class SiteService {
   private readonly state: StateStore;
   private readonly scheduler: Scheduler;
   private http: HttpServer | undefined;
-  private active: { kind: RunKind; runId: string; abort: AbortController; done: Promise<unknown> } | undefined;
+  private active: { kind: RunKind; runId: string; abort: AbortController; done: Promise<unknown>; started: number; progress?: SiteProgress } | undefined;
   private watchTimer: NodeJS.Timeout | undefined;
   private repoStats: RepoStats | undefined;
   private stopping = false;
+  /** Results of recent runs started here (recovery plans have no run record): for the console. */
+  private readonly results = new Map<string, unknown>();
   readonly token: string;
 
   private constructor(
@@ -109,8 +112,19 @@ export class SiteService {
     return this.state;
   }
 
-  get activeRun(): { kind: RunKind; runId: string } | undefined {
-    return this.active ? { kind: this.active.kind, runId: this.active.runId } : undefined;
+  /** The active run with its phase and progress (files, bytes, rate, ETA when known). */
+  get activeRun(): { kind: RunKind; runId: string; progress?: SiteProgress & { rate?: number; etaSeconds?: number } } | undefined {
+    if (!this.active) return undefined;
+    const p = this.active.progress;
+    const secs = (Date.now() - this.active.started) / 1000;
+    const rate = p?.bytes !== undefined && secs > 0 ? p.bytes / secs : undefined;
+    const eta = rate && p?.totalBytes && p.bytes !== undefined && p.totalBytes > p.bytes ? (p.totalBytes - p.bytes) / rate : undefined;
+    return { kind: this.active.kind, runId: this.active.runId, ...(p ? { progress: { ...p, ...(rate !== undefined ? { rate } : {}), ...(eta !== undefined ? { etaSeconds: eta } : {}) } } : {}) };
+  }
+
+  /** The result of a run started by this service (a recovery report, a drill report, a backup summary). */
+  result(runId: string): unknown {
+    return this.results.get(runId);
   }
 
   nextRuns(): Record<string, Date | null> {
@@ -158,7 +172,7 @@ export class SiteService {
   }
 
   /** Starts a run in the background; refuses while another runs (409 in the API). */
-  async startRun(kind: RunKind): Promise<{ runId: string; done: Promise<SiteBackupResult | DrillReport> }> {
+  async startRun(kind: RunKind, recover?: Omit<RecoverOptions, "loaded" | "env" | "onLine">): Promise<{ runId: string; done: Promise<SiteBackupResult | DrillReport | RecoveryReport> }> {
     if (this.stopping) throw new SitekeepError("service.stopping", "the service is stopping", { hint: "try again after it restarted" });
     if (this.active) throw new BusyError(this.active);
     const runId = newRunId(this.clock.now());
@@ -172,9 +186,23 @@ export class SiteService {
     const done = (async () => {
       try {
         if (kind === "backup") {
-          const r = await runSiteBackup(loaded, { signal: abort.signal, env, runId, now: () => this.clock.now() });
+          const r = await runSiteBackup(loaded, {
+            signal: abort.signal,
+            env,
+            runId,
+            now: () => this.clock.now(),
+            onProgress: (p) => {
+              if (this.active?.runId === runId) this.active.progress = p;
+            },
+          });
           this.log(r.status === "succeeded" ? "info" : "error", `backup ${r.status}`, { run: runId, message_id: r.messageId, snapshot: r.snapshotId, error: r.error?.message });
           await this.refreshRepoStats();
+          return r;
+        }
+        if (kind === "recovery") {
+          // Recovery from the console: the same function as `site recover`, never overlapping a run.
+          const r = await recoverSite({ ...recover, loaded, env, runId });
+          this.log(r.ok ? "info" : "error", `recovery ${r.dryRun ? "plan" : r.ok ? "completed" : "failed"}`, { run: r.id, report: r.reportFiles?.json });
           return r;
         }
         const d = await runDrill(loaded, { env, runId, now: () => this.clock.now() });
@@ -183,10 +211,12 @@ export class SiteService {
       } finally {
         clearTimeout(timer);
         this.active = undefined;
+        if (this.results.size > 20) this.results.delete(this.results.keys().next().value as string);
         await this.watch();
       }
     })();
-    this.active = { kind, runId, abort, done };
+    this.active = { kind, runId, abort, done, started: Date.now() };
+    void done.then((r) => this.results.set(runId, r), () => undefined);
     done.catch((err: unknown) => this.log("error", `${kind} crashed`, { run: runId, error: errorMessage(err) }));
     return { runId, done };
   }

@@ -22,6 +22,7 @@ import { StateStore, stateDirFor } from "./state.js";
 import { messageDef, type MessageKey } from "./status-messages.js";
 import { type TableCheck, mariaDbName, mariaTables, pgDbName, pgTables, restoreMariadb, restorePostgres, restoreSqlite, sqliteIntegrity, sqliteTables, compareTables, pgApplyGlobals } from "./sources/restore-db.js";
 import { prepareWriters } from "./writer-setup.js";
+import { SiteLock } from "./site-lock.js";
 import type { DatabaseManifestEntry } from "./sources/types.js";
 
 export type DatabaseMode = "restore" | "existing" | "skip";
@@ -47,6 +48,8 @@ export interface RecoverOptions {
   databaseNames?: Record<string, string>;
   dryRun?: boolean;
   stateDir?: string;
+  /** The run's ID (the service hands it out before the recovery starts). */
+  runId?: string;
   /** The repository password (--password-file); else the control file's, else SITEKEEP_PASSWORD(_FILE). */
   password?: string;
   env?: NodeJS.ProcessEnv;
@@ -92,7 +95,7 @@ interface SiteSource {
 export async function recoverSite(opts: RecoverOptions): Promise<RecoveryReport> {
   const env = opts.env ?? process.env;
   const started = Date.now();
-  const id = newRunId();
+  const id = opts.runId ?? newRunId();
   const say = (l: string): void => opts.onLine?.(l);
   const local = opts.loaded?.config;
   const url = opts.from ?? local?.backup.destination;
@@ -102,7 +105,15 @@ export async function recoverSite(opts: RecoverOptions): Promise<RecoveryReport>
   mkdirSync(work, { recursive: true, mode: 0o700 });
   const password = opts.password ?? (local ? sitePassword(local, env) : passwordFromEnv(env));
 
-  const repo = await Repository.open(openBackend(url), password);
+  // A recovery and a backup of the same site must not overlap (a plan changes nothing: no lock).
+  const siteLock = opts.dryRun || !local ? undefined : SiteLock.acquire(stateDir, local.site, id);
+  let repo: Repository;
+  try {
+    repo = await Repository.open(openBackend(url), password);
+  } catch (err) {
+    siteLock?.release();
+    throw err;
+  }
   const state = StateStore.open(stateDir);
   let dbRepo: Repository | undefined;
   try {
@@ -143,6 +154,7 @@ export async function recoverSite(opts: RecoverOptions): Promise<RecoveryReport>
     });
   } finally {
     rmSync(join(work, "snapshot"), { recursive: true, force: true }); // dumps: possibly large, and sensitive
+    siteLock?.release();
     state.close();
     await repo.backend.close().catch(() => undefined);
     await dbRepo?.backend.close().catch(() => undefined);

@@ -59,6 +59,16 @@ export interface SiteBackupOptions {
   runId?: string;
   /** The clock of recorded times (the service's injectable clock). */
   now?: () => Date;
+  /** The run's phase and, while files are read, how far it got (for the console and a TTY). */
+  onProgress?: (p: SiteProgress) => void;
+}
+
+export interface SiteProgress {
+  phase: "preflight" | "paths" | "databases" | "captures" | "files" | "frozen" | "commit" | "retention" | "copy" | "after-backup";
+  files?: number;
+  bytes?: number;
+  totalFiles?: number;
+  totalBytes?: number;
 }
 
 export interface SiteBackupResult {
@@ -241,6 +251,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
   async function backupSteps(): Promise<SiteBackupResult> {
     // ---- 2. preflight ----------------------------------------------------------------------------
     const t = Date.now();
+    opts.onProgress?.({ phase: "preflight" });
     mkdirSync(tmpDir, { recursive: true, mode: 0o700 });
     const password = sitePassword(c, fullEnv);
     const dest = c.backup.destination;
@@ -318,6 +329,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
 
     // ---- 3a. paths found at run time -------------------------------------------------------------
     let t = Date.now();
+    opts.onProgress?.({ phase: "paths" });
     const fileEntries: SiteManifest["files"] = [];
     for (const f of c.files) {
       if (f.path) fileEntries.push({ path: f.path, role: f.role, exclude: f.exclude });
@@ -354,6 +366,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     };
     const dbCtx: SourceContext = { store: dbArchiver ? storeIn(dbArchiver, dbFiles) : storeIn(siteArchiver, siteFiles), tmpDir, signal: opts.signal, log: logLine };
     t = Date.now();
+    opts.onProgress?.({ phase: "databases" });
     const databases: DatabaseManifestEntry[] = [];
     for (const d of c.databases) {
       checkAbort();
@@ -368,6 +381,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     mark("databasesMs", t);
 
     t = Date.now();
+    opts.onProgress?.({ phase: "captures" });
     const captures: SiteManifest["captures"] = [];
     for (const cap of c.captures) {
       checkAbort();
@@ -396,7 +410,15 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     if (paths.length) {
       // The previous snapshot's root holds the site's folders and .sitekeep; the archiver only
       // looks up the names it meets, so it serves as the parent tree as it is.
-      onlineArchiver = new Archiver(repo, { paths, excludes, host: site, signal: opts.signal, ...(previous ? { parentTree: previous.tree } : { parent: "none" }) });
+      opts.onProgress?.({ phase: "files" });
+      onlineArchiver = new Archiver(repo, {
+        paths,
+        excludes,
+        host: site,
+        signal: opts.signal,
+        ...(previous ? { parentTree: previous.tree } : { parent: "none" }),
+        ...(opts.onProgress ? { onProgress: (p) => opts.onProgress?.({ phase: "files", files: p.files, bytes: p.bytes, totalFiles: p.totalFiles, totalBytes: p.totalBytes }) } : {}),
+      });
       try {
         tree = await onlineArchiver.buildTree();
         // The frozen pass reads this tree as its parent: its blobs must be loadable, not still
@@ -410,6 +432,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
 
     t = Date.now();
     if (writers.count) {
+      opts.onProgress?.({ phase: "frozen" });
       try {
         await writers.freeze(opts.signal);
       } catch (err) {
@@ -454,6 +477,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
       : `Snapshot of site ${site} cut (no writers to freeze)`);
 
     // ---- 5. commit -----------------------------------------------------------------------------
+    opts.onProgress?.({ phase: "commit" });
     t = Date.now();
     let dbSnapshotId: string | undefined;
     if (dbArchiver && dbRepo) {
@@ -537,6 +561,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     const { snapshotId, dbSnapshotId, freezeWindowMs, files } = cut;
     let t: number;
     if (c.backup.retention) {
+      opts.onProgress?.({ phase: "retention" });
       t = Date.now();
       try {
         const removed = await applyRetention(repo, site, c.backup.retention, snapshotId);
@@ -552,6 +577,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     }
     let copyFailed = false;
     for (const target of c.backup.copyTo) {
+      opts.onProgress?.({ phase: "copy" });
       t = Date.now();
       try {
         const pw = c.backup.copyPasswordFile ? readFileSync(c.backup.copyPasswordFile, "utf8").replace(/\r?\n$/, "") : password();
@@ -575,6 +601,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     }
     if (c.backup.copyTo.length && !copyFailed) state.closeAlerts(site, ["copy-failed"], runId);
     if (c.backup.afterBackup) {
+      opts.onProgress?.({ phase: "after-backup" });
       t = Date.now();
       message("after-backup-started", `After-backup script ${c.backup.afterBackup} started`);
       const r = await runCommand(shellQuote(c.backup.afterBackup), {
