@@ -9,7 +9,7 @@ import { runFrozen } from "../../site/freeze.js";
 import { existsSync, readFileSync } from "node:fs";
 import { SitekeepError } from "../../errors.js";
 import { type GlobalOptions, outputOptions } from "../context.js";
-import { formatBytes, formatDuration, printJSON } from "../output.js";
+import { ProgressLine, formatBytes, formatDuration, printJSON } from "../output.js";
 
 export interface SiteFlags {
   config?: string;
@@ -49,13 +49,17 @@ export async function siteBackupCommand(g: GlobalOptions, f: SiteFlags & { verbo
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
   try {
+    const progress = new ProgressLine(out);
     const r = await runSiteBackup(loaded, {
       signal: abort.signal,
       onMessage: (m) => {
+        progress.done();
         if (!out.json && !out.quiet) process.stdout.write(`${m.message_id} ${m.severity} ${m.text}\n`);
       },
+      onProgress: (p) => progress.update({ files: p.files ?? 0, bytes: p.bytes ?? 0, totalFiles: p.totalFiles, totalBytes: p.totalBytes, extra: `(${p.phase})` }),
       onLog: f.verbose && !out.json ? (line) => process.stderr.write(`  ${line}\n`) : undefined,
     });
+    progress.done();
     if (out.json) {
       printJSON({
         message_type: "site_summary",
