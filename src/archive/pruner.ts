@@ -209,5 +209,9 @@ export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<
     await repo.backend.remove({ type: "data", name: id });
     opts.onProgress?.("remove", ++done, obsolete.length);
   });
+  // Partial files of writers that were killed mid-write: nothing names them, and under our
+  // exclusive lock nobody is writing them now.
+  const tmp = await repo.backend.removeTemporary?.();
+  if (tmp) stats.bytes_removed += tmp.bytes;
   return stats;
 }

@@ -33,5 +33,10 @@ export interface Backend {
   remove(h: Handle): Promise<void>;
   /** Files of a type whose names are valid IDs (temporary files are not listed). */
   list(type: FileType): AsyncIterable<FileInfo>;
+  /**
+   * Removes temporary files that writers killed mid-write left behind (backends that stage writes
+   * under temporary names). Only safe under an exclusive lock; returns how many bytes were freed.
+   */
+  removeTemporary?(): Promise<{ files: number; bytes: number }>;
   close(): Promise<void>;
 }

@@ -75,6 +75,10 @@ export class CachedBackend implements Backend {
     return this.inner.stat(h);
   }
 
+  removeTemporary(): Promise<{ files: number; bytes: number }> {
+    return this.inner.removeTemporary?.() ?? Promise.resolve({ files: 0, bytes: 0 });
+  }
+
   async remove(h: Handle): Promise<void> {
     await this.inner.remove(h);
     if (CACHED.includes(h.type)) await fsp.unlink(this.file(h)).catch(() => undefined);

@@ -147,6 +147,26 @@ export class LocalBackend implements Backend {
     }
   }
 
+  async removeTemporary(): Promise<{ files: number; bytes: number }> {
+    let files = 0;
+    let bytes = 0;
+    const dataDirs = (await readdirOrEmpty(join(this.root, "data"))).filter((d) => /^[0-9a-f]{2}$/.test(d)).map((d) => join(this.root, "data", d));
+    for (const dir of [...dataDirs, join(this.root, "index"), join(this.root, "snapshots")]) {
+      for (const name of await readdirOrEmpty(dir)) {
+        if (!/^[0-9a-f]{64}-tmp-[0-9a-f]+$/.test(name)) continue;
+        try {
+          const st = await fsp.stat(join(dir, name));
+          await fsp.unlink(join(dir, name));
+          files++;
+          bytes += st.size;
+        } catch {
+          // gone meanwhile
+        }
+      }
+    }
+    return { files, bytes };
+  }
+
   async close(): Promise<void> {
     await this.handles.closeAll();
   }
