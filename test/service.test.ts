@@ -470,7 +470,9 @@ test("runs never overlap: run-now while a run is active is 409 with a clear mess
     const drill = await h.api("POST", "/api/drills");
     assert.equal(drill.status, 409, "a drill is refused too while a backup runs");
     const status = await h.api<Status>("GET", "/api/status");
-    assert.deepEqual(status.body.active, { kind: "backup", runId: active.runId });
+    assert.equal(status.body.active?.kind, "backup");
+    assert.equal(status.body.active?.runId, active.runId);
+    assert.equal((status.body.active as { progress?: { phase: string } } | null)?.progress?.phase, "frozen", "the active run reports its phase (the writer holds it frozen)");
 
     await waitFor("a scheduled tick to be skipped", () => (h.logs.some((l) => /^scheduled backup skipped: a backup \(run .*\) is already running/.test(String(l.msg))) ? true : undefined), 5000);
     const run = await finished(h, active.runId);
