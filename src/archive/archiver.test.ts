@@ -51,3 +51,32 @@ test("an incremental backup sees a changed extended attribute (it changes the ct
     rmSync(tmp, { recursive: true, force: true });
   }
 });
+
+test("the fast directory walk makes the same file nodes as lstat (so unchanged trees keep their IDs)", async () => {
+  const { lstatDir, nativeAvailable } = await import("../platform/fsx.js");
+  const { fileNodeFromNumbers, nodeFromStat } = await import("./node.js");
+  const { lstatSync, symlinkSync, chmodSync, utimesSync } = await import("node:fs");
+  if (!nativeAvailable) return; // the addon is not built: the walk uses lstat itself
+  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-lstatdir-"));
+  try {
+    writeFileSync(join(tmp, "empty"), "");
+    writeFileSync(join(tmp, "data.bin"), Buffer.alloc(123_457, 7));
+    writeFileSync(join(tmp, "naïve name.txt"), "x");
+    writeFileSync(join(tmp, "old"), "y");
+    utimesSync(join(tmp, "old"), new Date("1999-12-31T23:59:59.5Z"), new Date("1970-01-01T00:00:01Z"));
+    chmodSync(join(tmp, "data.bin"), 0o4751);
+    symlinkSync("data.bin", join(tmp, "link"));
+    const d = lstatDir(Buffer.from(tmp));
+    assert.ok(d);
+    const names = d.names.map((n) => n.toString());
+    assert.deepEqual([...names].sort(), ["data.bin", "empty", "link", "naïve name.txt", "old"]);
+    for (let i = 0; i < d.names.length; i++) {
+      if (names[i] === "link") continue; // the fast path is for regular files only
+      const viaLstat = nodeFromStat(d.names[i], lstatSync(join(tmp, names[i]), { bigint: true }));
+      assert.deepEqual(fileNodeFromNumbers(d.names[i], d.stats, i), viaLstat, names[i]);
+    }
+    assert.throws(() => lstatDir(Buffer.from(join(tmp, "missing"))), /ENOENT/);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});

@@ -12,12 +12,12 @@ import { Chunker } from "../repo/chunker.js";
 import { sha256 } from "../repo/id.js";
 import type { Snapshot, SnapshotJSON } from "../repo/snapshot.js";
 import { formatTimeNs, nowNs, formatDate } from "../util/gotime.js";
-import { listXattrs, getXattr, isUnsupportedXattrError } from "../platform/fsx.js";
+import { type DirStats, STAT_FIELDS, StatField, listXattrs, getXattr, isUnsupportedXattrError, lstatDir } from "../platform/fsx.js";
 import { forEachChunk, streamReader, type ReadFn } from "./chunk-reader.js";
 import { type PathMatcher, compileExcludes } from "./exclude.js";
 import { type ScanTotals, startScan } from "./scanner.js";
 import { Semaphore, mapLimit } from "../util/concurrency.js";
-import { type NodeJSON, decodeName, encodeName, goModeFromUnix, nodeFromStat } from "./node.js";
+import { type NodeJSON, decodeName, encodeName, fileNodeFromNumbers, goModeFromUnix, nodeFromStat } from "./node.js";
 import { encodeTree, loadTree } from "./tree.js";
 import { PROGRAM_VERSION } from "../version.js";
 
@@ -39,6 +39,12 @@ export interface BackupOptions {
   time?: Date;
   /** Use this tree as the parent (unchanged files are not read again) instead of a parent snapshot. */
   parentTree?: string;
+  /**
+   * Shared between archivers of one run (the site task's online and frozen passes): trees already
+   * decoded, and the stat each node was made from, so the second walk reuses unchanged nodes and
+   * whole unchanged folders without decoding, formatting or encoding anything again.
+   */
+  memo?: ArchiverMemo;
   /** Nodes added to the root of the tree next to the sources (must not collide with their names). */
   extraRootNodes?: NodeJSON[];
   onProgress?: (p: BackupProgress) => void;
@@ -79,6 +85,54 @@ export interface BackupSummary {
   snapshot_id: string;
   parent?: string;
   warnings: BackupWarning[];
+}
+
+/** Where a node's stat numbers are: lstatDir's array and the entry's offset in it. */
+interface StatRef {
+  f: Float64Array;
+  b: number;
+}
+
+export interface ArchiverMemo {
+  trees: Map<string, NodeJSON[]>;
+  stat: WeakMap<NodeJSON, StatRef>;
+  /**
+   * Seconds since the epoch: files whose mtime or ctime is this recent are read again even when
+   * their stat looks unchanged. A write in the same clock tick as the earlier pass's stat can leave
+   * size and times as they were ("racy" files, as git calls them); set by the site task to the
+   * online pass's start before the frozen pass.
+   */
+  racySince?: number;
+}
+
+export function newArchiverMemo(): ArchiverMemo {
+  return { trees: new Map(), stat: new WeakMap() };
+}
+
+/** Same stat (every field but the errno slot): the node made from one is the node of the other. */
+function sameStat(x: StatRef, y: StatRef): boolean {
+  for (let k = 0; k < STAT_FIELDS - 1; k++) if (x.f[x.b + k] !== y.f[y.b + k]) return false;
+  return true;
+}
+
+function statRefBig(st: BigIntStats): StatRef {
+  const f = new Float64Array(STAT_FIELDS);
+  const put = (i: number, ns: bigint): void => {
+    f[i] = Number(ns / 1_000_000_000n);
+    f[i + 1] = Number(ns % 1_000_000_000n);
+  };
+  f[StatField.mode] = Number(st.mode);
+  f[StatField.uid] = Number(st.uid);
+  f[StatField.gid] = Number(st.gid);
+  f[StatField.nlink] = Number(st.nlink);
+  f[StatField.size] = Number(st.size);
+  f[StatField.ino] = Number(st.ino);
+  f[StatField.dev] = Number(st.dev);
+  f[StatField.rdev] = Number(st.rdev);
+  put(StatField.atimeSec, st.atimeNs);
+  put(StatField.mtimeSec, st.mtimeNs);
+  put(StatField.ctimeSec, st.ctimeNs);
+  return { f, b: 0 };
 }
 
 export interface BuiltTree {
@@ -123,6 +177,7 @@ export class Archiver {
   };
   private lastProgress = 0;
   private readonly started = Date.now();
+  private readonly hasExcludes: boolean;
   private rootDev: bigint | undefined;
   private scan: ScanTotals | undefined;
 
@@ -132,6 +187,7 @@ export class Archiver {
   ) {
     this.chunker = new Chunker(repo.polynomial);
     this.exclude = compileExcludes(opts.excludes ?? []);
+    this.hasExcludes = (opts.excludes ?? []).some((p) => p.trim() && !p.trim().startsWith("#"));
   }
 
   /** Backs up the sources and commits the snapshot (what `sitekeep backup` does). */
@@ -315,7 +371,7 @@ export class Archiver {
   private async safeLoadTree(id: string | undefined): Promise<Map<string, NodeJSON> | undefined> {
     if (!id) return undefined;
     try {
-      const nodes = await loadTree(this.repo, id);
+      const nodes = this.opts.memo?.trees.get(id) ?? (await loadTree(this.repo, id));
       return new Map(nodes.map((n) => [n.name, n]));
     } catch {
       return undefined; // an unreadable parent only costs speed
@@ -353,18 +409,31 @@ export class Archiver {
 
   private async dirEntries(absDir: Buffer, displayDir: string, parent: Map<string, NodeJSON> | undefined): Promise<NodeJSON[]> {
     let names: Buffer[];
+    let fast: DirStats | undefined;
     try {
-      names = readdirSync(absDir, { encoding: "buffer" });
+      // One native call for the names and their lstat where the addon is built: an incremental
+      // walk over unchanged files (the site task's frozen pass) is mostly these calls.
+      fast = lstatDir(absDir);
+      names = fast ? fast.names : readdirSync(absDir, { encoding: "buffer" });
     } catch (err) {
       this.warn(displayDir, `cannot read directory: ${errorMessage(err)}`);
       return [];
     }
+    const sep = absDir[absDir.length - 1] === 0x2f ? Buffer.alloc(0) : Buffer.from("/");
     const nodes: NodeJSON[] = [];
+    const slow: number[] = [];
+    for (let i = 0; i < names.length; i++) {
+      const reused = fast ? this.unchangedFile(fast, i, absDir, sep, parent) : undefined;
+      if (reused === null) continue; // excluded
+      if (reused) nodes.push(reused);
+      else slow.push(i);
+    }
     // Entries are handled concurrently so that file system latency overlaps with hashing and
     // compression; reads and stats are bounded by global semaphores, never held across recursion.
-    await mapLimit(names, ENTRY_CONCURRENCY, async (rawName) => {
+    await mapLimit(slow, ENTRY_CONCURRENCY, async (i) => {
       this.checkAbort();
-      const abs = Buffer.concat([absDir, absDir[absDir.length - 1] === 0x2f ? Buffer.alloc(0) : Buffer.from("/"), rawName]);
+      const rawName = names[i];
+      const abs = Buffer.concat([absDir, sep, rawName]);
       const display = abs.toString("utf8");
       if (this.exclude(display)) return;
       let st: BigIntStats;
@@ -379,6 +448,46 @@ export class Archiver {
       if (node) nodes.push(node);
     });
     return nodes;
+  }
+
+  /**
+   * The fast path of an incremental walk: a regular file whose size, mtime, ctime and inode equal
+   * the parent snapshot's reuses its content without a BigInt lstat or a read. Returns null for an
+   * excluded entry and undefined when the entry needs the full path (anything else).
+   */
+  private unchangedFile(fast: DirStats, i: number, absDir: Buffer, sep: Buffer, parent: Map<string, NodeJSON> | undefined): NodeJSON | null | undefined {
+    const b = i * STAT_FIELDS;
+    const f = fast.stats;
+    if (!parent || f[b + StatField.errno] !== 0 || (f[b + StatField.mode] & 0o170000) !== 0o100000) return undefined;
+    const rawName = fast.names[i];
+    const prev = parent.get(encodeName(rawName));
+    if (!prev || prev.type !== "file") return undefined;
+    const memo = this.opts.memo;
+    if (memo?.racySince !== undefined && Math.max(f[b + StatField.mtimeSec], f[b + StatField.ctimeSec]) >= memo.racySince) return undefined;
+    const ref: StatRef = { f, b };
+    if (this.hasExcludes && this.exclude(Buffer.concat([absDir, sep, rawName]).toString("utf8"))) return null;
+    const was = memo?.stat.get(prev);
+    if (was && sameStat(was, ref)) {
+      // Made from this very stat a moment ago (the online pass): the node itself is reused.
+      this.progress.files++;
+      this.progress.bytes += prev.size ?? 0;
+      this.stats.files_unmodified++;
+      this.report();
+      return prev;
+    }
+    const node = fileNodeFromNumbers(rawName, f, i);
+    if (!this.unchanged(prev, node) || !this.allKnown(prev.content)) return undefined;
+    memo?.stat.set(node, ref);
+    const display = Buffer.concat([absDir, sep, rawName]).toString("utf8");
+    if (prev.extended_attributes) node.extended_attributes = prev.extended_attributes; // same inode and ctime: same attributes
+    node.content = prev.content;
+    node.size = prev.size;
+    this.progress.files++;
+    this.progress.bytes += prev.size ?? 0;
+    this.progress.currentPath = display;
+    this.stats.files_unmodified++;
+    this.report();
+    return node;
   }
 
   private async entryNode(
@@ -412,17 +521,28 @@ export class Archiver {
         return node;
       }
       this.progress.dirs++;
-      const sub = await this.dirEntries(abs, display, await this.safeLoadTree(prev?.subtree));
-      node.subtree = await this.saveTree(sub);
+      const parentNodes = await this.safeLoadTree(prev?.subtree);
+      const sub = await this.dirEntries(abs, display, parentNodes);
+      // Every entry the very node object of the parent tree: the folder's tree is the parent's.
+      const sameEntries = prev?.subtree !== undefined && parentNodes !== undefined && sub.length === parentNodes.size && sub.every((n) => parentNodes.get(n.name) === n);
+      node.subtree = sameEntries ? (prev?.subtree as string) : await this.saveTree(sub);
       if (!prev) this.stats.dirs_new++;
       else if (prev.subtree === node.subtree) this.stats.dirs_unmodified++;
       else this.stats.dirs_changed++;
+      const memo = this.opts.memo;
+      if (memo) {
+        const ref = statRefBig(st);
+        const was = prev ? memo.stat.get(prev) : undefined;
+        if (prev && sameEntries && was && sameStat(was, ref)) return prev;
+        memo.stat.set(node, ref);
+      }
       return node;
     }
     if (st.isFile()) {
       this.progress.files++;
       this.progress.currentPath = display;
-      if (prev && prev.type === "file" && this.unchanged(prev, node) && this.allKnown(prev.content)) {
+      const racy = this.opts.memo?.racySince !== undefined && Number((st.mtimeNs > st.ctimeNs ? st.mtimeNs : st.ctimeNs) / 1_000_000_000n) >= this.opts.memo.racySince;
+      if (prev && prev.type === "file" && !racy && this.unchanged(prev, node) && this.allKnown(prev.content)) {
         node.content = prev.content;
         node.size = prev.size;
         this.progress.bytes += prev.size ?? 0;
@@ -436,6 +556,7 @@ export class Archiver {
       node.size = content.size || undefined;
       if (!prev) this.stats.files_new++;
       else this.stats.files_changed++;
+      this.opts.memo?.stat.set(node, statRefBig(st));
       return node;
     }
     return node;
@@ -618,7 +739,9 @@ export class Archiver {
       this.stats.tree_blobs++;
       this.progress.bytesAdded += r.storedSize;
     }
-    return r.id.toString("hex");
+    const id = r.id.toString("hex");
+    this.opts.memo?.trees.set(id, nodes);
+    return id;
   }
 
   private warn(path: string, message: string): void {

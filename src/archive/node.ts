@@ -2,7 +2,8 @@
 // nanoseconds, names quoted as Go's strconv.Quote), and its conversion from and to a file's stat.
 import type { BigIntStats } from "node:fs";
 import { goQuote, goUnquote, isValidUtf8 } from "../util/goquote.js";
-import { formatTimeNs, parseTimeNs } from "../util/gotime.js";
+import { formatTimeNs, formatTimeParts, parseTimeNs } from "../util/gotime.js";
+import { STAT_FIELDS, StatField } from "../platform/fsx.js";
 import { groupName, userName } from "../platform/users.js";
 
 export type NodeType = "file" | "dir" | "symlink" | "dev" | "chardev" | "fifo" | "socket";
@@ -166,6 +167,36 @@ export function nodeFromStat(rawName: Buffer, st: BigIntStats, linkTarget?: Buff
     node.links = Number(st.nlink);
     node.device = Number(st.rdev);
   }
+  return node;
+}
+
+/**
+ * The node of a regular file from lstatDir's numbers: the same node nodeFromStat makes from a
+ * BigInt lstat, without the BigInts (the walk over unchanged files allocates nothing else).
+ */
+export function fileNodeFromNumbers(rawName: Buffer, f: Float64Array, i: number): NodeJSON {
+  const b = i * STAT_FIELDS;
+  const uid = f[b + StatField.uid];
+  const gid = f[b + StatField.gid];
+  const node: NodeJSON = {
+    name: encodeName(rawName),
+    type: "file",
+    mode: goModeFromUnix(f[b + StatField.mode]),
+    mtime: formatTimeParts(f[b + StatField.mtimeSec], f[b + StatField.mtimeNsec]),
+    atime: formatTimeParts(f[b + StatField.atimeSec], f[b + StatField.atimeNsec]),
+    ctime: formatTimeParts(f[b + StatField.ctimeSec], f[b + StatField.ctimeNsec]),
+    uid,
+    gid,
+    content: null,
+  };
+  const user = userName(uid);
+  if (user) node.user = user;
+  const group = groupName(gid);
+  if (group) node.group = group;
+  if (f[b + StatField.ino]) node.inode = f[b + StatField.ino];
+  if (f[b + StatField.dev]) node.device_id = f[b + StatField.dev];
+  node.size = f[b + StatField.size] || undefined;
+  node.links = f[b + StatField.nlink];
   return node;
 }
 

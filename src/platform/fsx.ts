@@ -17,6 +17,49 @@ interface NativeFs {
   llistxattr(p: PathLike): string[];
   lgetxattr(p: PathLike, name: string): Buffer;
   lsetxattr(p: PathLike, name: string, value: Buffer): void;
+  lstatdir?(p: PathLike): [Buffer, Float64Array];
+}
+
+/** Fields per entry of lstatDir's stats (see native/sitekeep_fs.c). */
+export const STAT_FIELDS = 15;
+export const StatField = {
+  mode: 0,
+  uid: 1,
+  gid: 2,
+  nlink: 3,
+  size: 4,
+  ino: 5,
+  dev: 6,
+  rdev: 7,
+  atimeSec: 8,
+  atimeNsec: 9,
+  mtimeSec: 10,
+  mtimeNsec: 11,
+  ctimeSec: 12,
+  ctimeNsec: 13,
+  errno: 14,
+} as const;
+
+export interface DirStats {
+  names: Buffer[];
+  /** STAT_FIELDS numbers per name (StatField order); errno != 0 when that entry's lstat failed. */
+  stats: Float64Array;
+}
+
+/**
+ * A folder's entry names with their lstat, in one native call (undefined without the addon: use
+ * readdir and lstat). Throws like readdir when the folder cannot be read.
+ */
+export function lstatDir(dir: Buffer): DirStats | undefined {
+  if (!native?.lstatdir) return undefined;
+  const [buf, stats] = native.lstatdir(dir);
+  const names: Buffer[] = [];
+  let start = 0;
+  for (let i = buf.indexOf(0, start); i >= 0; i = buf.indexOf(0, start)) {
+    names.push(buf.subarray(start, i));
+    start = i + 1;
+  }
+  return { names, stats };
 }
 
 // The addon sits at <package root>/build/Release, while this module runs from src/platform (tsx) or

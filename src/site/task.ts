@@ -10,7 +10,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { mkdirSync, readFileSync, realpathSync, rmSync } from "node:fs";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
-import { Archiver, type BackupSummary } from "../archive/archiver.js";
+import { Archiver, type BackupSummary, newArchiverMemo } from "../archive/archiver.js";
 import type { ReadFn } from "../archive/chunk-reader.js";
 import type { NodeJSON } from "../archive/node.js";
 import { copySnapshots } from "../archive/copier.js";
@@ -406,14 +406,20 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     t = Date.now();
     let tree: { tree: string; paths: string[]; nodes: NodeJSON[] } | undefined;
     let onlineArchiver: Archiver | undefined;
+    // The online pass leaves its decoded trees and stats to the frozen pass: unchanged files and
+    // folders are then recognized without formatting, decoding or encoding anything again.
+    const memo = newArchiverMemo();
+    let onlineStarted = Date.now();
     let frozenArchiver: Archiver | undefined;
     if (paths.length) {
       // The previous snapshot's root holds the site's folders and .sitekeep; the archiver only
       // looks up the names it meets, so it serves as the parent tree as it is.
       opts.onProgress?.({ phase: "files" });
+      onlineStarted = Date.now();
       onlineArchiver = new Archiver(repo, {
         paths,
         excludes,
+        memo,
         host: site,
         signal: opts.signal,
         ...(previous ? { parentTree: previous.tree } : { parent: "none" }),
@@ -433,6 +439,9 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     t = Date.now();
     if (writers.count) {
       opts.onProgress?.({ phase: "frozen" });
+      // Files changed within a second or so of the online pass's start may look unchanged while
+      // frozen (same clock tick): they are read again.
+      memo.racySince = Math.floor(onlineStarted / 1000) - 1;
       try {
         await writers.freeze(opts.signal);
       } catch (err) {
@@ -454,7 +463,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
         if (paths.length) {
           // Unchanged files (size, mtime, ctime, inode) reuse the first pass's content: only what
           // changed since is read while the application is quiesced.
-          frozenArchiver = new Archiver(repo, { paths, excludes, host: site, signal: frozenAbort.signal, ...(tree ? { parentTree: tree.tree } : {}) });
+          frozenArchiver = new Archiver(repo, { paths, excludes, memo, host: site, signal: frozenAbort.signal, ...(tree ? { parentTree: tree.tree } : {}) });
           tree = await frozenArchiver.buildTree();
         }
       } catch (err) {

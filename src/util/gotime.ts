@@ -50,6 +50,16 @@ export function formatTimeNs(ns: bigint): string {
   return out + "Z";
 }
 
+/** formatTimeNs for a time given as whole seconds and nanoseconds (0..999999999), without BigInt. */
+export function formatTimeParts(sec: number, nsec: number): string {
+  const days = Math.floor(sec / 86400);
+  const sod = sec - days * 86400;
+  const [y, mo, d] = civilFromDays(days);
+  let out = `${pad(y, 4)}-${pad(mo)}-${pad(d)}T${pad(Math.floor(sod / 3600))}:${pad(Math.floor((sod % 3600) / 60))}:${pad(sod % 60)}`;
+  if (nsec !== 0) out += "." + String(nsec).padStart(9, "0").replace(/0+$/, "");
+  return out + "Z";
+}
+
 const RFC3339 = /^(-?\d{4,})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|z|[+-]\d{2}:\d{2})$/;
 
 /** Parses an RFC 3339 time (any offset, any number of fractional digits) into nanoseconds since the epoch. */
