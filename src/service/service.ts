@@ -235,7 +235,8 @@ export class SiteService {
     try {
       const r = checkRetentionWindow(this.config, this.state, this.clock.now());
       if (r.opened) this.log("warn", "the newest good backup is older than the retention window");
-      await dispatchAlerts(this.config, this.state, { ...this.opts.deliver, env: this.opts.env, now: this.clock.now() });
+      // Alert commands get no repository password.
+      await dispatchAlerts(this.config, this.state, { ...this.opts.deliver, env: { ...this.env, SITEKEEP_PASSWORD: undefined }, now: this.clock.now() });
     } catch (err) {
       this.log("error", "watch failed", { error: errorMessage(err) });
     }
