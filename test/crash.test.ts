@@ -18,10 +18,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { createCipheriv, createHash } from "node:crypto";
 import { type FSWatcher, promises as fsp, readdirSync, watch } from "node:fs";
 import { join } from "node:path";
 import { compareTrees } from "./helpers/compare.js";
+import { SeededTree, prng } from "./helpers/seeded-tree.js";
 import {
   SITEKEEP_BIN,
   describeRun,
@@ -39,79 +39,17 @@ const ID_RE = /^[0-9a-f]{64}$/;
 
 // ---- deterministic data -------------------------------------------------------------------------
 
-/** splitmix32: a small seeded PRNG for the tree's shape and the kill fractions. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x9e3779b9) | 0;
-    let z = s;
-    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-    return ((z ^ (z >>> 16)) >>> 0) / 4294967296;
-  };
-}
-
-/** `size` pseudo-random bytes determined by (seed, label): AES-256-CTR over zeros. */
-function bytesFor(seed: number, label: string, size: number): Buffer {
-  const key = createHash("sha256").update(`${seed}:${label}`).digest();
-  return createCipheriv("aes-256-ctr", key, Buffer.alloc(16)).update(Buffer.alloc(size));
-}
-
-class Tree {
-  readonly files = new Map<string, number>(); // relative path -> size
-  private serial = 0;
-  constructor(
-    readonly root: string,
-    readonly seed: number,
-    readonly rnd: () => number,
-  ) {}
-
-  /** Log-skewed size between 10 KiB and 1 MiB (mostly small, a few large). */
-  size(): number {
-    const u = this.rnd();
-    return Math.round(10 * KiB * Math.pow(102.4, u * u));
-  }
-
-  pick<T>(list: T[]): T {
-    return list[Math.floor(this.rnd() * list.length)];
-  }
-
-  async write(rel: string, size: number): Promise<void> {
-    const abs = join(this.root, rel);
-    await fsp.mkdir(join(abs, ".."), { recursive: true });
-    await fsp.writeFile(abs, bytesFor(this.seed, `${rel}#${this.serial++}`, size));
-    this.files.set(rel, size);
-  }
-
-  /** Overwrites `len` bytes in the middle of a file (size unchanged). */
-  async patch(rel: string, len: number): Promise<void> {
-    const size = this.files.get(rel)!;
-    const at = Math.floor(this.rnd() * (size - len));
-    const fh = await fsp.open(join(this.root, rel), "r+");
-    try {
-      await fh.write(bytesFor(this.seed, `${rel}@${this.serial++}`, len), 0, len, at);
-    } finally {
-      await fh.close();
-    }
-  }
-
-  async remove(rel: string): Promise<void> {
-    await fsp.unlink(join(this.root, rel));
-    this.files.delete(rel);
+class Tree extends SeededTree {
+  constructor(root: string, seed: number, rnd: () => number) {
+    super(root, seed, rnd, { minSize: 10 * KiB, spread: 102.4 }); // 10 KiB .. 1 MiB
   }
 
   randomFileName(dir: string): string {
-    return `${dir}/f${(this.serial++).toString(36)}-${Math.floor(this.rnd() * 1e6)}.bin`;
+    return this.newName(dir);
   }
 
   smallFiles(): string[] {
     return [...this.files.keys()].filter((f) => !f.startsWith("big-"));
-  }
-
-  total(): number {
-    let n = 0;
-    for (const s of this.files.values()) n += s;
-    return n;
   }
 }
 
