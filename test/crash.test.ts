@@ -15,20 +15,18 @@
 // seeded order, each at a random place within its slot; a run may still end before its kill
 // (timing varies from run to run), which is fine. A last run is killed right after it wrote its
 // first index file, so the final backup has indexed packs of a killed run to reuse.
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { type FSWatcher, promises as fsp, readdirSync, watch } from "node:fs";
 import { join } from "node:path";
 import { compareTrees } from "./helpers/compare.js";
-import { SeededTree, prng } from "./helpers/seeded-tree.js";
+import { SeededTree, prng, seededTest } from "./helpers/seeded-tree.js";
 import {
   SITEKEEP_BIN,
   describeRun,
   runCommand,
   runRestic,
   runSitekeep,
-  tempDir,
   type RunResult,
 } from "./helpers/run.js";
 
@@ -276,25 +274,7 @@ const fmtSeen = (c: Record<FileKind, number>): string =>
 
 // ---- the test -----------------------------------------------------------------------------------
 
-test(
-  "backups killed at any moment leave a repository that checks clean and restores",
-  { timeout: 300_000 },
-  async (t) => {
-    const seed = process.env.SITEKEEP_CRASH_SEED
-      ? Number(process.env.SITEKEEP_CRASH_SEED)
-      : Math.floor(Math.random() * 2 ** 31);
-    t.diagnostic(`seed ${seed} (repeat with SITEKEEP_CRASH_SEED=${seed})`);
-    const tmp = await tempDir("crash");
-    try {
-      await scenario(t, tmp.path, seed);
-    } catch (err) {
-      if (err instanceof Error) err.message = `[SITEKEEP_CRASH_SEED=${seed}] ${err.message}`;
-      throw err;
-    } finally {
-      await tmp.cleanup();
-    }
-  },
-);
+seededTest("backups killed at any moment leave a repository that checks clean and restores", "SITEKEEP_CRASH_SEED", scenario);
 
 async function scenario(t: { diagnostic(msg: string): void }, dir: string, seed: number): Promise<void> {
   const started = performance.now();

@@ -28,13 +28,12 @@
 // later steps are hit too. A seed repeats the data and the chosen fractions, not the exact instant;
 // the state each kill left is printed per round (new packs and index files, old index files left,
 // obsolete packs removed), and at least half the kills must land inside the writing phase.
-import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { type FSWatcher, existsSync, promises as fsp, readdirSync, statSync, watch } from "node:fs";
 import { join } from "node:path";
 import { compareTrees } from "./helpers/compare.js";
-import { SeededTree, prng } from "./helpers/seeded-tree.js";
+import { SeededTree, prng, seededTest } from "./helpers/seeded-tree.js";
 import type { PruneStats } from "../src/archive/pruner.js";
 import {
   SITEKEEP_BIN,
@@ -42,7 +41,6 @@ import {
   runCommand,
   runRestic,
   runSitekeep,
-  tempDir,
   type RunResult,
 } from "./helpers/run.js";
 
@@ -333,25 +331,7 @@ const mib = (n: number): string => `${(n / MiB).toFixed(2)} MiB`;
 
 // ---- the test -----------------------------------------------------------------------------------
 
-test(
-  "prune killed at any moment leaves a repository that checks clean and restores; the next prune finishes",
-  { timeout: 300_000 },
-  async (t) => {
-    const seed = process.env.SITEKEEP_PRUNE_CRASH_SEED
-      ? Number(process.env.SITEKEEP_PRUNE_CRASH_SEED)
-      : Math.floor(Math.random() * 2 ** 31);
-    t.diagnostic(`seed ${seed} (repeat with SITEKEEP_PRUNE_CRASH_SEED=${seed})`);
-    const tmp = await tempDir("prune-crash");
-    try {
-      await scenario(t, tmp.path, seed);
-    } catch (err) {
-      if (err instanceof Error) err.message = `[SITEKEEP_PRUNE_CRASH_SEED=${seed}] ${err.message}`;
-      throw err;
-    } finally {
-      await tmp.cleanup();
-    }
-  },
-);
+seededTest("prune killed at any moment leaves a repository that checks clean and restores; the next prune finishes", "SITEKEEP_PRUNE_CRASH_SEED", scenario);
 
 async function scenario(t: { diagnostic(msg: string): void }, dir: string, seed: number): Promise<void> {
   const started = performance.now();

@@ -3,6 +3,8 @@
 import { createCipheriv, createHash } from "node:crypto";
 import { promises as fsp } from "node:fs";
 import { join } from "node:path";
+import { test } from "node:test";
+import { tempDir } from "./run.js";
 
 /** splitmix32: a small seeded PRNG for the tree's shape and the kill fractions. */
 export function prng(seed: number): () => number {
@@ -77,4 +79,28 @@ export class SeededTree {
     for (const s of this.files.values()) n += s;
     return n;
   }
+}
+
+/**
+ * A seeded test: the seed comes from `seedVar` or is random, is printed, and prefixes any failure
+ * so the run can be repeated; the scenario gets a temporary folder removed afterwards.
+ */
+export function seededTest(
+  name: string,
+  seedVar: string,
+  scenario: (t: { diagnostic(msg: string): void }, dir: string, seed: number) => Promise<void>,
+): void {
+  test(name, { timeout: 300_000 }, async (t) => {
+    const seed = process.env[seedVar] ? Number(process.env[seedVar]) : Math.floor(Math.random() * 2 ** 31);
+    t.diagnostic(`seed ${seed} (repeat with ${seedVar}=${seed})`);
+    const tmp = await tempDir(seedVar.toLowerCase().replace(/_/g, "-"));
+    try {
+      await scenario(t, tmp.path, seed);
+    } catch (err) {
+      if (err instanceof Error) err.message = `[${seedVar}=${seed}] ${err.message}`;
+      throw err;
+    } finally {
+      await tmp.cleanup();
+    }
+  });
 }
