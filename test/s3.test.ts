@@ -417,3 +417,21 @@ stateDir: ${state}
   assert.deepEqual(await compareTrees(src, join(target, src)), []);
   ok(await runRestic(["-r", copy, "check", "--read-data"], { env: { ...env, RESTIC_PASSWORD: env.SITEKEEP_PASSWORD } }));
 });
+
+test("large packs are uploaded in parts; the result is a repository restic reads and Sitekeep restores", async () => {
+  const repo = repoUrl("repo-multipart");
+  const big = join(tmp.path, "multipart-src");
+  await fsp.mkdir(big);
+  await fsp.writeFile(join(big, "big.bin"), randomBytes(30 * 1024 * 1024 + 777));
+  // Packs of ~16 MiB, uploaded in 5 MiB parts above an 8 MiB threshold.
+  const mpEnv = { ...env, SITEKEEP_S3_MULTIPART_MIB: "8", SITEKEEP_S3_PART_MIB: "5" };
+  ok(await runSitekeep(["-r", repo, "init"], { env: mpEnv }));
+  ok(await runSitekeep(["-r", repo, "--pack-size", "16", "backup", big], { env: mpEnv }));
+  const keys = await listKeys("repo-multipart/data/");
+  const sizes = [...keys.values()];
+  assert.ok(sizes.some((n) => n > 8 * 1024 * 1024), `a pack above the threshold: ${sizes.join(", ")}`);
+  ok(await runRestic(["-r", repo, "check", "--read-data"], { env }));
+  const target = join(tmp.path, "multipart-restored");
+  ok(await runSitekeep(["-r", repo, "restore", "latest", "--target", target], { env }));
+  assert.deepEqual(await compareTrees(big, join(target, big)), []);
+});

@@ -22,6 +22,10 @@ export interface S3Options {
   region?: string;
   /** Milliseconds to wait for a TCP/TLS connection (default 10 s). */
   connectTimeoutMs?: number;
+  /** Files larger than this are uploaded in parts (default 32 MiB; env SITEKEEP_S3_MULTIPART_MIB). */
+  multipartThreshold?: number;
+  /** Size of each part (default 16 MiB; S3 needs at least 5 MiB for all but the last). */
+  partSize?: number;
 }
 
 export interface S3Location {
@@ -120,6 +124,8 @@ export class S3Backend implements Backend {
   private readonly maxAttempts: number;
   private readonly pathStyle: boolean;
   private readonly connectTimeoutMs: number;
+  private readonly multipartThreshold: number;
+  private readonly partSize: number;
   private readonly sdkEndpoint: string | undefined;
   #s3: Promise<{ client: S3Client; m: Sdk }> | undefined;
 
@@ -138,6 +144,10 @@ export class S3Backend implements Backend {
     this.maxAttempts = opts.maxAttempts ?? envInt("SITEKEEP_S3_MAX_ATTEMPTS") ?? DEFAULT_MAX_ATTEMPTS;
     this.pathStyle = opts.pathStyle ?? envBool("SITEKEEP_S3_PATH_STYLE") ?? !loc.aws;
     this.connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
+    const mib = envInt("SITEKEEP_S3_MULTIPART_MIB");
+    this.multipartThreshold = opts.multipartThreshold ?? (mib !== undefined ? mib * 1024 * 1024 : 32 * 1024 * 1024);
+    const part = envInt("SITEKEEP_S3_PART_MIB");
+    this.partSize = Math.max(opts.partSize ?? (part !== undefined ? part * 1024 * 1024 : 16 * 1024 * 1024), 5 * 1024 * 1024);
     this.sdkEndpoint = /^https:\/\/s3\.amazonaws\.com$/i.test(loc.endpoint) ? undefined : loc.endpoint;
   }
 
@@ -254,6 +264,10 @@ export class S3Backend implements Backend {
         throw new SitekeepError("backend.exists", `${h.type} file ${h.name} already exists`);
       }
     }
+    if (data.length > this.multipartThreshold) {
+      await this.saveMultipart(client, m, key, data, h);
+      return;
+    }
     try {
       // A single PUT is atomic: the object is either absent or complete. Content-MD5 lets the
       // server reject bytes damaged on the way.
@@ -269,6 +283,33 @@ export class S3Backend implements Backend {
       );
     } catch (err) {
       throw this.wrap(err, `saving ${h.type}/${h.name}`);
+    }
+  }
+
+  /**
+   * Large packs go up in parts (each with its own Content-MD5, retried on its own), so a dropped
+   * connection costs one part, not the whole pack. The object appears only when the upload is
+   * completed, so it is still either absent or complete; a failed upload is aborted.
+   */
+  private async saveMultipart(client: S3Client, m: Sdk, key: string, data: Uint8Array, h: Handle): Promise<void> {
+    let uploadId: string | undefined;
+    try {
+      const created = await client.send(new m.CreateMultipartUploadCommand({ Bucket: this.bucket, Key: key, ContentType: "application/octet-stream" }));
+      uploadId = created.UploadId;
+      if (!uploadId) throw new Error("the server returned no upload ID");
+      const parts: { ETag: string; PartNumber: number }[] = [];
+      for (let off = 0, n = 1; off < data.length; off += this.partSize, n++) {
+        const body = data.subarray(off, Math.min(off + this.partSize, data.length));
+        const r = await client.send(
+          new m.UploadPartCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, PartNumber: n, Body: body, ContentLength: body.length, ContentMD5: createHash("md5").update(body).digest("base64") }),
+        );
+        if (!r.ETag) throw new Error(`the server returned no ETag for part ${n}`);
+        parts.push({ ETag: r.ETag, PartNumber: n });
+      }
+      await client.send(new m.CompleteMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId, MultipartUpload: { Parts: parts } }));
+    } catch (err) {
+      if (uploadId) await client.send(new m.AbortMultipartUploadCommand({ Bucket: this.bucket, Key: key, UploadId: uploadId })).catch(() => undefined);
+      throw this.wrap(err, `saving ${h.type}/${h.name} (multipart)`);
     }
   }
 
