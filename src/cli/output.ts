@@ -51,7 +51,8 @@ export function printError(err: unknown, json: boolean): number {
 
 /** A single self-rewriting status line on a TTY; silent when stderr is not a terminal or with --json/--quiet. */
 export class ProgressLine {
-  private readonly enabled: boolean;
+  /** False when nothing is shown (no terminal, --json, --quiet): callers then skip what only feeds it. */
+  readonly enabled: boolean;
   private readonly started = Date.now();
   private shown = false;
 

@@ -61,6 +61,8 @@ export interface SiteBackupOptions {
   now?: () => Date;
   /** The run's phase and, while files are read, how far it got (for the console and a TTY). */
   onProgress?: (p: SiteProgress) => void;
+  /** With onProgress: count the files to read first, for totals and an ETA (a second walk; default false). */
+  progressTotals?: boolean;
 }
 
 export interface SiteProgress {
@@ -423,7 +425,9 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
         host: site,
         signal: opts.signal,
         ...(previous ? { parentTree: previous.tree } : { parent: "none" }),
-        ...(opts.onProgress ? { onProgress: (p) => opts.onProgress?.({ phase: "files", files: p.files, bytes: p.bytes, totalFiles: p.totalFiles, totalBytes: p.totalBytes }) } : {}),
+        ...(opts.onProgress
+          ? { scanTotals: Boolean(opts.progressTotals), onProgress: (p) => opts.onProgress?.({ phase: "files", files: p.files, bytes: p.bytes, totalFiles: p.totalFiles, totalBytes: p.totalBytes }) }
+          : {}),
       });
       try {
         tree = await onlineArchiver.buildTree();

@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { Archiver } from "../../archive/archiver.js";
+import { Archiver, type BackupProgress } from "../../archive/archiver.js";
 import { ExitCode, SitekeepError, errorMessage } from "../../errors.js";
 import { type GlobalOptions, outputOptions, withRepository } from "../context.js";
 import { ProgressLine, formatBytes, printJSON } from "../output.js";
@@ -59,8 +59,14 @@ export async function backupCommand(g: GlobalOptions, paths: string[], f: Backup
         stdinFilename: f.stdinFilename,
         time,
         signal: abort.signal,
-        onProgress: (p) =>
-          progress.update({ files: p.files, bytes: p.bytes, totalFiles: p.totalFiles, totalBytes: p.totalBytes, extra: `(${formatBytes(p.bytesAdded)} added)` }),
+        // Only with a progress line to show: progress starts a scan for the totals (the ETA),
+        // a second walk over every file that costs as much as the backup's own on a re-run.
+        ...(progress.enabled
+          ? {
+              onProgress: (p: BackupProgress) =>
+                progress.update({ files: p.files, bytes: p.bytes, totalFiles: p.totalFiles, totalBytes: p.totalBytes, extra: `(${formatBytes(p.bytesAdded)} added)` }),
+            }
+          : {}),
       }).run(),
     );
     progress.done();

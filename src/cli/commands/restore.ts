@@ -1,4 +1,4 @@
-import { Restorer } from "../../archive/restorer.js";
+import { type RestoreProgress, Restorer } from "../../archive/restorer.js";
 import { SitekeepError } from "../../errors.js";
 import { type GlobalOptions, outputOptions, withRepository } from "../context.js";
 import { ProgressLine, formatBytes, printJSON } from "../output.js";
@@ -24,7 +24,8 @@ export async function restoreCommand(g: GlobalOptions, ref: string, f: RestoreFl
       includes: f.include,
       excludes: f.exclude,
       dryRun: f.dryRun,
-      onProgress: (p) => progress.update({ files: p.files, bytes: p.bytes, totalFiles: p.totalFiles, totalBytes: p.totalBytes }),
+      // Progress plans the restore first (a pass over the trees for the totals): only with a line to show.
+      ...(progress.enabled ? { onProgress: (p: RestoreProgress) => progress.update({ files: p.files, bytes: p.bytes, totalFiles: p.totalFiles, totalBytes: p.totalBytes }) } : {}),
       onItem: f.dryRun || f.verbose ? (path, node) => {
         if (out.json) printJSON({ message_type: "verbose_status", action: f.dryRun ? "would restore" : "restored", item: path, type: node.type, size: node.size ?? 0 });
         else process.stdout.write(`${f.dryRun ? "would restore" : "restored"} ${path}${node.type === "dir" ? "/" : ""}\n`);

@@ -2,7 +2,7 @@
 // freeze --exec). The console and the API call the same functions.
 import { ControlFileError, controlFilePath, loadControlFile } from "../../site/control-file.js";
 import { controlFileJSONSchema, isCommandWriter } from "../../site/control-schema.js";
-import { runSiteBackup } from "../../site/task.js";
+import { type SiteProgress, runSiteBackup } from "../../site/task.js";
 import { siteStatus } from "../../site/status.js";
 import { StateStore, stateDirFor } from "../../site/state.js";
 import { runFrozen } from "../../site/freeze.js";
@@ -56,7 +56,9 @@ export async function siteBackupCommand(g: GlobalOptions, f: SiteFlags & { verbo
         progress.done();
         if (!out.json && !out.quiet) process.stdout.write(`${m.message_id} ${m.severity} ${m.text}\n`);
       },
-      onProgress: (p) => progress.update({ files: p.files ?? 0, bytes: p.bytes ?? 0, totalFiles: p.totalFiles, totalBytes: p.totalBytes, extra: `(${p.phase})` }),
+      ...(progress.enabled
+        ? { progressTotals: true, onProgress: (p: SiteProgress) => progress.update({ files: p.files ?? 0, bytes: p.bytes ?? 0, totalFiles: p.totalFiles, totalBytes: p.totalBytes, extra: `(${p.phase})` }) }
+        : {}),
       onLog: f.verbose && !out.json ? (line) => process.stderr.write(`  ${line}\n`) : undefined,
     });
     progress.done();
