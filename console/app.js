@@ -466,6 +466,7 @@ async function recoverView() {
         go.disabled = false;
         const rep = run.result;
         if (!rep) return out.replaceChildren(h("div", { class: "notice bad" }, "no report"));
+        if (rep.error) return out.replaceChildren(h("div", { class: "notice bad", role: "alert" }, rep.error.message, rep.error.hint ? ` (${rep.error.hint})` : ""));
         out.replaceChildren(
           h("div", { class: `notice ${rep.ok ? "ok" : "bad"}` }, rep.dryRun ? "Plan only — nothing was changed." : rep.ok ? "Recovered." : "Finished with failures."),
           h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Item"), h("th", {}, "Result"))), h("tbody", {}, rep.items.map((i) => h("tr", {}, h("td", {}, `${i.kind} ${i.name}`), h("td", {}, `${i.ok ? "✓" : "✗"} ${i.detail}`)))))),

@@ -139,3 +139,31 @@ test("when the task is killed (SIGKILL) while a socket writer is frozen, the wri
     await tmp.cleanup();
   }
 });
+
+test("a socket writer that thawed itself at its deadline fails the run: nothing read after that is committed", async () => {
+  const tmp = await tempDir("socket-writer-deadline");
+  // The app gets its deadline (maxFreeze 2s) when it is frozen; the next writer then takes 3 s to
+  // freeze, so the app thaws itself before the frozen pass even starts.
+  const s = setup(
+    tmp.path,
+    `  - { name: app, socket: true, timeout: 20s }
+  - { name: slow, freeze: "sleep 3; echo freeze-slow >> EVENTS", thaw: "echo thaw-slow >> EVENTS", timeout: 10s }`,
+  );
+  writeFileSync(s.config, readFileSync(s.config, "utf8").replace("backup:\n", "backup:\n  maxFreeze: 2s\n"));
+  const app = startApp(s.socket, "app", s.events);
+  try {
+    await waitFor(() => lines(s.events).includes("ready-app"), 15_000, "the app to start");
+    const r = await runSitekeep(["site", "backup", "--json", "--config", s.config], { env: s.env });
+    assert.notEqual(r.code, 0, describeRun(r));
+    const out = JSON.parse(r.stdout) as { status: string; message_id: number; snapshot_id?: string; error: { message: string } };
+    assert.equal(out.status, "failed");
+    assert.equal(out.snapshot_id, undefined);
+    assert.ok([5012, 5013].includes(out.message_id), `message ${out.message_id}: ${out.error.message}`);
+    assert.ok(lines(s.events).some((l) => l.startsWith("self-thaw-app") && /deadline passed/.test(l)), lines(s.events).join(","));
+    const snaps = await runSitekeep(["-r", join(tmp.path, "dest"), "snapshots", "--json"], { env: s.env });
+    assert.deepEqual(JSON.parse(snaps.stdout), [], "nothing committed");
+  } finally {
+    app.kill();
+    await tmp.cleanup();
+  }
+});

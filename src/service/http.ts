@@ -11,6 +11,7 @@ import type { AddressInfo } from "node:net";
 import { SitekeepError, errorMessage } from "../errors.js";
 import { openBackend } from "../backend/open.js";
 import { Repository } from "../repo/repository.js";
+import { withLock } from "../repo/lock.js";
 import { parseDurationMs } from "../site/duration.js";
 import { siteStatus } from "../site/status.js";
 import { siteTag, sitePassword } from "../site/task.js";
@@ -138,6 +139,7 @@ export async function startHttp(svc: SiteService, listen: string, tls?: { certFi
       if (!/^[0-9a-f]{4,64}$/.test(a) || !/^[0-9a-f]{4,64}$/.test(b)) return { status: 400, json: apiError("api.snapshots", "give two snapshot IDs as ?a=…&b=…", "the older first") };
       return withSnapshot(svc, a, async (repo, ta) => {
         const sb = await repo.findSnapshot(b);
+        if (!sb.tags?.includes(siteTag(svc.config.site))) throw new SitekeepError("browse.notfound", `snapshot ${b} is not one of site ${svc.config.site}`, { hint: "see GET /api/snapshots" });
         const d = await diffSnapshots(repo, ta, sb.tree);
         return { json: { a, b: sb.id, ...d } };
       });
@@ -375,10 +377,13 @@ async function withSnapshot<T>(svc: SiteService, id: string, fn: (repo: Reposito
   const backend = openBackend(svc.config.backup.destination);
   try {
     const repo = await Repository.open(backend, sitePassword(svc.config, svc.env));
-    await repo.loadIndex();
-    const snap = await repo.findSnapshot(id);
-    if (!snap.tags?.includes(siteTag(svc.config.site))) throw new SitekeepError("browse.notfound", `snapshot ${id} is not one of site ${svc.config.site}`, { hint: "see GET /api/snapshots" });
-    return await fn(repo, snap.tree);
+    // A shared lock, as the CLI's restore: a prune elsewhere must not delete packs read here.
+    return await withLock(repo, false, async () => {
+      await repo.loadIndex();
+      const snap = await repo.findSnapshot(id);
+      if (!snap.tags?.includes(siteTag(svc.config.site))) throw new SitekeepError("browse.notfound", `snapshot ${id} is not one of site ${svc.config.site}`, { hint: "see GET /api/snapshots" });
+      return fn(repo, snap.tree);
+    });
   } finally {
     await backend.close().catch(() => undefined);
   }

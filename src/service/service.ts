@@ -183,31 +183,40 @@ export class SiteService {
     const loaded = this.loaded;
     const env = this.opts.env ?? process.env;
     this.log("info", `${kind} started`, { run: runId });
+    const runIt = async (): Promise<SiteBackupResult | DrillReport | RecoveryReport> => {
+      if (kind === "backup") {
+        const r = await runSiteBackup(loaded, {
+          signal: abort.signal,
+          env,
+          runId,
+          now: () => this.clock.now(),
+          onProgress: (p) => {
+            if (this.active?.runId === runId) this.active.progress = p;
+          },
+        });
+        this.log(r.status === "succeeded" ? "info" : "error", `backup ${r.status}`, { run: runId, message_id: r.messageId, snapshot: r.snapshotId, error: r.error?.message });
+        await this.refreshRepoStats();
+        return r;
+      }
+      if (kind === "recovery") {
+        // Recovery from the console: the same function as `site recover`, never overlapping a run.
+        const r = await recoverSite({ ...recover, loaded, env, runId });
+        this.log(r.ok ? "info" : "error", `recovery ${r.dryRun ? "plan" : r.ok ? "completed" : "failed"}`, { run: r.id, report: r.reportFiles?.json });
+        return r;
+      }
+      const d = await runDrill(loaded, { env, runId, now: () => this.clock.now() });
+      this.log(d.ok ? "info" : "error", `drill ${d.ok ? "passed" : "failed"}`, { run: runId, rto_ms: d.rtoMs });
+      return d;
+    };
     const done = (async () => {
       try {
-        if (kind === "backup") {
-          const r = await runSiteBackup(loaded, {
-            signal: abort.signal,
-            env,
-            runId,
-            now: () => this.clock.now(),
-            onProgress: (p) => {
-              if (this.active?.runId === runId) this.active.progress = p;
-            },
-          });
-          this.log(r.status === "succeeded" ? "info" : "error", `backup ${r.status}`, { run: runId, message_id: r.messageId, snapshot: r.snapshotId, error: r.error?.message });
-          await this.refreshRepoStats();
-          return r;
-        }
-        if (kind === "recovery") {
-          // Recovery from the console: the same function as `site recover`, never overlapping a run.
-          const r = await recoverSite({ ...recover, loaded, env, runId });
-          this.log(r.ok ? "info" : "error", `recovery ${r.dryRun ? "plan" : r.ok ? "completed" : "failed"}`, { run: r.id, report: r.reportFiles?.json });
-          return r;
-        }
-        const d = await runDrill(loaded, { env, runId, now: () => this.clock.now() });
-        this.log(d.ok ? "info" : "error", `drill ${d.ok ? "passed" : "failed"}`, { run: runId, rto_ms: d.rtoMs });
-        return d;
+        // The result is kept before the run counts as finished: the console reads it from then on.
+        const r = await runIt();
+        this.results.set(runId, r);
+        return r;
+      } catch (err) {
+        this.results.set(runId, { ok: false, error: { message: errorMessage(err), ...(err instanceof SitekeepError && err.hint ? { hint: err.hint } : {}) } });
+        throw err;
       } finally {
         clearTimeout(timer);
         this.active = undefined;
@@ -216,7 +225,6 @@ export class SiteService {
       }
     })();
     this.active = { kind, runId, abort, done, started: Date.now() };
-    void done.then((r) => this.results.set(runId, r), () => undefined);
     done.catch((err: unknown) => this.log("error", `${kind} crashed`, { run: runId, error: errorMessage(err) }));
     return { runId, done };
   }

@@ -5,7 +5,7 @@
 // restored (refusing to overwrite a non-empty one unless --replace; a replaced database is proven
 // under a temporary name first), restored under a new name, verified in place, or skipped. Writers
 // are frozen while it runs. A report says what was done, what was checked and what is left to do.
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { Restorer } from "../archive/restorer.js";
@@ -254,7 +254,21 @@ async function runRecovery(src: SiteSource, opts: RecoverOptions, ctx: Ctx): Pro
         // SQLite databases inside the site's folders are the database step's business: the file
         // pass holds a raw copy taken while the application wrote, and restoring it here would
         // overwrite a live database that --replace was meant to protect.
-        const excludes = manifest.databases.filter((d) => d.kind === "sqlite").flatMap((d) => ["", "-wal", "-shm", "-journal"].map((x) => globEscape(d.location + x)));
+        // Every spelling of the file the snapshot may hold: as configured, normalized, and with
+        // symbolic links resolved.
+        const spellings = (p: string): string[] => {
+          const out = new Set([p, resolve(p)]);
+          try {
+            out.add(realpathSync(p));
+          } catch {
+            // gone from this machine: the other spellings remain
+          }
+          return [...out];
+        };
+        const excludes = manifest.databases
+          .filter((d) => d.kind === "sqlite")
+          .flatMap((d) => spellings(d.location))
+          .flatMap((p) => ["", "-wal", "-shm", "-journal"].map((x) => globEscape(p + x)));
         const r = await new Restorer(src.repo, { target, includes: paths, excludes, keepAncestors: true }).restore(snapshot.tree);
         if (r.errors.length) throw new SitekeepError("recover.files", `${r.errors.length} items could not be restored: ${r.errors.slice(0, 3).map((e) => `${e.path}: ${e.message}`).join("; ")}`, { hint: "see the report; other files were restored" });
         return { detail: `${r.files_restored} files, ${r.dirs_restored} folders, ${r.bytes_restored} bytes restored and verified against their hashes`, checks: [`${r.files_restored} files restored with verified content`] };

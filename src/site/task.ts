@@ -458,11 +458,14 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
       const onOuterAbort = (): void => frozenAbort.abort(opts.signal?.reason);
       opts.signal?.addEventListener("abort", onOuterAbort, { once: true });
       let overran = false;
+      // Counted from the first freeze (when socket writers got their deadline), less a margin, so
+      // the pass ends before any writer thaws itself.
       const maxFreezeMs = parseDurationMs(c.backup.maxFreeze) ?? 600_000;
+      const left = maxFreezeMs - (Date.now() - (writers.frozenSince ?? Date.now())) - Math.min(5_000, maxFreezeMs / 10);
       const freezeTimer = setTimeout(() => {
         overran = true;
         frozenAbort.abort("maxFreeze");
-      }, maxFreezeMs);
+      }, Math.max(0, left));
       try {
         if (paths.length) {
           // Unchanged files (size, mtime, ctime, inode) reuse the first pass's content: only what
@@ -539,7 +542,11 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     } catch (err) {
       // The database snapshot of this run would be an orphan no site snapshot names: it goes (it is
       // this run's own, never an earlier one).
-      if (dbRepo && dbSnapshotId) await dbRepo.backend.remove({ type: "snapshots", name: dbSnapshotId }).catch(() => undefined);
+      // (Unless the site snapshot was stored after all and only its answer was lost.)
+      if (dbRepo && dbSnapshotId) {
+        const committed = await repo.listSnapshots(() => undefined).then((all) => all.some((x) => x.tags?.includes(`run:${runId}`)), () => true);
+        if (!committed) await dbRepo.backend.remove({ type: "snapshots", name: dbSnapshotId }).catch(() => undefined);
+      }
       throw StepError.from(opts.signal?.aborted ? "backup-interrupted" : "snapshot-failed", err);
     }
     mark("commitMs", t);

@@ -112,6 +112,11 @@ export class WriterSet {
     return this.writers.length;
   }
 
+  /** When the first writer's freeze began (ms since the epoch), undefined before. */
+  get frozenSince(): number | undefined {
+    return this.frozenAt;
+  }
+
   /** Milliseconds between the first freeze and the last thaw (undefined before both happened). */
   get freezeWindowMs(): number | undefined {
     return this.frozenAt !== undefined && this.thawedAt !== undefined ? this.thawedAt - this.frozenAt : undefined;

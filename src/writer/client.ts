@@ -56,6 +56,8 @@ export function startWriter(opts: WriterOptions): WriterHandle {
   let thawing: Promise<string | undefined> | undefined;
   const retryMs = opts.retryMs ?? 1000;
 
+  /** Why the writer thawed by itself since the last freeze, if it did: the task must not trust the freeze. */
+  let selfThawed: string | undefined;
   /** The freeze hook in progress: a thaw waits for it, or the freeze would land after the thaw. */
   let freezing: Promise<unknown> = Promise.resolve();
 
@@ -64,7 +66,10 @@ export function startWriter(opts: WriterOptions): WriterHandle {
     if (!frozen) return thawing ?? Promise.resolve(undefined);
     frozen = false;
     if (deadlineTimer) clearTimeout(deadlineTimer);
-    if (reason) opts.onEvent?.({ kind: "self-thaw", reason });
+    if (reason) {
+      selfThawed = reason;
+      opts.onEvent?.({ kind: "self-thaw", reason });
+    }
     thawing = freezing
       .catch(() => undefined)
       .then(() => opts.thaw())
@@ -112,6 +117,7 @@ export function startWriter(opts: WriterOptions): WriterHandle {
             void step("prepare", opts.prepare);
             break;
           case "freeze":
+            selfThawed = undefined;
             frozen = true; // before the hook: a half-done freeze is thawed too
             if (deadlineTimer) clearTimeout(deadlineTimer);
             deadlineTimer = setTimeout(() => void thawOnce("deadline passed"), Math.max(0, m.deadline - Date.now()));
@@ -119,7 +125,9 @@ export function startWriter(opts: WriterOptions): WriterHandle {
             break;
           case "thaw":
             if (!frozen) {
-              send({ type: "ack", step: "thaw" });
+              // Thawed by itself earlier (deadline): the application ran while the task thought it
+              // frozen, so the task must not commit what it read.
+              send(selfThawed ? { type: "fail", step: "thaw", message: `the writer had already thawed itself (${selfThawed})` } : { type: "ack", step: "thaw" });
               break;
             }
             void thawOnce().then((error) => {

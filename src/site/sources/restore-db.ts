@@ -259,7 +259,7 @@ export async function restoreMariadb(t: MariaTarget, dump: string, entry: Databa
   }
   if (exists) {
     // MariaDB cannot rename a database: the live one is dumped first, so a failed load can put it back.
-    const safety = join(opts.safetyDir ?? dirname(dump), `${db}.before-recovery.sql`);
+    const safety = join(opts.safetyDir ?? dirname(dump), `${db.replace(/[^A-Za-z0-9_.-]/g, "_")}.before-recovery.sql`);
     await mariaDumpTo(t, db, safety);
     await mariaDrop(t, db);
     try {
@@ -275,7 +275,7 @@ export async function restoreMariadb(t: MariaTarget, dump: string, entry: Databa
 async function mariaDumpTo(t: MariaTarget, db: string, file: string): Promise<void> {
   const env = t.passwordFile ? { ...process.env, MYSQL_PWD: readFileSync(t.passwordFile, "utf8").replace(/\r?\n$/, "") } : process.env;
   const args = mariaArgs(t).filter((a) => a !== "--batch" && a !== "--skip-column-names");
-  const r = await runCommand([existsSync("/usr/bin/mariadb-dump") ? "mariadb-dump" : "mysqldump", ...args, "--single-transaction", "--routines", "--triggers", "--events", "--hex-blob", db].map(shq).join(" ") + ` > ${shq(file)}`, { timeoutMs: 24 * 3600_000, env });
+  const r = await runCommand([existsSync("/usr/bin/mariadb-dump") ? "mariadb-dump" : "mysqldump", ...args, "--single-transaction", "--routines", "--triggers", "--events", "--hex-blob", "--default-character-set=utf8mb4", db].map(shq).join(" ") + ` > ${shq(file)}`, { timeoutMs: 24 * 3600_000, env });
   if (r.code !== 0) throw new SitekeepError("recover.database", `cannot save the live database ${db} before replacing it: ${describeResult({ ...r, command: "mariadb-dump" })}`, { hint: "nothing was replaced; check the server" });
 }
 
