@@ -16,13 +16,12 @@
 // (timing varies from run to run), which is fine. A last run is killed right after it wrote its
 // first index file, so the final backup has indexed packs of a killed run to reuse.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { type FSWatcher, promises as fsp, readdirSync, watch } from "node:fs";
 import { join } from "node:path";
 import { compareTrees } from "./helpers/compare.js";
 import { SeededTree, prng, seededTest } from "./helpers/seeded-tree.js";
+import { type KillableRun, type Seen as KSeen, killableRun } from "./helpers/killable-run.js";
 import {
-  SITEKEEP_BIN,
   describeRun,
   runCommand,
   runRestic,
@@ -106,23 +105,10 @@ async function roundChange(t: Tree, round: number): Promise<void> {
 
 // ---- processes ----------------------------------------------------------------------------------
 
-/** The environment run.ts gives its children: inherited, minus RESTIC_* and SITEKEEP_*, plus extra. */
-function childEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (k.startsWith("RESTIC_") || k.startsWith("SITEKEEP_")) continue;
-    env[k] = v;
-  }
-  return { ...env, NO_COLOR: "1", ...extra };
-}
-
 type FileKind = "lock" | "pack" | "index" | "snapshot";
 
-/** What a run wrote, as seen by inotify: ms from spawn of the first new file of each kind, and counts. */
-interface Seen {
-  first: Partial<Record<FileKind, number>>;
-  count: Record<FileKind, number>;
-}
+type Seen = KSeen<FileKind>;
+const FILE_KINDS: FileKind[] = ["lock", "pack", "index", "snapshot"];
 
 /**
  * Watches a repository's locks/, index/, snapshots/ and data/xx/ folders for files appearing under
@@ -150,19 +136,7 @@ function watchRepo(repo: string, onFile: (kind: FileKind) => void): () => void {
   return () => watchers.forEach((w) => w.close());
 }
 
-interface Run {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-  seen: Seen;
-  /** ms from spawn until exit. */
-  exitAt: number;
-  /** ms from spawn when SIGKILL was sent (undefined: the run ended first; it may also end just before the signal lands). */
-  killedAt?: number;
-  /** What the run had written when it was killed. */
-  seenAtKill?: Record<FileKind, number>;
-}
+type Run = KillableRun<FileKind>;
 
 /**
  * Spawns `sitekeep -r repo --pack-size 1 backup --json …` (as run.ts would, but killable). `killOn`
@@ -175,65 +149,7 @@ function backupRun(
   env: Record<string, string>,
   killOn?: (kind: FileKind, seen: Seen) => number | undefined,
 ): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const start = performance.now();
-    const seen: Seen = { first: {}, count: { lock: 0, pack: 0, index: 0, snapshot: 0 } };
-    let exited = false;
-    let killTimer: NodeJS.Timeout | undefined;
-    let killedAt: number | undefined;
-    let seenAtKill: Record<FileKind, number> | undefined;
-    const kill = (): void => {
-      if (exited || killedAt !== undefined) return;
-      killedAt = performance.now() - start;
-      seenAtKill = { ...seen.count };
-      child.kill("SIGKILL");
-    };
-    const unwatch = watchRepo(repo, (kind) => {
-      seen.first[kind] ??= performance.now() - start;
-      seen.count[kind]++;
-      if (killTimer || killedAt !== undefined || !killOn) return;
-      const delay = killOn(kind, seen);
-      if (delay === undefined) return;
-      if (delay <= 0) kill();
-      else killTimer = setTimeout(kill, delay);
-    });
-    const child = spawn(
-      process.execPath,
-      [SITEKEEP_BIN, "-r", repo, "--pack-size", "1", "backup", "--json", ...args],
-      {
-        env: childEnv(env),
-        stdio: ["ignore", "pipe", "pipe"],
-      },
-    );
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on("data", (d: Buffer) => out.push(d));
-    child.stderr.on("data", (d: Buffer) => err.push(d));
-    const safety = setTimeout(kill, 60_000);
-    const done = (): void => {
-      exited = true;
-      unwatch();
-      clearTimeout(safety);
-      if (killTimer) clearTimeout(killTimer);
-    };
-    child.on("error", (e) => {
-      done();
-      reject(e);
-    });
-    child.on("close", (code, signal) => {
-      done();
-      resolve({
-        code,
-        signal,
-        stdout: Buffer.concat(out).toString("utf8"),
-        stderr: Buffer.concat(err).toString("utf8"),
-        seen,
-        exitAt: performance.now() - start,
-        killedAt,
-        seenAtKill,
-      });
-    });
-  });
+  return killableRun(["-r", repo, "--pack-size", "1", "backup", "--json", ...args], env, FILE_KINDS, (on) => watchRepo(repo, on), killOn);
 }
 
 function lockFiles(repo: string): string[] {

@@ -29,14 +29,13 @@
 // the state each kill left is printed per round (new packs and index files, old index files left,
 // obsolete packs removed), and at least half the kills must land inside the writing phase.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { type FSWatcher, existsSync, promises as fsp, readdirSync, statSync, watch } from "node:fs";
 import { join } from "node:path";
 import { compareTrees } from "./helpers/compare.js";
 import { SeededTree, prng, seededTest } from "./helpers/seeded-tree.js";
+import { type KillableRun, type Seen as KSeen, killableRun } from "./helpers/killable-run.js";
 import type { PruneStats } from "../src/archive/pruner.js";
 import {
-  SITEKEEP_BIN,
   describeRun,
   runCommand,
   runRestic,
@@ -127,26 +126,11 @@ const FORGOTTEN = [0, 2];
 
 // ---- processes ----------------------------------------------------------------------------------
 
-/** The environment run.ts gives its children: inherited, minus RESTIC_* and SITEKEEP_*, plus extra. */
-function childEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (k.startsWith("RESTIC_") || k.startsWith("SITEKEEP_")) continue;
-    env[k] = v;
-  }
-  return { ...env, NO_COLOR: "1", ...extra };
-}
-
 /** What prune does to the repository, as seen by inotify. */
 type Ev = "lock" | "pack" | "index" | "index-removed" | "pack-removed";
 const EVENTS: Ev[] = ["lock", "pack", "index", "index-removed", "pack-removed"];
 
-/** ms from spawn of the first and last event of each kind, and counts. */
-interface Seen {
-  first: Partial<Record<Ev, number>>;
-  last: Partial<Record<Ev, number>>;
-  count: Record<Ev, number>;
-}
+type Seen = KSeen<Ev>;
 
 /**
  * Watches a repository's locks/, index/ and data/xx/ folders for files appearing under their final
@@ -176,89 +160,15 @@ function watchRepo(repo: string, onEvent: (ev: Ev) => void): () => void {
   return () => watchers.forEach((w) => w.close());
 }
 
-interface Run {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-  seen: Seen;
-  /** ms from spawn until exit. */
-  exitAt: number;
-  /** ms from spawn when SIGKILL was sent (undefined: the run ended first). */
-  killedAt?: number;
-  /** What the run had done (as seen) when it was killed. */
-  seenAtKill?: Record<Ev, number>;
-}
+type Run = KillableRun<Ev>;
 
 /**
  * Spawns `sitekeep -r repo --pack-size 1 prune --max-unused 0% --json`, watching the repository.
  * `killOn` is asked at every event; when it returns a delay, SIGKILL follows that many ms later
  * (unless the run has ended).
  */
-function pruneRun(
-  repo: string,
-  env: Record<string, string>,
-  killOn?: (ev: Ev, seen: Seen) => number | undefined,
-): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const start = performance.now();
-    const count = Object.fromEntries(EVENTS.map((e) => [e, 0])) as Record<Ev, number>;
-    const seen: Seen = { first: {}, last: {}, count };
-    let exited = false;
-    let killTimer: NodeJS.Timeout | undefined;
-    let killedAt: number | undefined;
-    let seenAtKill: Record<Ev, number> | undefined;
-    const kill = (): void => {
-      if (exited || killedAt !== undefined) return;
-      killedAt = performance.now() - start;
-      seenAtKill = { ...seen.count };
-      child.kill("SIGKILL");
-    };
-    const unwatch = watchRepo(repo, (ev) => {
-      const now = performance.now() - start;
-      seen.first[ev] ??= now;
-      seen.last[ev] = now;
-      seen.count[ev]++;
-      if (killTimer || killedAt !== undefined || !killOn) return;
-      const delay = killOn(ev, seen);
-      if (delay === undefined) return;
-      if (delay <= 0) kill();
-      else killTimer = setTimeout(kill, delay);
-    });
-    const child = spawn(
-      process.execPath,
-      [SITEKEEP_BIN, "-r", repo, "--pack-size", "1", "prune", "--max-unused", "0%", "--json"],
-      { env: childEnv(env), stdio: ["ignore", "pipe", "pipe"] },
-    );
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on("data", (d: Buffer) => out.push(d));
-    child.stderr.on("data", (d: Buffer) => err.push(d));
-    const safety = setTimeout(kill, 60_000);
-    const done = (): void => {
-      exited = true;
-      unwatch();
-      clearTimeout(safety);
-      if (killTimer) clearTimeout(killTimer);
-    };
-    child.on("error", (e) => {
-      done();
-      reject(e);
-    });
-    child.on("close", (code, signal) => {
-      done();
-      resolve({
-        code,
-        signal,
-        stdout: Buffer.concat(out).toString("utf8"),
-        stderr: Buffer.concat(err).toString("utf8"),
-        seen,
-        exitAt: performance.now() - start,
-        killedAt,
-        seenAtKill,
-      });
-    });
-  });
+function pruneRun(repo: string, env: Record<string, string>, killOn?: (ev: Ev, seen: Seen) => number | undefined): Promise<Run> {
+  return killableRun(["-r", repo, "--pack-size", "1", "prune", "--max-unused", "0%", "--json"], env, EVENTS, (on) => watchRepo(repo, on), killOn);
 }
 
 // ---- repository inspection ----------------------------------------------------------------------

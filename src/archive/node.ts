@@ -144,12 +144,7 @@ export function nodeFromStat(rawName: Buffer, st: BigIntStats, linkTarget?: Buff
     gid,
     content: null,
   };
-  const user = userName(uid);
-  if (user) node.user = user;
-  const group = groupName(gid);
-  if (group) node.group = group;
-  if (st.ino) node.inode = Number(st.ino);
-  if (st.dev) node.device_id = Number(st.dev);
+  addOwnerAndIdentity(node, Number(st.ino), Number(st.dev));
   if (type === "file") {
     node.size = Number(st.size) || undefined;
     node.links = Number(st.nlink);
@@ -189,15 +184,20 @@ export function fileNodeFromNumbers(rawName: Buffer, f: Float64Array, i: number)
     gid,
     content: null,
   };
-  const user = userName(uid);
-  if (user) node.user = user;
-  const group = groupName(gid);
-  if (group) node.group = group;
-  if (f[b + StatField.ino]) node.inode = f[b + StatField.ino];
-  if (f[b + StatField.dev]) node.device_id = f[b + StatField.dev];
+  addOwnerAndIdentity(node, f[b + StatField.ino], f[b + StatField.dev]);
   node.size = f[b + StatField.size] || undefined;
   node.links = f[b + StatField.nlink];
   return node;
+}
+
+/** User and group names of the node's uid/gid, inode and device (each only when there is one). */
+function addOwnerAndIdentity(node: NodeJSON, ino: number, dev: number): void {
+  const user = userName(node.uid);
+  if (user) node.user = user;
+  const group = groupName(node.gid);
+  if (group) node.group = group;
+  if (ino) node.inode = ino;
+  if (dev) node.device_id = dev;
 }
 
 /** JSON key order matters only for tree IDs being stable; keep restic's order. */

@@ -435,7 +435,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
         // in a pack being filled. Flushing also makes everything read so far durable.
         await repo.flush();
       } catch (err) {
-        throw StepError.from(opts.signal?.aborted ? "backup-interrupted" : "file-capture-failed", err);
+        throw failed("file-capture-failed", err);
       }
     }
     mark("filesOnlineMs", t);
@@ -449,7 +449,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
       try {
         await writers.freeze(opts.signal);
       } catch (err) {
-        throw StepError.from(opts.signal?.aborted ? "backup-interrupted" : "writer-freeze-failed", err);
+        throw failed("writer-freeze-failed", err);
       }
       let frozenErr: unknown;
       // The frozen pass gets maxFreeze, no more: by then the watchdog (and socket writers
@@ -484,7 +484,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
       if (overran) {
         throw new StepError("writer-freeze-failed", `the frozen pass took longer than backup.maxFreeze (${c.backup.maxFreeze}); the writers were thawed and nothing was committed`, "raise backup.maxFreeze, or exclude fast-changing files so fewer are read while frozen");
       }
-      if (frozenErr) throw StepError.from(opts.signal?.aborted ? "backup-interrupted" : "file-capture-failed", frozenErr);
+      if (frozenErr) throw failed("file-capture-failed", frozenErr);
     }
     mark("frozenMs", t);
     const freezeWindowMs = writers.freezeWindowMs;
@@ -502,7 +502,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
       try {
         dbSnapshotId = (await dbArchiver.commit({ tree: await dbArchiver.rootTree([root]), paths: [`/${SITE_DIR}`] })).snapshot_id;
       } catch (err) {
-        throw StepError.from(opts.signal?.aborted ? "backup-interrupted" : "snapshot-failed", err);
+        throw failed("snapshot-failed", err);
       }
       logLine(`database snapshot ${dbSnapshotId} in ${c.backup.databaseDestination}`);
     }
@@ -547,7 +547,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
         const committed = await repo.listSnapshots(() => undefined).then((all) => all.some((x) => x.tags?.includes(`run:${runId}`)), () => true);
         if (!committed) await dbRepo.backend.remove({ type: "snapshots", name: dbSnapshotId }).catch(() => undefined);
       }
-      throw StepError.from(opts.signal?.aborted ? "backup-interrupted" : "snapshot-failed", err);
+      throw failed("snapshot-failed", err);
     }
     mark("commitMs", t);
     // File statistics compare with the previous snapshot (the online pass); what changed while
@@ -659,6 +659,11 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
 
   function password(): string {
     return sitePassword(c, fullEnv);
+  }
+
+  /** The step error for err: its own message key, unless the run was interrupted. */
+  function failed(key: MessageKey, err: unknown): StepError {
+    return StepError.from(opts.signal?.aborted ? "backup-interrupted" : key, err);
   }
 
   /** The destination inside `path` (symlinks resolved), if any. */

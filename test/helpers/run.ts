@@ -34,7 +34,7 @@ export interface RunResult {
   timedOut: boolean;
 }
 
-function childEnv(extra?: Record<string, string | undefined>): NodeJS.ProcessEnv {
+export function childEnv(extra?: Record<string, string | undefined>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
     if (k.startsWith("RESTIC_") || k.startsWith("SITEKEEP_")) continue;
