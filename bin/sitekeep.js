@@ -5,6 +5,11 @@ import { existsSync } from "node:fs";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { dirname, join } from "node:path";
 
+// Compression, encryption and pack hashing run on libuv's thread pool next to file I/O; with the
+// default 4 threads, reads and writes waited behind compression jobs. Set before anything uses
+// the pool (it is created on first use); an explicit setting wins.
+process.env.UV_THREADPOOL_SIZE ??= "6";
+
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const source = join(root, "src", "cli", "main.ts");
 const tsx = join(root, "node_modules", "tsx");

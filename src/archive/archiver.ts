@@ -12,7 +12,7 @@ import { Chunker } from "../repo/chunker.js";
 import { sha256 } from "../repo/id.js";
 import type { Snapshot, SnapshotJSON } from "../repo/snapshot.js";
 import { formatTimeNs, nowNs, formatDate } from "../util/gotime.js";
-import { type DirStats, STAT_FIELDS, StatField, listXattrs, getXattr, isUnsupportedXattrError, lstatDir } from "../platform/fsx.js";
+import { type DirStats, type ReadFiles, READ_FIELDS, ReadField, STAT_FIELDS, StatField, canReadFiles, errnoCode, listXattrs, getXattr, isUnsupportedXattrError, lstatDir, readFiles } from "../platform/fsx.js";
 import { forEachChunk, streamReader, type ReadFn } from "./chunk-reader.js";
 import { type PathMatcher, compileExcludes } from "./exclude.js";
 import { type ScanTotals, startScan } from "./scanner.js";
@@ -23,7 +23,13 @@ import { PROGRAM_VERSION } from "../version.js";
 
 
 const ENTRY_CONCURRENCY = 8;
-const FILE_CONCURRENCY = 4;
+/** Files chunked at once, as restic's default read concurrency: each holds a 16 MiB read buffer. */
+const FILE_CONCURRENCY = 2;
+/** Small files read per native call, and their bytes at most (one file may exceed it alone). */
+const BATCH_FILES = 64;
+const BATCH_BYTES = 4 * 1024 * 1024;
+/** Batches being read or stored at once. */
+const BATCH_CONCURRENCY = 3;
 
 export interface BackupOptions {
   paths: string[];
@@ -168,6 +174,7 @@ export class Archiver {
   /** Reusable read buffers for files that need chunking (two maximum chunks each). */
   private readonly buffers: Buffer[] = [];
   private readonly fileSlots = new Semaphore(FILE_CONCURRENCY);
+  private readonly batchSlots = new Semaphore(BATCH_CONCURRENCY);
   private readonly warnings: BackupWarning[] = [];
   private readonly progress: BackupProgress = { files: 0, dirs: 0, bytes: 0, bytesAdded: 0 };
   private readonly stats = {
@@ -224,6 +231,7 @@ export class Archiver {
     const parentNodes = await this.safeLoadTree(opts.parentTree ?? parent?.tree);
     const nodes = await this.virtualNodes(root, "", parentNodes);
     nodes.push(...(opts.extraRootNodes ?? []));
+    await this.repo.drainEncodes(); // so that totals count every blob this walk added
     const tree = await this.saveTree(nodes);
     return { tree, paths, ...(parent ? { parent } : {}), nodes };
   }
@@ -426,16 +434,25 @@ export class Archiver {
     }
     const sep = absDir[absDir.length - 1] === 0x2f ? Buffer.alloc(0) : Buffer.from("/");
     const nodes: NodeJSON[] = [];
-    const slow: number[] = [];
+    let slow: number[] = [];
     for (let i = 0; i < names.length; i++) {
       const reused = fast ? this.unchangedFile(fast, i, absDir, sep, parent) : undefined;
       if (reused === null) continue; // excluded
       if (reused) nodes.push(reused);
       else slow.push(i);
     }
+    // Small regular files are read in batches on the thread pool (native readfiles) while the
+    // main thread hashes and packs what has been read; everything else takes the general path.
+    const batched: number[] = [];
+    if (fast && canReadFiles()) {
+      const rest: number[] = [];
+      for (const i of slow) (this.batchable(fast, i) ? batched : rest).push(i);
+      slow = rest;
+    }
+    const small = fast && batched.length ? this.readSmallFiles(absDir, sep, fast, batched, parent, nodes) : Promise.resolve();
     // Entries are handled concurrently so that file system latency overlaps with hashing and
     // compression; reads and stats are bounded by global semaphores, never held across recursion.
-    await mapLimit(slow, ENTRY_CONCURRENCY, async (i) => {
+    const general = mapLimit(slow, ENTRY_CONCURRENCY, async (i) => {
       this.checkAbort();
       const rawName = names[i];
       const abs = Buffer.concat([absDir, sep, rawName]);
@@ -452,7 +469,106 @@ export class Archiver {
       const node = await this.entryNode(abs, display, rawName, st, parent?.get(encodeName(rawName)));
       if (node) nodes.push(node);
     });
+    // Both settle before this folder is done, even when one fails.
+    const [a, b] = await Promise.allSettled([small, general]);
+    if (a.status === "rejected") throw a.reason;
+    if (b.status === "rejected") throw b.reason;
     return nodes;
+  }
+
+  /** A regular file below the minimum chunk size, listed without error: one read, one blob. */
+  private batchable(fast: DirStats, i: number): boolean {
+    const b = i * STAT_FIELDS;
+    const f = fast.stats;
+    return f[b + StatField.errno] === 0 && (f[b + StatField.mode] & 0o170000) === 0o100000 && f[b + StatField.size] < this.chunker.options.min;
+  }
+
+  /**
+   * Reads the small files `idx` of a folder in groups on the thread pool and makes their nodes. A
+   * group's slot is held until its files are stored, which bounds the bytes read ahead.
+   */
+  private async readSmallFiles(absDir: Buffer, sep: Buffer, fast: DirStats, idx: number[], parent: Map<string, NodeJSON> | undefined, nodes: NodeJSON[]): Promise<void> {
+    const f = fast.stats;
+    const todo: number[] = [];
+    for (const i of idx) {
+      if (!this.hasExcludes || !this.exclude(Buffer.concat([absDir, sep, fast.names[i]]).toString("utf8"))) todo.push(i);
+    }
+    for (let start = 0; start < todo.length; ) {
+      this.checkAbort();
+      let end = start;
+      let bytes = 0;
+      while (end < todo.length && end - start < BATCH_FILES && (end === start || bytes + f[todo[end] * STAT_FIELDS + StatField.size] <= BATCH_BYTES)) {
+        bytes += f[todo[end] * STAT_FIELDS + StatField.size] + 1;
+        end++;
+      }
+      const group = todo.slice(start, end);
+      start = end;
+      await this.batchSlots.acquire();
+      try {
+        let r: ReadFiles;
+        try {
+          r = await readFiles(absDir, group.map((i) => fast.names[i]), group.map((i) => f[i * STAT_FIELDS + StatField.size]));
+        } catch (err) {
+          for (const i of group) this.warn(Buffer.concat([absDir, sep, fast.names[i]]).toString("utf8"), `cannot read file: ${errorMessage(err)}`);
+          continue;
+        }
+        for (let k = 0; k < group.length; k++) {
+          const node = await this.smallFileNode(absDir, sep, fast, group[k], r, k, parent);
+          if (node) nodes.push(node);
+        }
+      } finally {
+        this.batchSlots.release();
+      }
+    }
+  }
+
+  private async smallFileNode(absDir: Buffer, sep: Buffer, fast: DirStats, i: number, r: ReadFiles, k: number, parent: Map<string, NodeJSON> | undefined): Promise<NodeJSON | undefined> {
+    const f = fast.stats;
+    const b = i * STAT_FIELDS;
+    const rb = k * READ_FIELDS;
+    const rawName = fast.names[i];
+    const abs = Buffer.concat([absDir, sep, rawName]);
+    const display = abs.toString("utf8");
+    const errno = r.f[rb + ReadField.errno];
+    if (errno) {
+      this.warn(display, `cannot read file: ${errnoCode(errno)}, open '${display}'`);
+      return undefined;
+    }
+    const prev = parent?.get(encodeName(rawName));
+    const length = r.f[rb + ReadField.length];
+    if (length > f[b + StatField.size]) {
+      // Grew since the folder was listed: take the general path, which chunks it if it must.
+      let st: BigIntStats;
+      try {
+        st = lstatSync(abs, { bigint: true });
+      } catch (err) {
+        this.warn(display, `cannot stat: ${errorMessage(err)}`);
+        return undefined;
+      }
+      return this.entryNode(abs, display, rawName, st, prev);
+    }
+    const node = fileNodeFromNumbers(rawName, f, i);
+    if (
+      r.f[rb + ReadField.size] !== f[b + StatField.size] ||
+      r.f[rb + ReadField.mtimeSec] !== f[b + StatField.mtimeSec] ||
+      r.f[rb + ReadField.mtimeNsec] !== f[b + StatField.mtimeNsec] ||
+      r.f[rb + ReadField.ctimeSec] !== f[b + StatField.ctimeSec] ||
+      r.f[rb + ReadField.ctimeNsec] !== f[b + StatField.ctimeNsec]
+    ) {
+      this.warn(display, "file changed while it was read; the snapshot holds what was read");
+    }
+    if (prev && prev.type === "file" && prev.ctime === node.ctime && prev.inode !== undefined && prev.inode === node.inode) {
+      if (prev.extended_attributes) node.extended_attributes = prev.extended_attributes;
+    } else if (r.f[rb + ReadField.xattrListSize] > 0) this.addXattrs(abs, display, node);
+    this.progress.files++;
+    this.progress.currentPath = display;
+    const offset = r.f[rb + ReadField.offset];
+    node.content = length ? [await this.storeChunk(r.data.subarray(offset, offset + length), true)] : [];
+    node.size = length || undefined;
+    if (!prev) this.stats.files_new++;
+    else this.stats.files_changed++;
+    this.opts.memo?.stat.set(node, { f, b });
+    return node;
   }
 
   /**
@@ -647,7 +763,7 @@ export class Archiver {
     if (data === "grew") return this.readLargeFile(abs, display, st);
     if (data === undefined) return undefined;
     if (data.length === 0) return { ids: [], size: 0 };
-    return { ids: [await this.storeChunk(data)], size: data.length };
+    return { ids: [await this.storeChunk(data, true)], size: data.length };
   }
 
   private readWholeSync(abs: Buffer, display: string, st: BigIntStats): Buffer | "grew" | undefined {
@@ -685,13 +801,20 @@ export class Archiver {
     }
   }
 
-  private async storeChunk(chunk: Buffer): Promise<string> {
+  /**
+   * Hashes a chunk and queues it for compression and packing, which run on the thread pool while
+   * reading goes on. `owned`: the chunk is the caller's to give away; otherwise it is a view into a
+   * reused read buffer and is copied only when the repository does not have it yet.
+   */
+  private async storeChunk(chunk: Buffer, owned = false): Promise<string> {
     this.checkAbort();
     const id = sha256(chunk);
-    const r = await this.repo.saveBlob("data", chunk, id);
-    if (r.added) {
-      this.stats.data_blobs++;
-      this.progress.bytesAdded += r.storedSize;
+    if (!this.repo.hasBlob("data", id)) {
+      const plain = owned ? chunk : Buffer.from(chunk);
+      const added = await this.repo.queueBlob("data", plain, id, (stored) => {
+        this.progress.bytesAdded += stored;
+      });
+      if (added) this.stats.data_blobs++;
     }
     this.progress.bytes += chunk.length;
     this.report();

@@ -65,7 +65,9 @@ export class LocalBackend implements Backend {
     let fh: fsp.FileHandle | undefined;
     try {
       fh = await openForWrite(tmp, dir);
-      await fh.writeFile(data);
+      // One write call for the whole file where the kernel takes it: FileHandle.writeFile writes
+      // 512 KiB per call, and each call waits in the thread pool's queue behind compression jobs.
+      for (let off = 0; off < data.length; ) off += (await fh.write(data, off, data.length - off)).bytesWritten;
       await fh.sync();
       await fh.chmod(FILE_MODE);
       await fh.close();

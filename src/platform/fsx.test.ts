@@ -15,6 +15,9 @@ import {
   makeDev,
   mknod,
   nativeAvailable,
+  READ_FIELDS,
+  ReadField,
+  readFiles,
   setXattr,
 } from "./fsx.js";
 
@@ -173,6 +176,43 @@ describe("xattrs", () => {
     assert.equal(isUnsupportedXattrError(undefined), false);
     assert.equal(isUnsupportedXattrError("ENOTSUP"), false);
   });
+});
+
+test("readFiles reads a folder's small files on the thread pool, reporting each one's failure", async () => {
+  const d = fs.mkdtempSync(path.join(dir, "batch-"));
+  fs.writeFileSync(path.join(d, "a.txt"), "alpha");
+  fs.writeFileSync(path.join(d, "empty"), "");
+  fs.writeFileSync(path.join(d, "grew"), "0123456789");
+  fs.symlinkSync("a.txt", path.join(d, "link"));
+  const weird = Buffer.from([0x77, 0xff, 0x2e, 0x62]); // not UTF-8
+  fs.writeFileSync(Buffer.concat([Buffer.from(d + "/"), weird]), "bytes");
+  let xattrs = true;
+  try {
+    setXattr(path.join(d, "a.txt"), "user.sitekeep", Buffer.from("v"));
+  } catch (err) {
+    if (!isUnsupportedXattrError(err)) throw err;
+    xattrs = false;
+  }
+  const names = ["a.txt", "empty", "grew", "link", "missing"].map((n) => Buffer.from(n)).concat([weird]);
+  const r = await readFiles(Buffer.from(d), names, [5, 0, 4, 1, 3, 5]);
+  const at = (k: number, field: number): number => r.f[k * READ_FIELDS + field];
+  const bytes = (k: number): string => r.data.subarray(at(k, ReadField.offset), at(k, ReadField.offset) + at(k, ReadField.length)).toString();
+  assert.equal(bytes(0), "alpha");
+  assert.equal(at(0, ReadField.errno), 0);
+  assert.equal(at(0, ReadField.size), 5);
+  const st = fs.statSync(path.join(d, "a.txt"), { bigint: true });
+  assert.equal(BigInt(at(0, ReadField.mtimeSec)) * 1_000_000_000n + BigInt(at(0, ReadField.mtimeNsec)), st.mtimeNs);
+  assert.equal(BigInt(at(0, ReadField.ctimeSec)) * 1_000_000_000n + BigInt(at(0, ReadField.ctimeNsec)), st.ctimeNs);
+  if (xattrs) assert.ok(at(0, ReadField.xattrListSize) > 0, "a file with an xattr says so");
+  assert.equal(at(1, ReadField.errno), 0);
+  assert.equal(at(1, ReadField.length), 0);
+  assert.equal(at(1, ReadField.xattrListSize), 0);
+  assert.equal(at(2, ReadField.length), 5, "a file larger than its limit is read to limit + 1 (it grew)");
+  assert.equal(bytes(2), "01234");
+  assert.equal(at(3, ReadField.errno), os.constants.errno.ELOOP, "a symlink is not followed");
+  assert.equal(at(4, ReadField.errno), os.constants.errno.ENOENT);
+  assert.equal(bytes(5), "bytes");
+  await assert.rejects(readFiles(Buffer.from(path.join(d, "nope")), [Buffer.from("x")], [1]), (err: NodeJS.ErrnoException) => err.code === "ENOENT");
 });
 
 test("accepts a non-UTF-8 file name as a Buffer", (t) => {

@@ -18,6 +18,7 @@ interface NativeFs {
   lgetxattr(p: PathLike, name: string): Buffer;
   lsetxattr(p: PathLike, name: string, value: Buffer): void;
   lstatdir?(p: PathLike): [Buffer, Float64Array];
+  readfiles?(dir: PathLike, names: Buffer, limits: Float64Array): Promise<[Buffer, Float64Array]>;
 }
 
 /** Fields per entry of lstatDir's stats (see native/sitekeep_fs.c). */
@@ -60,6 +61,50 @@ export function lstatDir(dir: Buffer): DirStats | undefined {
     start = i + 1;
   }
   return { names, stats };
+}
+
+/** Numbers per file of readFiles' result (see native/sitekeep_fs.c). */
+export const READ_FIELDS = 9;
+export const ReadField = {
+  offset: 0,
+  length: 1,
+  errno: 2,
+  size: 3,
+  mtimeSec: 4,
+  mtimeNsec: 5,
+  ctimeSec: 6,
+  ctimeNsec: 7,
+  xattrListSize: 8,
+} as const;
+
+export interface ReadFiles {
+  /** The files' bytes back to back. */
+  data: Buffer;
+  /** READ_FIELDS numbers per file (ReadField order). */
+  f: Float64Array;
+}
+
+/** True when readFiles is available (the addon is built). */
+export const canReadFiles = (): boolean => native?.readfiles !== undefined;
+
+/**
+ * Reads small files of one folder on the thread pool, each up to limits[i] + 1 bytes (a file that
+ * reached limits[i] + 1 grew since it was listed), with an fstat and an xattr probe after reading.
+ * A file that cannot be read has a non-zero errno entry; a folder that cannot be opened rejects.
+ */
+export async function readFiles(dir: Buffer, names: Buffer[], limits: number[]): Promise<ReadFiles> {
+  if (!native?.readfiles) throw errnoError("ENOSYS", "readfiles", dir, "function not implemented (native addon not built)");
+  const parts: Buffer[] = [];
+  const nul = Buffer.alloc(1);
+  for (const n of names) parts.push(n, nul);
+  const [data, f] = await native.readfiles(dir, Buffer.concat(parts), Float64Array.from(limits));
+  return { data, f };
+}
+
+/** errno number -> Node's code for the few a read can fail with (others: "E" + number). */
+export function errnoCode(n: number): string {
+  const name = Object.entries(os.constants.errno).find(([, v]) => v === n)?.[0];
+  return name ?? `E${n}`;
 }
 
 // The addon sits at <package root>/build/Release, while this module runs from src/platform (tsx) or

@@ -2,7 +2,7 @@
 // Poly1305-AES over the ciphertext; the sealed form is IV || ciphertext || MAC.
 // AES comes from node:crypto; Poly1305 from libsodium (sodium-native) because a JS Poly1305 is
 // several times slower and it sits on the hot path of every blob.
-import { createCipheriv, createDecipheriv, randomBytes, timingSafeEqual } from "node:crypto";
+import { type Cipher, createCipheriv, createDecipheriv, randomBytes, randomFillSync, timingSafeEqual, webcrypto } from "node:crypto";
 import sodium from "sodium-native";
 import { SitekeepError } from "../errors.js";
 
@@ -36,10 +36,20 @@ function clampR(r: Buffer): void {
   r[12] &= 252;
 }
 
+/**
+ * One AES-128-ECB cipher per MAC key, reused for every nonce: ECB keeps no state between blocks,
+ * and creating a cipher object per blob cost more than the MAC of a small blob itself.
+ */
+const nonceCiphers = new WeakMap<MasterKey, Cipher>();
+
 function poly1305Aes(key: MasterKey, iv: Uint8Array, msg: Uint8Array): Buffer {
   // s = AES-128_k(nonce); the Poly1305 one-time key is r || s.
-  const aes = createCipheriv("aes-128-ecb", key.macK, null);
-  aes.setAutoPadding(false);
+  let aes = nonceCiphers.get(key);
+  if (!aes) {
+    aes = createCipheriv("aes-128-ecb", key.macK, null);
+    aes.setAutoPadding(false);
+    nonceCiphers.set(key, aes);
+  }
   const s = aes.update(iv);
   const otk = Buffer.allocUnsafe(32);
   key.macR.copy(otk, 0);
@@ -47,6 +57,19 @@ function poly1305Aes(key: MasterKey, iv: Uint8Array, msg: Uint8Array): Buffer {
   const out = Buffer.allocUnsafe(MAC_SIZE);
   sodium.crypto_onetimeauth(out, asBuffer(msg), otk);
   return out;
+}
+
+/** Random IVs are drawn from the CSPRNG in batches: one call per blob cost microseconds each. */
+const ivPool = Buffer.allocUnsafe(IV_SIZE * 256);
+let ivNext = ivPool.length;
+
+function nextIv(into: Buffer): void {
+  if (ivNext === ivPool.length) {
+    randomFillSync(ivPool);
+    ivNext = 0;
+  }
+  ivPool.copy(into, 0, ivNext, ivNext + IV_SIZE);
+  ivNext += IV_SIZE;
 }
 
 function asBuffer(u: Uint8Array): Buffer {
@@ -57,7 +80,7 @@ function asBuffer(u: Uint8Array): Buffer {
 export function seal(key: MasterKey, plaintext: Uint8Array): Buffer {
   const out = Buffer.allocUnsafe(plaintext.length + EXTENSION);
   const iv = out.subarray(0, IV_SIZE);
-  randomBytes(IV_SIZE).copy(iv);
+  nextIv(iv);
   const cipher = createCipheriv("aes-256-ctr", key.encrypt, iv);
   const ct = out.subarray(IV_SIZE, IV_SIZE + plaintext.length);
   let off = 0;
@@ -67,6 +90,30 @@ export function seal(key: MasterKey, plaintext: Uint8Array): Buffer {
   const b = cipher.final();
   b.copy(ct, off);
   poly1305Aes(key, iv, ct).copy(out, IV_SIZE + plaintext.length);
+  return out;
+}
+
+/** AES-CTR keys for WebCrypto, whose calls run on libuv's thread pool. */
+const ctrKeys = new WeakMap<MasterKey, Promise<webcrypto.CryptoKey>>();
+
+/**
+ * seal() with the AES-CTR pass on the thread pool (WebCrypto), for large blobs during a backup: the
+ * main thread keeps only the Poly1305 MAC. A 128-bit counter is what restic (Go's cipher.NewCTR)
+ * uses: the whole IV block counts up, big-endian.
+ */
+export async function sealAsync(key: MasterKey, plaintext: Uint8Array): Promise<Buffer> {
+  let k = ctrKeys.get(key);
+  if (!k) {
+    k = webcrypto.subtle.importKey("raw", key.encrypt, "AES-CTR", false, ["encrypt"]);
+    ctrKeys.set(key, k);
+  }
+  const iv = Buffer.allocUnsafe(IV_SIZE);
+  nextIv(iv);
+  const ct = new Uint8Array(await webcrypto.subtle.encrypt({ name: "AES-CTR", counter: iv, length: 128 }, await k, plaintext));
+  const out = Buffer.allocUnsafe(ct.length + EXTENSION);
+  iv.copy(out, 0);
+  out.set(ct, IV_SIZE);
+  poly1305Aes(key, iv, ct).copy(out, IV_SIZE + ct.length);
   return out;
 }
 

@@ -1,5 +1,5 @@
 // IDs are SHA-256 digests: of a blob's plaintext, or of a file's stored bytes (its name).
-import { createHash } from "node:crypto";
+import { createHash, webcrypto } from "node:crypto";
 
 export const ID_SIZE = 32;
 
@@ -9,6 +9,11 @@ export function sha256(data: Uint8Array): Buffer {
 
 export function hashHex(data: Uint8Array): string {
   return createHash("sha256").update(data).digest("hex");
+}
+
+/** hashHex on libuv's thread pool (WebCrypto), for whole pack files. */
+export async function hashHexAsync(data: Uint8Array): Promise<string> {
+  return Buffer.from(await webcrypto.subtle.digest("SHA-256", data)).toString("hex");
 }
 
 const HEX64 = /^[0-9a-f]{64}$/;

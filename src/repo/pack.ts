@@ -109,9 +109,12 @@ export class PackBuilder {
     return entry;
   }
 
+  /** The pack file's bytes. The blobs are dropped from the builder: an upload in flight holds only the one copy. */
   finish(key: MasterKey): Buffer {
     this.parts.push(encodeHeader(key, this.blobs));
-    return Buffer.concat(this.parts);
+    const data = Buffer.concat(this.parts);
+    this.parts.length = 0;
+    return data;
   }
 }
 

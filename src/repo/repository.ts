@@ -8,16 +8,16 @@ import { randomBytes } from "node:crypto";
 import type { Backend, FileType } from "../backend/backend.js";
 import { ExitCode, SitekeepError, errorMessage } from "../errors.js";
 import { BlobIndex, type BlobLocation } from "./blob-index.js";
-import { packUnpacked, unpackUnpacked, compress, decompress } from "./compression.js";
+import { packUnpacked, unpackUnpacked, compress, compressAsync, compressesInBackground, decompress } from "./compression.js";
 import { type RepoConfig, SUPPORTED_VERSIONS } from "./config.js";
-import { type MasterKey, newRandomKey, open, seal } from "./crypto.js";
-import { hashHex, isIdHex, sha256 } from "./id.js";
+import { type MasterKey, newRandomKey, open, seal, sealAsync } from "./crypto.js";
+import { hashHex, hashHexAsync, isIdHex, sha256 } from "./id.js";
 import { type IndexFileJSON, type IndexPackJSON, parseIndexFile } from "./index-file.js";
 import { addKey, openWithPassword, type KdfParams } from "./keyfile.js";
 import { type BlobType, PackBuilder, type PackedBlob } from "./pack.js";
 import { formatPolynomial, parsePolynomial, randomPolynomial } from "./polynomial.js";
 import { type Snapshot, type SnapshotJSON, byTimeDesc } from "./snapshot.js";
-import { mapLimit } from "../util/concurrency.js";
+import { Semaphore, mapLimit } from "../util/concurrency.js";
 
 export interface RepositoryOptions {
   /** Target size of a pack file in bytes (restic's default is 16 MiB). */
@@ -47,6 +47,14 @@ export interface SaveBlobResult {
 }
 
 const INDEX_EVERY_PACKS = 8;
+/**
+ * Blobs being compressed on the thread pool at once (queueBlob). Two keep both cores busy while
+ * the main thread reads, hashes and encrypts; the rest is read-ahead. Each holds its plaintext and
+ * its compressed form, so this also bounds the memory of the backup pipeline.
+ */
+const ENCODE_CONCURRENCY = 4;
+/** Smaller blobs are compressed on the main thread: a thread pool round trip costs ~20 µs. */
+const BACKGROUND_MIN = 16 * 1024;
 const INDEX_EVERY_MS = 60_000;
 
 export class Repository {
@@ -59,6 +67,8 @@ export class Repository {
   /** Blobs in open or uploading packs, keyed "type:hex", so a backup never stores one twice. */
   private readonly inflight = new Set<string>();
   private readonly uploads = new Set<Promise<void>>();
+  private readonly encodeSlots = new Semaphore(ENCODE_CONCURRENCY);
+  private readonly encoding = new Set<Promise<void>>();
   private uploadError: unknown;
   /** Durable packs not yet named by an index file. */
   private unindexed: IndexPackJSON[] = [];
@@ -247,6 +257,51 @@ export class Repository {
     if (this.index.has(id, type) || this.inflight.has(key)) return { id, added: false, storedSize: 0 };
     this.inflight.add(key);
     const { sealed, uncompressedLength } = this.encodeBlob(plain);
+    await this.addToPack(type, id, sealed, uncompressedLength);
+    return { id, added: true, storedSize: sealed.length };
+  }
+
+  /**
+   * Stores a blob like saveBlob, but returns as soon as the blob is admitted: it is compressed on
+   * the thread pool and packed while the caller reads on. `plain` must not change afterwards.
+   * Returns false when the repository already has the blob. onStored gets the sealed size once it
+   * is packed; drainEncodes() (and flush()) wait for every queued blob, and a failure surfaces there.
+   */
+  async queueBlob(type: BlobType, plain: Buffer, id: Buffer, onStored?: (storedSize: number) => void): Promise<boolean> {
+    if (this.uploadError) throw this.uploadError;
+    const key = type + ":" + id.toString("hex");
+    if (this.index.has(id, type) || this.inflight.has(key)) return false;
+    this.inflight.add(key);
+    if (plain.length < BACKGROUND_MIN || !compressesInBackground) {
+      const { sealed, uncompressedLength } = this.encodeBlob(plain);
+      await this.addToPack(type, id, sealed, uncompressedLength);
+      onStored?.(sealed.length);
+      return true;
+    }
+    await this.encodeSlots.acquire();
+    const job: Promise<void> = this.encodeBlobAsync(plain)
+      .then(async ({ sealed, uncompressedLength }) => {
+        await this.addToPack(type, id, sealed, uncompressedLength);
+        onStored?.(sealed.length);
+      })
+      .catch((err: unknown) => {
+        this.uploadError ??= err;
+      })
+      .finally(() => {
+        this.encodeSlots.release();
+        this.encoding.delete(job);
+      });
+    this.encoding.add(job);
+    return true;
+  }
+
+  /** Waits until every blob given to queueBlob is packed (or has failed: then it throws). */
+  async drainEncodes(): Promise<void> {
+    while (this.encoding.size) await Promise.all(this.encoding);
+    if (this.uploadError) throw this.uploadError;
+  }
+
+  private async addToPack(type: BlobType, id: Buffer, sealed: Buffer, uncompressedLength: number): Promise<void> {
     let b = this.builders[type];
     if (!b) b = this.builders[type] = new PackBuilder(type);
     b.add(id, sealed, uncompressedLength);
@@ -254,20 +309,22 @@ export class Repository {
       this.builders[type] = undefined;
       await this.upload(b);
     }
-    return { id, added: true, storedSize: sealed.length };
   }
 
   /** Adds an already sealed blob to a new pack as it is (prune's repacking: no decrypt, no re-encrypt).
    *  It is stored even when the index already knows the blob in another pack. */
   async addSealedBlob(type: BlobType, id: Buffer, sealed: Buffer, uncompressedLength: number): Promise<void> {
     if (this.uploadError) throw this.uploadError;
-    let b = this.builders[type];
-    if (!b) b = this.builders[type] = new PackBuilder(type);
-    b.add(id, sealed, uncompressedLength);
-    if (b.size >= this.packSize) {
-      this.builders[type] = undefined;
-      await this.upload(b);
+    await this.addToPack(type, id, sealed, uncompressedLength);
+  }
+
+  /** encodeBlob with compression and AES on the thread pool (the main thread keeps the MAC). */
+  private async encodeBlobAsync(plain: Buffer): Promise<{ sealed: Buffer; uncompressedLength: number }> {
+    if (this.version >= 2 && this.compression === "auto" && plain.length > 0) {
+      const z = await compressAsync(plain);
+      if (z.length < plain.length) return { sealed: await sealAsync(this.key, z), uncompressedLength: plain.length };
     }
+    return { sealed: await sealAsync(this.key, plain), uncompressedLength: 0 };
   }
 
   private encodeBlob(plain: Buffer): { sealed: Buffer; uncompressedLength: number } {
@@ -320,10 +377,11 @@ export class Repository {
     while (this.uploads.size >= this.uploadConcurrency) await Promise.race(this.uploads);
     if (this.uploadError) throw this.uploadError;
     const data = b.finish(this.key);
-    const packId = hashHex(data);
-    const p = this.backend
-      .save({ type: "data", name: packId }, data)
-      .then(() => this.packDurable(packId, b.blobs))
+    const p = hashHexAsync(data)
+      .then(async (packId) => {
+        await this.backend.save({ type: "data", name: packId }, data);
+        this.packDurable(packId, b.blobs);
+      })
       .catch((err: unknown) => {
         this.uploadError ??= err;
       })
@@ -360,6 +418,7 @@ export class Repository {
 
   /** Finishes open packs, waits for every upload and writes the index: afterwards all saved blobs are durable and indexed. */
   async flush(): Promise<void> {
+    await this.drainEncodes();
     for (const t of ["data", "tree"] as const) {
       const b = this.builders[t];
       if (b && b.blobs.length) {
