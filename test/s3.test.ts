@@ -5,6 +5,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { promises as fsp } from "node:fs";
 import { createServer } from "node:net";
+import http from "node:http";
 import { createRequire } from "node:module";
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -339,6 +340,75 @@ test("a missing repository or bucket: exit 10 and the usual message", async () =
  * It also walks its folders in directory order, not key order, so listings past the first page skip
  * keys; sorted readdir results make its pages correct.
  */
+test("Object Lock: every file but locks is written with a retention and Content-MD5; a bucket without Object Lock is refused before anything is written", async (t) => {
+  // s3rver has no Object Lock. A recording proxy in front of it shows what goes over the wire,
+  // and answers the bucket's Object Lock configuration as a bucket created with it would (or,
+  // later, as one without it). Everything else reaches s3rver unchanged (signatures included).
+  const s3port = Number(new URL(endpoint).port);
+  const puts: { path: string; query: URLSearchParams; headers: http.IncomingHttpHeaders }[] = [];
+  let lockEnabled = true;
+  const proxy = http.createServer((req, res) => {
+    const url = new URL(req.url ?? "/", "http://proxy");
+    if (req.method === "GET" && url.searchParams.has("object-lock")) {
+      res.writeHead(lockEnabled ? 200 : 404, { "content-type": "application/xml" });
+      res.end(
+        lockEnabled
+          ? '<?xml version="1.0" encoding="UTF-8"?><ObjectLockConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><ObjectLockEnabled>Enabled</ObjectLockEnabled></ObjectLockConfiguration>'
+          : '<?xml version="1.0" encoding="UTF-8"?><Error><Code>ObjectLockConfigurationNotFoundError</Code><Message>Object Lock configuration does not exist for this bucket</Message></Error>',
+      );
+      return;
+    }
+    if (req.method === "PUT" || (req.method === "POST" && url.searchParams.has("uploads"))) puts.push({ path: url.pathname, query: url.searchParams, headers: req.headers });
+    const up = http.request({ host: "127.0.0.1", port: s3port, method: req.method, path: req.url, headers: req.headers }, (ur) => {
+      res.writeHead(ur.statusCode ?? 502, ur.headers);
+      ur.pipe(res);
+    });
+    up.on("error", () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+  t.after(() => new Promise<void>((r) => proxy.close(() => r())));
+  const proxied = (prefix: string): string => `s3:http://127.0.0.1:${(proxy.address() as { port: number }).port}/${BUCKET}/${prefix}`;
+  const lockEnv = { ...env, SITEKEEP_S3_OBJECT_LOCK: "governance:30", SITEKEEP_S3_MULTIPART_MIB: "2", SITEKEEP_S3_PART_MIB: "5" };
+
+  const started = Date.now();
+  ok(await runSitekeep(["-r", proxied("locked"), "init"], { env: lockEnv }));
+  ok(await runSitekeep(["-r", proxied("locked"), "backup", src], { env: lockEnv }));
+  const kinds = new Set<string>();
+  let multipart = false;
+  for (const p of puts) {
+    const rel = p.path.slice(`/${BUCKET}/locked/`.length);
+    const kind = rel.split("/")[0];
+    if (p.headers["x-amz-copy-source"] || !rel) continue;
+    kinds.add(kind);
+    if (kind === "locks") {
+      assert.equal(p.headers["x-amz-object-lock-mode"], undefined, `a lock file must stay removable: ${rel}`);
+      continue;
+    }
+    if (p.query.has("uploads") || !p.query.has("partNumber")) {
+      // A single PUT, or the start of a multipart upload: the retention is set here.
+      assert.equal(p.headers["x-amz-object-lock-mode"], "GOVERNANCE", `${rel} has a retention mode`);
+      const until = Date.parse(String(p.headers["x-amz-object-lock-retain-until-date"]));
+      assert.ok(Math.abs(until - (started + 30 * 86_400_000)) < 3_600_000, `${rel} is kept for 30 days: ${String(p.headers["x-amz-object-lock-retain-until-date"])}`);
+      if (p.query.has("uploads")) multipart = true;
+    }
+    // S3 refuses a body for a locked object without an integrity header.
+    if (!p.query.has("uploads")) assert.ok(p.headers["content-md5"], `${rel}: S3 needs Content-MD5 with Object Lock`);
+  }
+  for (const k of ["config", "keys", "data", "index", "snapshots", "locks"]) assert.ok(kinds.has(k), `a ${k} object was written (${[...kinds].join(", ")})`);
+  assert.ok(multipart, "a pack went up in parts (the 3 MiB file makes packs above the 2 MiB threshold)");
+  // What s3rver stored is a whole repository.
+  ok(await runRestic(["-r", repoUrl("locked"), "check", "--read-data"], { env }));
+
+  // A bucket without Object Lock: refused with the reason, and nothing is written.
+  lockEnabled = false;
+  const refused = await runSitekeep(["-r", proxied("not-locked"), "init"], { env: lockEnv });
+  assert.notEqual(refused.code, 0, describeRun(refused));
+  assert.match(refused.stderr, /does not have Object Lock enabled/);
+  assert.match(refused.stderr, /create the bucket with Object Lock enabled/);
+  assert.equal((await listKeys("not-locked/")).size, 0, "nothing was written");
+});
+
 async function startS3rver(dir: string): Promise<number> {
   const script = `
     const fs = require("fs");

@@ -7,7 +7,7 @@
 // AWS_PROFILE and ~/.aws, SSO, web identity, container and instance roles); they never appear in
 // messages. Environment: AWS_REGION / AWS_DEFAULT_REGION (else the region in an AWS host name,
 // else us-east-1), SITEKEEP_S3_PATH_STYLE=true|false (default: path style except for AWS hosts),
-// SITEKEEP_S3_MAX_ATTEMPTS (default 5).
+// SITEKEEP_S3_MAX_ATTEMPTS (default 5), SITEKEEP_S3_OBJECT_LOCK=MODE:DAYS (see objectLock).
 import { createHash } from "node:crypto";
 import type { BucketLocationConstraint, ListObjectsV2CommandOutput, S3Client } from "@aws-sdk/client-s3";
 import { SitekeepError, errorMessage } from "../errors.js";
@@ -26,6 +26,26 @@ export interface S3Options {
   multipartThreshold?: number;
   /** Size of each part (default 16 MiB; S3 needs at least 5 MiB for all but the last). */
   partSize?: number;
+  /**
+   * Write every file but locks with an S3 Object Lock retention (env SITEKEEP_S3_OBJECT_LOCK, e.g.
+   * "governance:30"): until then no one, not even these credentials, can delete or overwrite that
+   * version. The bucket must have been created with Object Lock enabled; this is checked once.
+   */
+  objectLock?: ObjectLock;
+}
+
+export interface ObjectLock {
+  mode: "governance" | "compliance";
+  days: number;
+}
+
+/** Parses "MODE:DAYS" (governance:30, compliance:365) as in SITEKEEP_S3_OBJECT_LOCK. */
+export function parseObjectLock(s: string): ObjectLock {
+  const m = /^(governance|compliance):(\d+)d?$/i.exec(s.trim());
+  if (!m || Number(m[2]) < 1) {
+    throw new SitekeepError("s3.objectlock", `invalid Object Lock setting ${JSON.stringify(s)}`, { hint: 'use MODE:DAYS, e.g. "governance:30" or "compliance:365"' });
+  }
+  return { mode: m[1].toLowerCase() as ObjectLock["mode"], days: Number(m[2]) };
 }
 
 export interface S3Location {
@@ -127,6 +147,8 @@ export class S3Backend implements Backend {
   private readonly multipartThreshold: number;
   private readonly partSize: number;
   private readonly sdkEndpoint: string | undefined;
+  readonly objectLock: ObjectLock | undefined;
+  #lockChecked: Promise<void> | undefined;
   #s3: Promise<{ client: S3Client; m: Sdk }> | undefined;
 
   constructor(url: string, opts: S3Options = {}) {
@@ -149,6 +171,37 @@ export class S3Backend implements Backend {
     const part = envInt("SITEKEEP_S3_PART_MIB");
     this.partSize = Math.max(opts.partSize ?? (part !== undefined ? part * 1024 * 1024 : 16 * 1024 * 1024), 5 * 1024 * 1024);
     this.sdkEndpoint = /^https:\/\/s3\.amazonaws\.com$/i.test(loc.endpoint) ? undefined : loc.endpoint;
+    const lockEnv = process.env.SITEKEEP_S3_OBJECT_LOCK;
+    this.objectLock = opts.objectLock ?? (lockEnv ? parseObjectLock(lockEnv) : undefined);
+  }
+
+  /** The Object Lock parameters of a new object (none for lock files, which must be removable). */
+  private async lockParams(client: S3Client, m: Sdk, h: Handle): Promise<{ ObjectLockMode?: "GOVERNANCE" | "COMPLIANCE"; ObjectLockRetainUntilDate?: Date }> {
+    const lock = this.objectLock;
+    if (!lock || h.type === "locks") return {};
+    this.#lockChecked ??= this.checkObjectLock(client, m);
+    await this.#lockChecked;
+    return { ObjectLockMode: lock.mode === "compliance" ? "COMPLIANCE" : "GOVERNANCE", ObjectLockRetainUntilDate: new Date(Date.now() + lock.days * 86_400_000) };
+  }
+
+  /** Object Lock parameters on a bucket without it would be refused, or worse, ignored: check once. */
+  private async checkObjectLock(client: S3Client, m: Sdk): Promise<void> {
+    let enabled: string | undefined;
+    try {
+      const r = await client.send(new m.GetObjectLockConfigurationCommand({ Bucket: this.bucket }));
+      enabled = r.ObjectLockConfiguration?.ObjectLockEnabled;
+    } catch (err) {
+      const code = (err as { name?: string; Code?: string }).name ?? "";
+      if (code !== "ObjectLockConfigurationNotFoundError" && code !== "NotImplemented" && !/not ?implemented|object.?lock/i.test(errorMessage(err))) {
+        this.#lockChecked = undefined; // a transient failure: ask again next time
+        throw this.wrap(err, `reading the Object Lock configuration of bucket ${this.bucket}`);
+      }
+    }
+    if (enabled !== "Enabled") {
+      throw new SitekeepError("s3.objectlock", `bucket ${this.bucket} does not have Object Lock enabled, so files cannot be written with a retention period; nothing was written`, {
+        hint: "create the bucket with Object Lock enabled (most providers allow it only at creation), or remove the objectLock setting / SITEKEEP_S3_OBJECT_LOCK",
+      });
+    }
   }
 
   private s3(): Promise<{ client: S3Client; m: Sdk }> {
@@ -264,8 +317,9 @@ export class S3Backend implements Backend {
         throw new SitekeepError("backend.exists", `${h.type} file ${h.name} already exists`);
       }
     }
+    const lock = await this.lockParams(client, m, h);
     if (data.length > this.multipartThreshold) {
-      await this.saveMultipart(client, m, key, data, h);
+      await this.saveMultipart(client, m, key, data, h, lock);
       return;
     }
     try {
@@ -279,6 +333,7 @@ export class S3Backend implements Backend {
           ContentLength: data.length,
           ContentMD5: createHash("md5").update(data).digest("base64"),
           ContentType: "application/octet-stream",
+          ...lock,
         }),
       );
     } catch (err) {
@@ -291,10 +346,10 @@ export class S3Backend implements Backend {
    * connection costs one part, not the whole pack. The object appears only when the upload is
    * completed, so it is still either absent or complete; a failed upload is aborted.
    */
-  private async saveMultipart(client: S3Client, m: Sdk, key: string, data: Uint8Array, h: Handle): Promise<void> {
+  private async saveMultipart(client: S3Client, m: Sdk, key: string, data: Uint8Array, h: Handle, lock: object): Promise<void> {
     let uploadId: string | undefined;
     try {
-      const created = await client.send(new m.CreateMultipartUploadCommand({ Bucket: this.bucket, Key: key, ContentType: "application/octet-stream" }));
+      const created = await client.send(new m.CreateMultipartUploadCommand({ Bucket: this.bucket, Key: key, ContentType: "application/octet-stream", ...lock }));
       uploadId = created.UploadId;
       if (!uploadId) throw new Error("the server returned no upload ID");
       const parts: { ETag: string; PartNumber: number }[] = [];

@@ -189,3 +189,38 @@ test("the published JSON Schema (schema/sitekeep.schema.json) is the one the cod
   const published = JSON.parse(readFileSync(file, "utf8")) as unknown;
   assert.deepEqual(published, controlFileJSONSchema(), "run `npm run schema` to regenerate it");
 });
+
+test("appendOnly and objectLock: accepted where they can work, refused with the reason where they cannot", () => {
+  const { config } = parseControlFile(
+    `site: PS1
+backup:
+  destination: s3:https://s3.example.com/bucket/ps1
+  appendOnly: true
+  objectLock: { days: 30 }
+`,
+    "s.yaml",
+    {},
+  );
+  assert.equal(config.backup.appendOnly, true);
+  assert.deepEqual(config.backup.objectLock, { mode: "governance", days: 30 });
+  assert.equal(parseControlFile(minimal, "s.yaml", {}).config.backup.appendOnly, false);
+  const bad = problems(`site: PS1
+backup:
+  destination: /srv/backup/PS1
+  appendOnly: true
+  retention: { keepDaily: 7 }
+`);
+  assert.ok(bad.some((p) => /backup\.retention: retention removes snapshots, which appendOnly: true forbids/.test(p)), bad.join("\n"));
+  const zero = problems(`site: PS1
+backup:
+  destination: s3:https://s3.example.com/bucket/ps1
+  objectLock: { mode: compliance, days: 0 }
+`);
+  assert.ok(zero.some((p) => /backup\.objectLock\.days/.test(p)), zero.join("\n"));
+  const local = problems(`site: PS1
+backup:
+  destination: /srv/backup/PS1
+  objectLock: { days: 7 }
+`);
+  assert.ok(local.some((p) => /backup\.destination: objectLock needs S3 destinations/.test(p)), local.join("\n"));
+});

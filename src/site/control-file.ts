@@ -273,6 +273,21 @@ function semanticProblems(c: ControlFile, text: string, machine: boolean): Seman
     }
   }
 
+  if (b.appendOnly && b.retention) {
+    out.push({
+      path: ["backup", "retention"],
+      message: "retention removes snapshots, which appendOnly: true forbids on this host",
+      hint: "remove retention (and run forget/prune from a trusted host), or set appendOnly: false",
+    });
+  }
+  if (b.objectLock) {
+    for (const [key, url] of [["destination", b.destination], ["databaseDestination", b.databaseDestination]] as const) {
+      if (url !== undefined && !url.startsWith("s3:")) {
+        out.push({ path: ["backup", key], message: `objectLock needs S3 destinations; ${url} is not one`, hint: "use an s3: destination whose bucket has Object Lock enabled, or remove objectLock" });
+      }
+    }
+  }
+
   // Names are how recovery addresses things: they must be unique.
   for (const [section, list] of [
     ["databases", c.databases],

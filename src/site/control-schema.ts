@@ -45,6 +45,17 @@ const backup = z.strictObject({
   maxFreeze: duration.default("10m").describe("Longest time writers may stay frozen while the changed files are read; a watchdog thaws them by then"),
   copyTo: z.array(z.string().min(1)).default([]).describe("Repositories that receive a copy of every new snapshot"),
   copyPasswordFile: absolutePath.optional().describe("Password of the copyTo repositories (default: the destination's)"),
+  appendOnly: z
+    .boolean()
+    .default(false)
+    .describe("Open the destinations append-only: backups add snapshots, nothing is ever deleted from here (retention then belongs to a trusted host)"),
+  objectLock: z
+    .strictObject({
+      mode: z.enum(["governance", "compliance"]).default("governance"),
+      days: z.int().min(1).describe("How long each stored file cannot be deleted or overwritten"),
+    })
+    .optional()
+    .describe("S3 destinations: write every file but locks with an Object Lock retention (the bucket must have Object Lock enabled)"),
 });
 
 const sqliteDb = z.strictObject({

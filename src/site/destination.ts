@@ -3,6 +3,7 @@
 import { closeSync, fsyncSync, openSync, readdirSync, statSync, statfsSync, unlinkSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { openBackend } from "../backend/open.js";
+import type { ObjectLock } from "../backend/s3.js";
 import { SitekeepError, errorMessage, isErrnoError } from "../errors.js";
 import { Repository } from "../repo/repository.js";
 import type { MessageKey } from "./status-messages.js";
@@ -91,17 +92,25 @@ export function preflightLocal(path: string, role: string): DestinationState {
   return { url: path, local: true, hasRepository, ...(freeBytes !== undefined ? { freeBytes } : {}) };
 }
 
+export interface DestinationOptions {
+  /** Open append-only (backup.appendOnly): nothing may be deleted through it. */
+  appendOnly?: boolean;
+  /** S3: write files with an Object Lock retention (backup.objectLock). */
+  objectLock?: ObjectLock;
+}
+
 /** Opens the repository at a destination, initializing it when the destination is empty. */
-export async function openDestination(url: string, password: string, role: string): Promise<Repository> {
+export async function openDestination(url: string, password: string, role: string, opts: DestinationOptions = {}): Promise<Repository> {
   try {
-    const backend = openBackend(url);
+    const backend = openBackend(url, opts.objectLock ? { objectLock: opts.objectLock } : {});
+    const repoOpts = { appendOnly: opts.appendOnly ?? false };
     if (!(await backend.exists())) {
       if (await backend.hasContent()) {
         throw new StepError("destination-foreign", `the ${role} ${url} holds other files and no repository`, "choose an empty destination or this site's repository");
       }
-      return await Repository.init(backend, password);
+      return await Repository.init(backend, password, repoOpts);
     }
-    return await Repository.open(backend, password);
+    return await Repository.open(backend, password, repoOpts);
   } catch (err) {
     if (err instanceof StepError) throw err;
     throw StepError.from("destination-unusable", err, "check the password (backup.passwordFile or SITEKEEP_PASSWORD) and run `sitekeep check` on the destination");

@@ -309,9 +309,10 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     logLine(`preflight ok (estimate ${fmtBytes(estimate)})`);
 
     // ---- open the repositories -------------------------------------------------------------------
-    const repo = await openDestination(dest, password, "destination");
+    const destOpts = { appendOnly: c.backup.appendOnly, ...(c.backup.objectLock ? { objectLock: c.backup.objectLock } : {}) };
+    const repo = await openDestination(dest, password, "destination", destOpts);
     opened.push(repo);
-    const dbRepo = dbDest ? await openDestination(dbDest, password, "database destination") : undefined;
+    const dbRepo = dbDest ? await openDestination(dbDest, password, "database destination", destOpts) : undefined;
     if (dbRepo) opened.push(dbRepo);
     // Shared locks while capturing (as restic's backup); retention takes its own exclusive one.
     const cut = await withLock(repo, false, async () => {
@@ -545,7 +546,8 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
       // (Unless the site snapshot was stored after all and only its answer was lost.)
       if (dbRepo && dbSnapshotId) {
         const committed = await repo.listSnapshots(() => undefined).then((all) => all.some((x) => x.tags?.includes(`run:${runId}`)), () => true);
-        if (!committed) await dbRepo.backend.remove({ type: "snapshots", name: dbSnapshotId }).catch(() => undefined);
+        // An append-only destination keeps even this orphan (nothing is deleted from here); prune ignores it.
+        if (!committed && !dbRepo.appendOnly) await dbRepo.backend.remove({ type: "snapshots", name: dbSnapshotId }).catch(() => undefined);
       }
       throw failed("snapshot-failed", err);
     }
