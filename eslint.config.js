@@ -49,6 +49,12 @@ export default defineConfig(
       ],
     },
   },
+  // The CLI entry is CommonJS (see bin/sitekeep.js for why).
+  {
+    files: ["bin/**/*.js"],
+    languageOptions: { sourceType: "commonjs", globals: { require: "readonly", __dirname: "readonly" } },
+    rules: { "@typescript-eslint/no-require-imports": "off" },
+  },
   // The web console runs in the browser.
   {
     files: ["console/**/*.js"],

@@ -616,6 +616,8 @@ static napi_value sk_lstatdir(napi_env env, napi_callback_info info) {
 
 /* Numbers per file in readfiles' result. */
 #define SK_READ_FIELDS 9
+/* Largest limit per file (the archiver reads files below the minimum chunk size this way). */
+#define SK_READ_MAX 67108864.0
 #ifndef O_NOATIME
 #define O_NOATIME 0
 #endif
@@ -627,6 +629,7 @@ typedef struct {
   char *names;   /* count NUL-terminated names, back to back */
   double *limits; /* bytes expected per file: reading stops at limit + 1 */
   size_t count;
+  size_t cap;    /* sum of limits[i] + 1, checked on the main thread */
   char *data;    /* the files' bytes, back to back */
   size_t dlen;
   double *res;   /* SK_READ_FIELDS per file */
@@ -635,9 +638,7 @@ typedef struct {
 
 static void readfiles_execute(napi_env env, void *arg) {
   sk_readfiles_job *job = arg;
-  size_t cap = 0;
-  for (size_t i = 0; i < job->count; i++) cap += (size_t)job->limits[i] + 1;
-  job->data = malloc(cap ? cap : 1);
+  job->data = malloc(job->cap ? job->cap : 1);
   job->res = calloc(job->count ? job->count : 1, SK_READ_FIELDS * sizeof(double));
   if (job->data == NULL || job->res == NULL) {
     job->err = ENOMEM;
@@ -655,10 +656,18 @@ static void readfiles_execute(napi_env env, void *arg) {
     r[0] = (double)job->dlen;
     /* O_NOFOLLOW: the entry was a regular file when the folder was listed; if it has been
      * replaced by a symlink since, it is reported (ELOOP) rather than followed. */
-    int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME);
-    if (fd < 0 && errno == EPERM && O_NOATIME) fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    /* O_NONBLOCK: an entry replaced by a FIFO must not block this thread forever (checked below). */
+    int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOATIME);
+    if (fd < 0 && errno == EPERM && O_NOATIME) fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
       r[2] = (double)errno;
+      continue;
+    }
+    struct stat st;
+    int serr = fstat(fd, &st) != 0 ? errno : (!S_ISREG(st.st_mode) ? EINVAL : 0); /* EINVAL: no longer a regular file */
+    if (serr) {
+      r[2] = (double)serr;
+      close(fd);
       continue;
     }
     size_t n = 0;
@@ -673,7 +682,6 @@ static void readfiles_execute(napi_env env, void *arg) {
       if (got == 0) break;
       n += (size_t)got;
     }
-    struct stat st;
     if (!rerr && fstat(fd, &st) != 0) rerr = errno;
     ssize_t xl = 0;
 #if defined(__linux__)
@@ -780,6 +788,17 @@ static napi_value sk_readfiles(napi_env env, napi_callback_info info) {
     throw_arg_range(env, "limits", "one number per name");
     return NULL;
   }
+  /* Each limit a whole number of bytes up to 64 MiB: the buffer for all of them is allocated at once. */
+  size_t cap = 0;
+  for (size_t i = 0; i < llen; i++) {
+    double l = ((double *)lb)[i];
+    if (!(l >= 0 && l <= SK_READ_MAX) || l != (double)(size_t)l || cap > SIZE_MAX - (size_t)l - 1) {
+      free(dir);
+      throw_arg_range(env, "limits", "whole numbers from 0 to 67108864");
+      return NULL;
+    }
+    cap += (size_t)l + 1;
+  }
   sk_readfiles_job *job = calloc(1, sizeof *job);
   if (job == NULL || (job->names = malloc(nlen ? nlen : 1)) == NULL || (job->limits = malloc((llen ? llen : 1) * sizeof(double))) == NULL) {
     if (job) free(job->names);
@@ -792,17 +811,29 @@ static napi_value sk_readfiles(napi_env env, napi_callback_info info) {
   memcpy(job->names, nb, nlen);
   memcpy(job->limits, lb, llen * sizeof(double));
   job->count = count;
+  job->cap = cap;
   napi_value promise, rname;
   if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
       napi_create_string_utf8(env, "sitekeep.readfiles", NAPI_AUTO_LENGTH, &rname) != napi_ok ||
-      napi_create_async_work(env, NULL, rname, readfiles_execute, readfiles_complete, job, &job->work) != napi_ok ||
-      napi_queue_async_work(env, job->work) != napi_ok) {
+      napi_create_async_work(env, NULL, rname, readfiles_execute, readfiles_complete, job, &job->work) != napi_ok) {
     free(job->names);
     free(job->limits);
     free(job->dir);
     free(job);
     ensure_thrown(env);
     return NULL;
+  }
+  if (napi_queue_async_work(env, job->work) != napi_ok) {
+    napi_delete_async_work(env, job->work);
+    napi_value err, msg;
+    napi_create_string_utf8(env, "readfiles: cannot queue the work", NAPI_AUTO_LENGTH, &msg);
+    napi_create_error(env, NULL, msg, &err);
+    napi_reject_deferred(env, job->deferred, err);
+    free(job->names);
+    free(job->limits);
+    free(job->dir);
+    free(job);
+    return promise;
   }
   return promise;
 }

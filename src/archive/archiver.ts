@@ -3,7 +3,7 @@
 // Paths follow restic: an absolute source keeps its directory chain (/srv/app -> srv/app), "." puts
 // the working directory's contents at the root.
 import { readdirSync, closeSync, constants as fsConstants, fstatSync, lstatSync, openSync, promises as fsp, readSync, type BigIntStats } from "node:fs";
-import { hostname as osHostname, userInfo } from "node:os";
+import { constants as osConstants, hostname as osHostname, userInfo } from "node:os";
 import { resolve, sep } from "node:path";
 import { spawn } from "node:child_process";
 import { SitekeepError, errorMessage, isErrnoError } from "../errors.js";
@@ -485,7 +485,8 @@ export class Archiver {
 
   /**
    * Reads the small files `idx` of a folder in groups on the thread pool and makes their nodes. A
-   * group's slot is held until its files are stored, which bounds the bytes read ahead.
+   * group's slot is held until its files are queued for storing, which bounds the bytes read ahead
+   * (a queued blob of 16 KiB or more keeps its group's buffer until it is packed).
    */
   private async readSmallFiles(absDir: Buffer, sep: Buffer, fast: DirStats, idx: number[], parent: Map<string, NodeJSON> | undefined, nodes: NodeJSON[]): Promise<void> {
     const f = fast.stats;
@@ -531,7 +532,8 @@ export class Archiver {
     const display = abs.toString("utf8");
     const errno = r.f[rb + ReadField.errno];
     if (errno) {
-      this.warn(display, `cannot read file: ${errnoCode(errno)}, open '${display}'`);
+      // EINVAL: replaced by something other than a regular file since the folder was listed.
+      this.warn(display, errno === osConstants.errno.EINVAL ? "cannot read file: it is no longer a regular file" : `cannot read file: ${errnoCode(errno)}, open '${display}'`);
       return undefined;
     }
     const prev = parent?.get(encodeName(rawName));

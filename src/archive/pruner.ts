@@ -10,6 +10,9 @@
 import { SitekeepError, errorMessage } from "../errors.js";
 import { type IndexBlobJSON, type IndexFileJSON, type IndexPackJSON, parseIndexFile } from "../repo/index-file.js";
 import { type Repository, mapLimit } from "../repo/repository.js";
+import { BlobSet } from "../repo/blob-set.js";
+import { isIdHex } from "../repo/id.js";
+import type { BlobType } from "../repo/pack.js";
 import { loadTree } from "./tree.js";
 
 export interface PruneOptions {
@@ -49,14 +52,13 @@ export function parseSize(s: string, total: number): number {
   return Number(m[1]) * 1024 ** " kmgt".indexOf(m[2] || " ");
 }
 
-/** Every blob that some snapshot needs, as "type:hex". */
-async function usedBlobs(repo: Repository): Promise<Set<string>> {
-  const used = new Set<string>();
+/** Every blob that some snapshot needs. */
+async function usedBlobs(repo: Repository): Promise<BlobSet> {
+  const used = new BlobSet();
   const snaps = await repo.listSnapshots();
   const pending: string[] = snaps.map((s) => s.tree);
   while (pending.length) {
-    const batch = pending.splice(0, 16).filter((t) => !used.has("tree:" + t));
-    for (const t of batch) used.add("tree:" + t);
+    const batch = pending.splice(0, 16).filter((t) => used.add(Buffer.from(t, "hex"), "tree"));
     await mapLimit(batch, 8, async (treeId) => {
       let nodes;
       try {
@@ -67,18 +69,100 @@ async function usedBlobs(repo: Repository): Promise<Set<string>> {
         });
       }
       for (const n of nodes) {
-        for (const c of n.content ?? []) used.add("data:" + c);
-        if (n.subtree && !used.has("tree:" + n.subtree)) pending.push(n.subtree);
+        for (const c of n.content ?? []) used.add(Buffer.from(c, "hex"), "data");
+        if (n.subtree && !used.has(Buffer.from(n.subtree, "hex"), "tree")) pending.push(n.subtree);
       }
     });
   }
   return used;
 }
 
+/**
+ * Every blob entry of the index files, in typed arrays: prune holds the whole index at once, and
+ * objects with hex strings cost ~250 bytes per blob against ~50 here.
+ */
+class IndexEntries {
+  private ids: Buffer = Buffer.alloc(32 * 4096);
+  private types: Uint8Array = new Uint8Array(4096);
+  private offsets: Uint32Array = new Uint32Array(4096);
+  private lengths: Uint32Array = new Uint32Array(4096);
+  private ulens: Uint32Array = new Uint32Array(4096);
+  n = 0;
+
+  /** Adds an entry as an index file gives it; false when it is malformed. */
+  push(b: IndexBlobJSON): boolean {
+    const u32 = (v: unknown): boolean => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 0xffffffff;
+    if (!isIdHex(b.id) || (b.type !== "data" && b.type !== "tree") || !u32(b.offset) || !u32(b.length) || (b.uncompressed_length !== undefined && !u32(b.uncompressed_length))) return false;
+    if (this.n === this.types.length) this.grow();
+    const i = this.n++;
+    this.ids.write(b.id, i * 32, "hex");
+    this.types[i] = b.type === "tree" ? 1 : 0;
+    this.offsets[i] = b.offset;
+    this.lengths[i] = b.length;
+    this.ulens[i] = b.uncompressed_length ?? 0;
+    return true;
+  }
+
+  id(i: number): Buffer {
+    return this.ids.subarray(i * 32, i * 32 + 32);
+  }
+
+  type(i: number): BlobType {
+    return this.types[i] === 1 ? "tree" : "data";
+  }
+
+  offset(i: number): number {
+    return this.offsets[i];
+  }
+
+  length(i: number): number {
+    return this.lengths[i];
+  }
+
+  json(i: number): IndexBlobJSON {
+    const b: IndexBlobJSON = { id: this.id(i).toString("hex"), type: this.type(i), offset: this.offsets[i], length: this.lengths[i] };
+    if (this.ulens[i]) b.uncompressed_length = this.ulens[i];
+    return b;
+  }
+
+  uncompressedLength(i: number): number {
+    return this.ulens[i];
+  }
+
+  private grow(): void {
+    const n = this.types.length * 2;
+    const ids = Buffer.allocUnsafe(n * 32);
+    this.ids.copy(ids);
+    this.ids = ids;
+    const grow8 = (a: Uint8Array): Uint8Array => {
+      const b = new Uint8Array(n);
+      b.set(a);
+      return b;
+    };
+    const grow32 = (a: Uint32Array): Uint32Array => {
+      const b = new Uint32Array(n);
+      b.set(a);
+      return b;
+    };
+    this.types = grow8(this.types);
+    this.offsets = grow32(this.offsets);
+    this.lengths = grow32(this.lengths);
+    this.ulens = grow32(this.ulens);
+  }
+}
+
+/** A pack's entries: ranges [start, end) into IndexEntries, one per index file that lists it. */
+type Ranges = number[];
+
+function forEachEntry(ranges: Ranges, fn: (i: number) => void): void {
+  for (let r = 0; r < ranges.length; r += 2) for (let i = ranges[r]; i < ranges[r + 1]; i++) fn(i);
+}
+
 export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<PruneStats> {
   if (!opts.dryRun) repo.assertMayDelete("prune");
   const oldIndexIds = await repo.listIds("index");
-  const packs = new Map<string, IndexBlobJSON[]>();
+  const entries = new IndexEntries();
+  const packs = new Map<string, Ranges>();
   for (const id of oldIndexIds) {
     let file: IndexFileJSON;
     try {
@@ -88,10 +172,25 @@ export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<
         hint: "run `sitekeep check`; prune refuses to work on a damaged repository",
       });
     }
+    const malformed = (): SitekeepError =>
+      new SitekeepError("prune.index", `index file ${id} has a malformed entry; nothing was deleted`, {
+        hint: "run `sitekeep check`; prune refuses to work on a damaged repository",
+      });
     for (const p of file.packs) {
-      const list = packs.get(p.id);
-      if (list) list.push(...p.blobs.filter((b) => !list.some((x) => x.id === b.id && x.offset === b.offset)));
-      else packs.set(p.id, [...p.blobs]);
+      if (!isIdHex(p.id) || !Array.isArray(p.blobs)) throw malformed();
+      const ranges = packs.get(p.id);
+      const start = entries.n;
+      if (ranges) {
+        // The same pack in two index files (an interrupted prune, or concurrent backups): keep
+        // each of its blobs once.
+        const seen = new Set<string>();
+        forEachEntry(ranges, (i) => seen.add(entries.id(i).toString("hex") + "@" + entries.offset(i)));
+        for (const b of p.blobs) if (!seen.has(b.id + "@" + b.offset) && !entries.push(b)) throw malformed();
+        if (entries.n > start) ranges.push(start, entries.n);
+      } else {
+        for (const b of p.blobs) if (!entries.push(b)) throw malformed();
+        packs.set(p.id, [start, entries.n]);
+      }
     }
   }
   const present = new Map<string, number>();
@@ -105,48 +204,56 @@ export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<
   }
   const used = await usedBlobs(repo);
   // Each needed blob is kept in exactly one place, the first one met; other copies count as unused.
-  const kept = new Set<string>();
+  const kept = new BlobSet();
+  const keepEntry = new Uint8Array(entries.n);
   let bytesUsed = 0;
   let bytesUnused = 0;
   let blobsUsed = 0;
   let blobsUnused = 0;
-  const usage = new Map<string, { used: IndexBlobJSON[]; unusedBytes: number; size: number }>();
-  for (const [packId, blobs] of packs) {
-    const u = { used: [] as IndexBlobJSON[], unusedBytes: 0, size: present.get(packId) ?? 0 };
-    for (const b of blobs) {
-      const key = b.type + ":" + b.id;
-      if (used.has(key) && !kept.has(key)) {
-        kept.add(key);
-        u.used.push(b);
-        bytesUsed += b.length;
+  const usage = new Map<string, { usedCount: number; usedBytes: number; unusedBytes: number; size: number }>();
+  for (const [packId, ranges] of packs) {
+    const u = { usedCount: 0, usedBytes: 0, unusedBytes: 0, size: present.get(packId) ?? 0 };
+    forEachEntry(ranges, (i) => {
+      const id = entries.id(i);
+      const type = entries.type(i);
+      if (used.has(id, type) && kept.add(id, type)) {
+        keepEntry[i] = 1;
+        u.usedCount++;
+        u.usedBytes += entries.length(i);
+        bytesUsed += entries.length(i);
         blobsUsed++;
       } else {
-        u.unusedBytes += b.length;
-        bytesUnused += b.length;
+        u.unusedBytes += entries.length(i);
+        bytesUnused += entries.length(i);
         blobsUnused++;
       }
-    }
+    });
     usage.set(packId, u);
   }
-  const missing = [...used].filter((k) => !kept.has(k));
-  if (missing.length) {
-    throw new SitekeepError("prune.incomplete", `${missing.length} blobs that snapshots need are not in any pack (e.g. ${missing[0]}); nothing was deleted`, {
+  if (kept.size !== used.size) {
+    let example = "";
+    for (const [id, type] of used.entries()) {
+      if (!kept.has(id, type)) {
+        example = `${type}:${Buffer.from(id).toString("hex")}`;
+        break;
+      }
+    }
+    throw new SitekeepError("prune.incomplete", `${used.size - kept.size} blobs that snapshots need are not in any pack (e.g. ${example}); nothing was deleted`, {
       hint: "run `sitekeep check`; prune refuses to work on a damaged repository",
     });
   }
 
   const remove = new Set<string>();
   const repack: string[] = [];
-  for (const [packId, u] of usage) if (u.used.length === 0) remove.add(packId);
+  for (const [packId, u] of usage) if (u.usedCount === 0) remove.add(packId);
   let unusedLeft = [...usage].filter(([id]) => !remove.has(id)).reduce((a, [, u]) => a + u.unusedBytes, 0);
   const tolerated = parseSize(opts.maxUnused ?? "5%", bytesUsed);
   let repackBudget = parseSize(opts.maxRepackSize ?? "unlimited", bytesUsed);
   const partly = [...usage].filter(([id, u]) => !remove.has(id) && u.unusedBytes > 0).sort((a, b) => b[1].unusedBytes / b[1].size - a[1].unusedBytes / a[1].size);
   for (const [packId, u] of partly) {
     if (unusedLeft <= tolerated) break;
-    const cost = u.used.reduce((a, b) => a + b.length, 0);
-    if (cost > repackBudget) continue;
-    repackBudget -= cost;
+    if (u.usedBytes > repackBudget) continue;
+    repackBudget -= u.usedBytes;
     repack.push(packId);
     unusedLeft -= u.unusedBytes;
   }
@@ -162,7 +269,7 @@ export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<
     bytes_used: bytesUsed,
     bytes_unused_before: bytesUnused,
     bytes_removed: [...remove, ...repack, ...unreferenced].reduce((a, id) => a + (present.get(id) ?? 0), 0),
-    bytes_repacked: repack.reduce((a, id) => a + (usage.get(id)?.used.reduce((x, b) => x + b.length, 0) ?? 0), 0),
+    bytes_repacked: repack.reduce((a, id) => a + (usage.get(id)?.usedBytes ?? 0), 0),
     index_files_replaced: 0,
     dry_run: Boolean(opts.dryRun),
   };
@@ -171,19 +278,20 @@ export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<
   // 1. Repack: copy the used blobs, still sealed, into new packs; flush writes their index file.
   let done = 0;
   for (const packId of repack) {
-    for (const b of usage.get(packId)?.used ?? []) {
-      const sealed = await repo.backend.load({ type: "data", name: packId }, b.offset, b.length);
-      await repo.addSealedBlob(b.type, Buffer.from(b.id, "hex"), sealed, b.uncompressed_length ?? 0);
+    const keepHere: number[] = [];
+    forEachEntry(packs.get(packId) ?? [], (i) => {
+      if (keepEntry[i]) keepHere.push(i);
+    });
+    for (const i of keepHere) {
+      const sealed = await repo.backend.load({ type: "data", name: packId }, entries.offset(i), entries.length(i));
+      await repo.addSealedBlob(entries.type(i), Buffer.from(entries.id(i)), sealed, entries.uncompressedLength(i));
     }
     opts.onProgress?.("repack", ++done, repack.length);
   }
   await repo.flush();
 
   // 2. New index files for every kept pack (the repacked ones are covered by step 1's index).
-  const keep: IndexPackJSON[] = [];
-  for (const packId of usage.keys()) {
-    if (!remove.has(packId) && !repack.includes(packId)) keep.push({ id: packId, blobs: packs.get(packId) as IndexBlobJSON[] });
-  }
+  const repacked = new Set(repack);
   let batch: IndexPackJSON[] = [];
   let count = 0;
   const writeBatch = async (): Promise<void> => {
@@ -193,9 +301,13 @@ export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<
     batch = [];
     count = 0;
   };
-  for (const p of keep) {
-    batch.push(p);
-    count += p.blobs.length;
+  for (const [packId, ranges] of packs) {
+    if (remove.has(packId) || repacked.has(packId)) continue;
+    // Entries become JSON one index file's worth at a time.
+    const blobs: IndexBlobJSON[] = [];
+    forEachEntry(ranges, (i) => blobs.push(entries.json(i)));
+    batch.push({ id: packId, blobs });
+    count += blobs.length;
     if (count >= BLOBS_PER_INDEX_FILE) await writeBatch();
   }
   await writeBatch();

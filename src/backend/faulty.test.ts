@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { LocalBackend } from "./local.js";
 import { FaultyBackend, type Fault } from "./faulty.js";
 import { Repository } from "../repo/repository.js";
+import { withLock } from "../repo/lock.js";
 import { Archiver, type BackupSummary } from "../archive/archiver.js";
 import { checkRepository, formatProblem } from "../archive/checker.js";
 import { Restorer } from "../archive/restorer.js";
@@ -131,6 +132,36 @@ test("slow saves (50 ms each) only make the backup slower", async () => {
   assert.deepEqual(after, [...before, summary.snapshot_id].sort());
   const repo = await Repository.open(new LocalBackend(repoDir), PW);
   assert.deepEqual((await checkRepository(repo, { readData: true })).errors.map(formatProblem), []);
+});
+
+test("an interrupted backup stores nothing once its lock is released (blobs in flight are dropped)", async () => {
+  const before = await snapshotIds();
+  round++;
+  await fsp.writeFile(join(changed, `new${round}.bin`), randomBytes(6 * 1024 * 1024));
+  const backend = new FaultyBackend(new LocalBackend(repoDir));
+  const repo = await Repository.open(backend, PW, { packSize: PACK_SIZE });
+  await repo.loadIndex();
+  backend.setFaults([{ op: "save", type: "data", delayMs: 150 }]);
+  const ac = new AbortController();
+  const timer = setInterval(() => {
+    if (backend.log.some((e) => e.op === "save" && e.type === "data")) ac.abort();
+  }, 5);
+  let error: unknown;
+  try {
+    await withLock(repo, false, () => new Archiver(repo, { paths: [srcA, changed], signal: ac.signal }).run());
+  } catch (err) {
+    error = err;
+  } finally {
+    clearInterval(timer);
+  }
+  assert.match(String(error), /interrupted/);
+  const writes = (): number => backend.log.filter((e) => e.op === "save").length;
+  const atRelease = writes();
+  const locks = await repo.listIds("locks");
+  assert.deepEqual(locks, [], "the lock is released");
+  await new Promise((r) => setTimeout(r, 600));
+  assert.equal(writes(), atRelease, "nothing was saved after the lock was released");
+  await assertIntact(before);
 });
 
 test("FaultyBackend: afterBytes fails every save that no longer fits; load faults and raw errors", async () => {

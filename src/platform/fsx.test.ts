@@ -193,8 +193,9 @@ test("readFiles reads a folder's small files on the thread pool, reporting each 
     if (!isUnsupportedXattrError(err)) throw err;
     xattrs = false;
   }
-  const names = ["a.txt", "empty", "grew", "link", "missing"].map((n) => Buffer.from(n)).concat([weird]);
-  const r = await readFiles(Buffer.from(d), names, [5, 0, 4, 1, 3, 5]);
+  mknod(path.join(d, "fifo"), S_IFIFO | 0o600, 0n);
+  const names = ["a.txt", "empty", "grew", "link", "missing"].map((n) => Buffer.from(n)).concat([weird, Buffer.from("fifo")]);
+  const r = await readFiles(Buffer.from(d), names, [5, 0, 4, 1, 3, 5, 10]);
   const at = (k: number, field: number): number => r.f[k * READ_FIELDS + field];
   const bytes = (k: number): string => r.data.subarray(at(k, ReadField.offset), at(k, ReadField.offset) + at(k, ReadField.length)).toString();
   assert.equal(bytes(0), "alpha");
@@ -212,6 +213,10 @@ test("readFiles reads a folder's small files on the thread pool, reporting each 
   assert.equal(at(3, ReadField.errno), os.constants.errno.ELOOP, "a symlink is not followed");
   assert.equal(at(4, ReadField.errno), os.constants.errno.ENOENT);
   assert.equal(bytes(5), "bytes");
+  assert.equal(at(6, ReadField.errno), os.constants.errno.EINVAL, "a FIFO is refused, not waited on");
+  for (const bad of [-1, 1.5, Number.NaN, Infinity, 2 ** 40]) {
+    await assert.rejects(readFiles(Buffer.from(d), [Buffer.from("a.txt")], [bad]), /whole numbers from 0 to 67108864/, String(bad));
+  }
   await assert.rejects(readFiles(Buffer.from(path.join(d, "nope")), [Buffer.from("x")], [1]), (err: NodeJS.ErrnoException) => err.code === "ENOENT");
 });
 

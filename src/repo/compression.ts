@@ -14,26 +14,46 @@ export function compress(data: Uint8Array): Buffer {
   return compressor.compress(data);
 }
 
-type AsyncCompress = (data: Buffer, level: number) => Promise<Buffer>;
+interface AsyncZstd {
+  compress(data: Buffer): Promise<Buffer>;
+  decompress(data: Buffer): Promise<Buffer>;
+}
 
-function loadAsyncCompress(): AsyncCompress | undefined {
+function loadAsyncZstd(): AsyncZstd | undefined {
   if (process.env.SITEKEEP_SYNC_COMPRESSION === "1") return undefined;
   try {
-    const m = createRequire(import.meta.url)("@mongodb-js/zstd") as { compress: AsyncCompress };
-    return m.compress;
+    return createRequire(import.meta.url)("@mongodb-js/zstd") as AsyncZstd;
   } catch {
     return undefined;
   }
 }
 
-const asyncCompress = loadAsyncCompress();
+const asyncZstd = loadAsyncZstd();
+const asyncCompress = asyncZstd?.compress;
 
 /** True when compressAsync runs off the main thread. */
 export const compressesInBackground: boolean = asyncCompress !== undefined;
 
-/** zstd level 3, on the thread pool when available. `data` must not change until it resolves. */
+/**
+ * zstd on the thread pool when available. `data` must not change until it resolves. (The package's
+ * wrapper takes no level; its default is zstd's level 3, the same as the synchronous compressor:
+ * checked by the compression ratios being equal.)
+ */
 export async function compressAsync(data: Buffer): Promise<Buffer> {
-  return asyncCompress ? asyncCompress(data, 3) : compress(data);
+  return asyncCompress ? asyncCompress(data) : compress(data);
+}
+
+/**
+ * decompress() on the thread pool. Falls back to this thread for frames the asynchronous decoder
+ * refuses (it wants the content size in the frame header, which other writers may leave out).
+ */
+export async function decompressAsync(data: Buffer): Promise<Buffer> {
+  if (!asyncZstd) return decompress(data);
+  try {
+    return await asyncZstd.decompress(data);
+  } catch {
+    return decompress(data);
+  }
 }
 
 export function decompress(data: Uint8Array): Buffer {

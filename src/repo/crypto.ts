@@ -117,6 +117,26 @@ export async function sealAsync(key: MasterKey, plaintext: Uint8Array): Promise<
   return out;
 }
 
+const ctrDecryptKeys = new WeakMap<MasterKey, Promise<webcrypto.CryptoKey>>();
+
+/** open() with the AES-CTR pass on the thread pool (the MAC is checked first, on this thread). */
+export async function openAsync(key: MasterKey, sealed: Uint8Array): Promise<Buffer> {
+  if (sealed.length < EXTENSION) {
+    throw new SitekeepError("crypto.short", `ciphertext too short (${sealed.length} bytes)`);
+  }
+  const iv = sealed.subarray(0, IV_SIZE);
+  const ct = sealed.subarray(IV_SIZE, sealed.length - MAC_SIZE);
+  if (!timingSafeEqual(poly1305Aes(key, iv, ct), sealed.subarray(sealed.length - MAC_SIZE))) {
+    throw new SitekeepError("crypto.mac", "ciphertext verification failed (wrong key or damaged data)");
+  }
+  let k = ctrDecryptKeys.get(key);
+  if (!k) {
+    k = webcrypto.subtle.importKey("raw", key.encrypt, "AES-CTR", false, ["decrypt"]);
+    ctrDecryptKeys.set(key, k);
+  }
+  return Buffer.from(await webcrypto.subtle.decrypt({ name: "AES-CTR", counter: iv, length: 128 }, await k, ct));
+}
+
 /** Verifies and decrypts IV || ciphertext || MAC; throws a `ciphertext verification failed` error. */
 export function open(key: MasterKey, sealed: Uint8Array): Buffer {
   if (sealed.length < EXTENSION) {

@@ -11,6 +11,11 @@ export function hashHex(data: Uint8Array): string {
   return createHash("sha256").update(data).digest("hex");
 }
 
+/** sha256 on libuv's thread pool (WebCrypto). */
+export async function sha256Async(data: Uint8Array): Promise<Buffer> {
+  return Buffer.from(await webcrypto.subtle.digest("SHA-256", data));
+}
+
 /** hashHex on libuv's thread pool (WebCrypto), for whole pack files. */
 export async function hashHexAsync(data: Uint8Array): Promise<string> {
   return Buffer.from(await webcrypto.subtle.digest("SHA-256", data)).toString("hex");

@@ -296,6 +296,8 @@ export async function withLock<T>(
   try {
     result = await fn();
   } catch (err) {
+    // Blobs still being compressed or uploaded must not land after the lock is gone.
+    await repo.abandonWrites();
     await lock.release().catch(() => undefined);
     throw err;
   } finally {

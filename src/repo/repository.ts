@@ -8,10 +8,10 @@ import { randomBytes } from "node:crypto";
 import type { Backend, FileType } from "../backend/backend.js";
 import { ExitCode, SitekeepError, errorMessage } from "../errors.js";
 import { BlobIndex, type BlobLocation } from "./blob-index.js";
-import { packUnpacked, unpackUnpacked, compress, compressAsync, compressesInBackground, decompress } from "./compression.js";
+import { packUnpacked, unpackUnpacked, compress, compressAsync, compressesInBackground, decompress, decompressAsync } from "./compression.js";
 import { type RepoConfig, SUPPORTED_VERSIONS } from "./config.js";
-import { type MasterKey, newRandomKey, open, seal, sealAsync } from "./crypto.js";
-import { hashHex, hashHexAsync, isIdHex, sha256 } from "./id.js";
+import { type MasterKey, newRandomKey, open, openAsync, seal, sealAsync } from "./crypto.js";
+import { hashHex, hashHexAsync, isIdHex, sha256, sha256Async } from "./id.js";
 import { type IndexFileJSON, type IndexPackJSON, parseIndexFile } from "./index-file.js";
 import { addKey, openWithPassword, type KdfParams } from "./keyfile.js";
 import { type BlobType, PackBuilder, type PackedBlob } from "./pack.js";
@@ -48,6 +48,12 @@ export interface SaveBlobResult {
 
 const INDEX_EVERY_PACKS = 8;
 /**
+ * An index file is written once it names this many blobs or more (restic uses the same number):
+ * packs of small files hold tens of thousands of blobs each, and every reader parses a whole index
+ * file at once. A single pack of tiny blobs can still exceed it.
+ */
+const INDEX_MAX_BLOBS = 50_000;
+/**
  * Blobs being compressed on the thread pool at once (queueBlob). Two keep both cores busy while
  * the main thread reads, hashes and encrypts; the rest is read-ahead. Each holds its plaintext and
  * its compressed form, so this also bounds the memory of the backup pipeline.
@@ -72,6 +78,9 @@ export class Repository {
   private uploadError: unknown;
   /** Durable packs not yet named by an index file. */
   private unindexed: IndexPackJSON[] = [];
+  private unindexedBlobs = 0;
+  /** Set by abandonWrites: nothing more is packed, uploaded or indexed. */
+  private abandoned = false;
   private lastIndexWrite = Date.now();
   private indexWrite: Promise<void> = Promise.resolve();
   polynomial: bigint;
@@ -295,6 +304,23 @@ export class Repository {
     return true;
   }
 
+  /**
+   * After a failed or aborted write: drops what is not yet stored (open packs, queued blobs, index
+   * entries not yet written) and waits for the encodes, uploads and index write in flight, so that
+   * nothing reaches the repository once the caller releases its lock. The repository refuses to
+   * store anything afterwards.
+   */
+  async abandonWrites(): Promise<void> {
+    const pending = this.encoding.size + this.uploads.size + (this.builders.data?.blobs.length ?? 0) + (this.builders.tree?.blobs.length ?? 0) + this.unindexed.length;
+    if (!pending) return; // nothing in flight: the repository stays usable (a failed read, say)
+    this.abandoned = true;
+    this.builders.data = undefined;
+    this.builders.tree = undefined;
+    this.uploadError ??= new SitekeepError("repo.abandoned", "the repository's writes were abandoned after an error");
+    while (this.encoding.size || this.uploads.size) await Promise.allSettled([...this.encoding, ...this.uploads]);
+    await this.indexWrite.catch(() => undefined);
+  }
+
   /** Waits until every blob given to queueBlob is packed (or has failed: then it throws). */
   async drainEncodes(): Promise<void> {
     while (this.encoding.size) await Promise.all(this.encoding);
@@ -302,6 +328,7 @@ export class Repository {
   }
 
   private async addToPack(type: BlobType, id: Buffer, sealed: Buffer, uncompressedLength: number): Promise<void> {
+    if (this.abandoned) return;
     let b = this.builders[type];
     if (!b) b = this.builders[type] = new PackBuilder(type);
     b.add(id, sealed, uncompressedLength);
@@ -350,6 +377,25 @@ export class Repository {
     return plain;
   }
 
+  /**
+   * decodeBlob with decryption, decompression and hashing of large blobs on the thread pool, so
+   * that restore and check use both cores; small blobs are decoded here (a pool hop costs more).
+   */
+  async decodeBlobAsync(loc: { type: BlobType; uncompressedLength: number }, sealed: Buffer, id: Uint8Array): Promise<Buffer> {
+    if (sealed.length < BACKGROUND_MIN) return this.decodeBlob(loc, sealed, id);
+    let plain = await openAsync(this.key, sealed);
+    if (loc.uncompressedLength) {
+      plain = await decompressAsync(plain);
+      if (plain.length !== loc.uncompressedLength) {
+        throw new SitekeepError("repo.damaged", `blob ${Buffer.from(id).toString("hex")} decompressed to the wrong length`);
+      }
+    }
+    if (!(await sha256Async(plain)).equals(id)) {
+      throw new SitekeepError("repo.damaged", `blob ${Buffer.from(id).toString("hex")} does not match its ID`);
+    }
+    return plain;
+  }
+
   async loadBlob(type: BlobType, id: Uint8Array): Promise<Buffer> {
     const loc = this.index.get(id, type);
     if (!loc) {
@@ -359,7 +405,7 @@ export class Repository {
     }
     const sealed = await this.backend.load({ type: "data", name: loc.packId }, loc.offset, loc.length);
     try {
-      return this.decodeBlob(loc, sealed, id);
+      return await this.decodeBlobAsync(loc, sealed, id);
     } catch (err) {
       throw new SitekeepError("repo.damaged", `pack ${loc.packId} is damaged: ${type} blob ${Buffer.from(id).toString("hex").slice(0, 16)}… cannot be read (${errorMessage(err)})`, {
         hint: "run `sitekeep check --read-data` to see what it affects",
@@ -376,6 +422,7 @@ export class Repository {
     // Back-pressure: never more than uploadConcurrency packs in memory waiting to be written.
     while (this.uploads.size >= this.uploadConcurrency) await Promise.race(this.uploads);
     if (this.uploadError) throw this.uploadError;
+    if (this.abandoned) return;
     const data = b.finish(this.key);
     const p = hashHexAsync(data)
       .then(async (packId) => {
@@ -390,6 +437,8 @@ export class Repository {
   }
 
   private packDurable(packId: string, blobs: PackedBlob[]): void {
+    // An abandoned run's pack that was already on its way is left unindexed: prune removes it.
+    if (this.abandoned) return;
     const entry: IndexPackJSON = { id: packId, blobs: [] };
     for (const bl of blobs) {
       const idHex = bl.id.toString("hex");
@@ -400,7 +449,8 @@ export class Repository {
       entry.blobs.push(j);
     }
     this.unindexed.push(entry);
-    if (this.unindexed.length >= INDEX_EVERY_PACKS || Date.now() - this.lastIndexWrite > INDEX_EVERY_MS) {
+    this.unindexedBlobs += entry.blobs.length;
+    if (this.unindexed.length >= INDEX_EVERY_PACKS || this.unindexedBlobs >= INDEX_MAX_BLOBS || Date.now() - this.lastIndexWrite > INDEX_EVERY_MS) {
       this.indexWrite = this.indexWrite.then(() => this.writeIndex()).catch((err: unknown) => {
         this.uploadError ??= err;
       });
@@ -412,6 +462,7 @@ export class Repository {
     if (this.unindexed.length === 0) return;
     const packs = this.unindexed;
     this.unindexed = [];
+    this.unindexedBlobs = 0;
     this.lastIndexWrite = Date.now();
     await this.saveJSON("index", { packs } satisfies IndexFileJSON);
   }

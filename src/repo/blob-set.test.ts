@@ -1,0 +1,30 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { BlobSet } from "./blob-set.js";
+
+const id = (n: number): Buffer => createHash("sha256").update(String(n)).digest();
+
+test("BlobSet: members by ID and type, through many resizes, in insertion order", () => {
+  const s = new BlobSet();
+  const n = 50_000;
+  for (let i = 0; i < n; i++) assert.equal(s.add(id(i), i % 3 === 0 ? "tree" : "data"), true);
+  assert.equal(s.size, n);
+  assert.equal(s.add(id(7), "data"), false, "already there");
+  for (let i = 0; i < n; i += 997) {
+    const type = i % 3 === 0 ? "tree" : "data";
+    assert.ok(s.has(id(i), type));
+    assert.ok(!s.has(id(i), type === "tree" ? "data" : "tree"), "the same ID as the other type is another blob");
+  }
+  assert.ok(!s.has(id(n + 1), "data"));
+  // IDs that share their first four bytes (the hash slot) are still told apart.
+  const a = Buffer.alloc(32, 1);
+  const b = Buffer.alloc(32, 1);
+  b[31] = 2;
+  assert.ok(s.add(a, "data") && s.add(b, "data"));
+  assert.ok(s.has(a, "data") && s.has(b, "data"));
+  const all = [...s.entries()];
+  assert.equal(all.length, n + 2);
+  assert.deepEqual(Buffer.from(all[5][0]), id(5));
+  assert.equal(all[6][1], "tree");
+});

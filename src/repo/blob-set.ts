@@ -1,0 +1,77 @@
+// A set of blob IDs (with their type) in typed arrays: open addressing over the IDs' bytes. Prune
+// holds every blob a repository's snapshots need; a Set of hex strings cost ~150 bytes per blob,
+// this ~45.
+import type { BlobType } from "./pack.js";
+
+export class BlobSet {
+  private ids = new Uint8Array(32 * 1024);
+  private types = new Uint8Array(1024);
+  private table = new Int32Array(2048);
+  private n = 0;
+
+  get size(): number {
+    return this.n;
+  }
+
+  has(id: Uint8Array, type: BlobType): boolean {
+    return this.table[this.slot(id, type === "tree" ? 1 : 0)] !== 0;
+  }
+
+  /** Adds the ID; false when it was already there. */
+  add(id: Uint8Array, type: BlobType): boolean {
+    const t = type === "tree" ? 1 : 0;
+    const s = this.slot(id, t);
+    if (this.table[s] !== 0) return false;
+    if (this.n === this.types.length) this.grow();
+    this.ids.set(id.subarray(0, 32), this.n * 32);
+    this.types[this.n] = t;
+    this.n++;
+    if (this.n * 2 > this.table.length) this.rehash();
+    else this.table[s] = this.n;
+    return true;
+  }
+
+  /** Every member, in insertion order (the ID is a view valid until the next add). */
+  *entries(): Generator<[Uint8Array, BlobType]> {
+    for (let i = 0; i < this.n; i++) yield [this.ids.subarray(i * 32, i * 32 + 32), this.types[i] === 1 ? "tree" : "data"];
+  }
+
+  private slot(id: Uint8Array, t: number): number {
+    const mask = this.table.length - 1;
+    // IDs are SHA-256 digests: their first bytes are already uniformly spread.
+    let h = ((id[0] | (id[1] << 8) | (id[2] << 16) | (id[3] << 24)) >>> 0) & mask;
+    for (;;) {
+      const e = this.table[h];
+      if (e === 0) return h;
+      const i = e - 1;
+      if (this.types[i] === t && this.same(i, id)) return h;
+      h = (h + 1) & mask;
+    }
+  }
+
+  private same(i: number, id: Uint8Array): boolean {
+    const o = i * 32;
+    for (let k = 0; k < 32; k++) if (this.ids[o + k] !== id[k]) return false;
+    return true;
+  }
+
+  private grow(): void {
+    const ids = new Uint8Array(this.ids.length * 2);
+    ids.set(this.ids);
+    this.ids = ids;
+    const types = new Uint8Array(this.types.length * 2);
+    types.set(this.types);
+    this.types = types;
+  }
+
+  private rehash(): void {
+    this.table = new Int32Array(this.table.length * 2);
+    const mask = this.table.length - 1;
+    for (let i = 0; i < this.n; i++) {
+      const o = i * 32;
+      let h = ((this.ids[o] | (this.ids[o + 1] << 8) | (this.ids[o + 2] << 16) | (this.ids[o + 3] << 24)) >>> 0) & mask;
+      while (this.table[h] !== 0) h = (h + 1) & mask;
+      this.table[h] = i + 1;
+    }
+  }
+}
