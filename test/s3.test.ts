@@ -334,12 +334,6 @@ test("a missing repository or bucket: exit 10 and the usual message", async () =
   assert.equal(nb.code, 10, describeRun(nb));
 });
 
-/**
- * Runs s3rver in a child process with OpenSSL's legacy provider: s3rver makes its list continuation
- * tokens with DES, which OpenSSL 3 refuses, so every truncated listing would fail in this process.
- * It also walks its folders in directory order, not key order, so listings past the first page skip
- * keys; sorted readdir results make its pages correct.
- */
 test("Object Lock: every file but locks is written with a retention and Content-MD5; a bucket without Object Lock is refused before anything is written", async (t) => {
   // s3rver has no Object Lock. A recording proxy in front of it shows what goes over the wire,
   // and answers the bucket's Object Lock configuration as a bucket created with it would (or,
@@ -409,6 +403,12 @@ test("Object Lock: every file but locks is written with a retention and Content-
   assert.equal((await listKeys("not-locked/")).size, 0, "nothing was written");
 });
 
+/**
+ * Runs s3rver in a child process with OpenSSL's legacy provider: s3rver makes its list continuation
+ * tokens with DES, which OpenSSL 3 refuses, so every truncated listing would fail in this process.
+ * It also walks its folders in directory order, not key order, so listings past the first page skip
+ * keys; sorted readdir results make its pages correct.
+ */
 async function startS3rver(dir: string): Promise<number> {
   const script = `
     const fs = require("fs");

@@ -34,6 +34,9 @@ export interface S3Options {
   objectLock?: ObjectLock;
 }
 
+/** A century: S3 takes any date, but a longer lock is surely a typo (and the Date overflows). */
+export const MAX_LOCK_DAYS = 36_500;
+
 export interface ObjectLock {
   mode: "governance" | "compliance";
   days: number;
@@ -42,8 +45,8 @@ export interface ObjectLock {
 /** Parses "MODE:DAYS" (governance:30, compliance:365) as in SITEKEEP_S3_OBJECT_LOCK. */
 export function parseObjectLock(s: string): ObjectLock {
   const m = /^(governance|compliance):(\d+)d?$/i.exec(s.trim());
-  if (!m || Number(m[2]) < 1) {
-    throw new SitekeepError("s3.objectlock", `invalid Object Lock setting ${JSON.stringify(s)}`, { hint: 'use MODE:DAYS, e.g. "governance:30" or "compliance:365"' });
+  if (!m || Number(m[2]) < 1 || Number(m[2]) > MAX_LOCK_DAYS) {
+    throw new SitekeepError("s3.objectlock", `invalid Object Lock setting ${JSON.stringify(s)}`, { hint: `use MODE:DAYS with 1 to ${MAX_LOCK_DAYS} days, e.g. "governance:30" or "compliance:365"` });
   }
   return { mode: m[1].toLowerCase() as ObjectLock["mode"], days: Number(m[2]) };
 }
@@ -191,9 +194,12 @@ export class S3Backend implements Backend {
       const r = await client.send(new m.GetObjectLockConfigurationCommand({ Bucket: this.bucket }));
       enabled = r.ObjectLockConfiguration?.ObjectLockEnabled;
     } catch (err) {
-      const code = (err as { name?: string; Code?: string }).name ?? "";
-      if (code !== "ObjectLockConfigurationNotFoundError" && code !== "NotImplemented" && !/not ?implemented|object.?lock/i.test(errorMessage(err))) {
-        this.#lockChecked = undefined; // a transient failure: ask again next time
+      // Only "there is no configuration" and "the server has no such call" mean no Object Lock;
+      // anything else (AccessDenied: the key lacks s3:GetBucketObjectLockConfiguration, a network
+      // error) is reported as it is, and asked again next time.
+      const name = errName(err);
+      if (name !== "ObjectLockConfigurationNotFoundError" && name !== "NotImplemented" && httpStatus(err) !== 501) {
+        this.#lockChecked = undefined;
         throw this.wrap(err, `reading the Object Lock configuration of bucket ${this.bucket}`);
       }
     }
@@ -285,6 +291,8 @@ export class S3Backend implements Backend {
       await client.send(
         new m.CreateBucketCommand({
           Bucket: this.bucket,
+          // Object Lock can only be switched on when a bucket is created (on most servers).
+          ...(this.objectLock ? { ObjectLockEnabledForBucket: true } : {}),
           CreateBucketConfiguration:
             this.region === "us-east-1"
               ? undefined

@@ -52,7 +52,7 @@ const backup = z.strictObject({
   objectLock: z
     .strictObject({
       mode: z.enum(["governance", "compliance"]).default("governance"),
-      days: z.int().min(1).describe("How long each stored file cannot be deleted or overwritten"),
+      days: z.int().min(1).max(36_500).describe("How long each stored file cannot be deleted or overwritten"),
     })
     .optional()
     .describe("S3 destinations: write every file but locks with an Object Lock retention (the bucket must have Object Lock enabled)"),

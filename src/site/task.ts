@@ -603,7 +603,7 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
       t = Date.now();
       try {
         const pw = c.backup.copyPasswordFile ? readFileSync(c.backup.copyPasswordFile, "utf8").replace(/\r?\n$/, "") : password();
-        const dst = await openDestination(target, pw, "copy destination");
+        const dst = await openDestination(target, pw, "copy destination", { appendOnly: c.backup.appendOnly });
         opened.push(dst);
         const snap = await repo.loadSnapshot(snapshotId);
         await withLock(repo, false, () =>
