@@ -143,6 +143,7 @@ test("service install writes a systemd unit that reloads with SIGHUP and leaves 
     assert.match(unit, new RegExp(`^ExecStart=.* serve --config ${config.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}$`, "m"));
     assert.match(unit, /^ExecReload=\/bin\/kill -HUP \$MAINPID$/m);
     assert.match(unit, /^KillMode=process$/m);
+    assert.match(unit, /^Environment=MALLOC_ARENA_MAX=2$/m);
     assert.match(unit, /^User=backup$/m);
     assert.match(unit, /^UMask=0077$/m);
     assert.match(r.stdout, /systemctl daemon-reload && systemctl enable --now sitekeep-u1\.service/);

@@ -48,6 +48,9 @@ TimeoutStopSec=15min
 Restart=on-failure
 RestartSec=30s
 ${f.user ? `User=${f.user}\n` : ""}Environment=SITEKEEP_STATE_DIR=${stateDirFor(c.stateDir)}
+# Thread-pool threads that compress each get a malloc arena and keep what they freed; two arenas
+# lowered a 2 GB backup's peak memory by ~60 MiB (glibc reads this only at start).
+Environment=MALLOC_ARENA_MAX=2
 UMask=0077
 
 [Install]
