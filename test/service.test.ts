@@ -536,10 +536,11 @@ test("catch-up at start: a run missed since long ago runs once with catchUp true
 
 // ---- 2. alerts: raised, delivered, closed --------------------------------------------------------
 
-test("a missing destination: critical alert 5003, email and webhook delivered; the next success closes it and says so", async () => {
+/** A site whose destination folder is missing, alerting by email and webhook to receivers here. */
+async function siteWithoutDestination(name: string) {
   const smtp = await smtpReceiver();
   const hook = await webhookReceiver();
-  const site = await makeSite("alerts");
+  const site = await makeSite(name);
   fs.rmSync(site.dest, { recursive: true });
   writeConfig(site, {
     alerts: {
@@ -547,6 +548,11 @@ test("a missing destination: critical alert 5003, email and webhook delivered; t
       webhook: { url: hook.url },
     },
   });
+  return { smtp, hook, site };
+}
+
+test("a missing destination: critical alert 5003, email and webhook delivered; the next success closes it and says so", async () => {
+  const { smtp, hook, site } = await siteWithoutDestination("alerts");
   const h = await serve(site);
   try {
     const failed = await runNow(h);
@@ -607,16 +613,7 @@ test("a missing destination: critical alert 5003, email and webhook delivered; t
 });
 
 test("each opening and closing is notified once per channel, though the start-up watch, the periodic watch and the run all dispatch", async () => {
-  const smtp = await smtpReceiver();
-  const hook = await webhookReceiver();
-  const site = await makeSite("once");
-  fs.rmSync(site.dest, { recursive: true });
-  writeConfig(site, {
-    alerts: {
-      email: { to: ["ops@example.com"], from: "sitekeep@example.com", smtp: `smtp://127.0.0.1:${smtp.port}?starttls=never` },
-      webhook: { url: hook.url },
-    },
-  });
+  const { smtp, hook, site } = await siteWithoutDestination("once");
   const h = await serve(site);
   try {
     // At start: "no good backup yet" (5023) opens; a run fails (5003), then one succeeds: both close.

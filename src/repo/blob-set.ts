@@ -1,6 +1,6 @@
-// A set of blob IDs (with their type) in typed arrays: open addressing over the IDs' bytes. Prune
-// holds every blob a repository's snapshots need; a Set of hex strings cost ~150 bytes per blob,
-// this ~45.
+// A set of blob IDs (with their type) in typed arrays: open addressing over the IDs' bytes. Each
+// member has an ordinal (insertion order), which BlobIndex uses to keep locations beside it. A Set
+// of hex strings cost ~150 bytes per blob, this ~45.
 import type { BlobType } from "./pack.js";
 
 export class BlobSet {
@@ -14,10 +14,24 @@ export class BlobSet {
   }
 
   has(id: Uint8Array, type: BlobType): boolean {
-    return this.table[this.slot(id, type === "tree" ? 1 : 0)] !== 0;
+    return this.find(id, type) >= 0;
   }
 
-  /** Adds the ID; false when it was already there. */
+  /** The member's ordinal, or -1. */
+  find(id: Uint8Array, type: BlobType): number {
+    return this.table[this.slot(id, type === "tree" ? 1 : 0)] - 1;
+  }
+
+  /** The ID of member i (a view valid until the next add). */
+  idAt(i: number): Uint8Array {
+    return this.ids.subarray(i * 32, i * 32 + 32);
+  }
+
+  typeAt(i: number): BlobType {
+    return this.types[i] === 1 ? "tree" : "data";
+  }
+
+  /** Adds the ID (as ordinal size - 1); false when it was already there. */
   add(id: Uint8Array, type: BlobType): boolean {
     const t = type === "tree" ? 1 : 0;
     const s = this.slot(id, t);
@@ -33,7 +47,7 @@ export class BlobSet {
 
   /** Every member, in insertion order (the ID is a view valid until the next add). */
   *entries(): Generator<[Uint8Array, BlobType]> {
-    for (let i = 0; i < this.n; i++) yield [this.ids.subarray(i * 32, i * 32 + 32), this.types[i] === 1 ? "tree" : "data"];
+    for (let i = 0; i < this.n; i++) yield [this.idAt(i), this.typeAt(i)];
   }
 
   private slot(id: Uint8Array, t: number): number {

@@ -96,17 +96,22 @@ export function seal(key: MasterKey, plaintext: Uint8Array): Buffer {
 /** AES-CTR keys for WebCrypto, whose calls run on libuv's thread pool. */
 const ctrKeys = new WeakMap<MasterKey, Promise<webcrypto.CryptoKey>>();
 
+function ctrKey(key: MasterKey): Promise<webcrypto.CryptoKey> {
+  let k = ctrKeys.get(key);
+  if (!k) {
+    k = webcrypto.subtle.importKey("raw", key.encrypt, "AES-CTR", false, ["encrypt", "decrypt"]);
+    ctrKeys.set(key, k);
+  }
+  return k;
+}
+
 /**
  * seal() with the AES-CTR pass on the thread pool (WebCrypto), for large blobs during a backup: the
  * main thread keeps only the Poly1305 MAC. A 128-bit counter is what restic (Go's cipher.NewCTR)
  * uses: the whole IV block counts up, big-endian.
  */
 export async function sealAsync(key: MasterKey, plaintext: Uint8Array): Promise<Buffer> {
-  let k = ctrKeys.get(key);
-  if (!k) {
-    k = webcrypto.subtle.importKey("raw", key.encrypt, "AES-CTR", false, ["encrypt"]);
-    ctrKeys.set(key, k);
-  }
+  const k = ctrKey(key);
   const iv = Buffer.allocUnsafe(IV_SIZE);
   nextIv(iv);
   const ct = new Uint8Array(await webcrypto.subtle.encrypt({ name: "AES-CTR", counter: iv, length: 128 }, await k, plaintext));
@@ -116,8 +121,6 @@ export async function sealAsync(key: MasterKey, plaintext: Uint8Array): Promise<
   poly1305Aes(key, iv, ct).copy(out, IV_SIZE + ct.length);
   return out;
 }
-
-const ctrDecryptKeys = new WeakMap<MasterKey, Promise<webcrypto.CryptoKey>>();
 
 /** open() with the AES-CTR pass on the thread pool (the MAC is checked first, on this thread). */
 export async function openAsync(key: MasterKey, sealed: Uint8Array): Promise<Buffer> {
@@ -129,12 +132,7 @@ export async function openAsync(key: MasterKey, sealed: Uint8Array): Promise<Buf
   if (!timingSafeEqual(poly1305Aes(key, iv, ct), sealed.subarray(sealed.length - MAC_SIZE))) {
     throw new SitekeepError("crypto.mac", "ciphertext verification failed (wrong key or damaged data)");
   }
-  let k = ctrDecryptKeys.get(key);
-  if (!k) {
-    k = webcrypto.subtle.importKey("raw", key.encrypt, "AES-CTR", false, ["decrypt"]);
-    ctrDecryptKeys.set(key, k);
-  }
-  return Buffer.from(await webcrypto.subtle.decrypt({ name: "AES-CTR", counter: iv, length: 128 }, await k, ct));
+  return Buffer.from(await webcrypto.subtle.decrypt({ name: "AES-CTR", counter: iv, length: 128 }, await ctrKey(key), ct));
 }
 
 /** Verifies and decrypts IV || ciphertext || MAC; throws a `ciphertext verification failed` error. */

@@ -31,6 +31,19 @@ const notice: AlertNotice = {
   time: "2025-01-02T02:03:04.000Z",
 };
 
+/** `notice` as the JSON that webhooks and commands receive (the documented field names). */
+const noticeJSON = {
+  site: "PS1",
+  alert_id: 17,
+  kind: "backup-failed",
+  severity: "critical",
+  state: "opened",
+  text: notice.text,
+  message_id: 5017,
+  run_id: "20250102-020000-ab12",
+  time: "2025-01-02T02:03:04.000Z",
+};
+
 let dir: string;
 let key: Buffer;
 let cert: Buffer;
@@ -377,17 +390,7 @@ describe("webhook", () => {
       assert.equal(h.headers["content-type"], "application/json");
       assert.equal(h.headers.authorization, "Bearer tok-123");
       assert.match(h.headers["user-agent"] ?? "", /^sitekeep\//);
-      assert.deepEqual(JSON.parse(h.body), {
-        site: "PS1",
-        alert_id: 17,
-        kind: "backup-failed",
-        severity: "critical",
-        state: "opened",
-        text: notice.text,
-        message_id: 5017,
-        run_id: "20250102-020000-ab12",
-        time: "2025-01-02T02:03:04.000Z",
-      });
+      assert.deepEqual(JSON.parse(h.body), noticeJSON);
       // Absent message and run IDs are null; no token file, no Authorization.
       await deliverAlert(
         { webhook: { url: `${rx.base}/x` } },
@@ -556,17 +559,7 @@ describe("command", () => {
     const command = `cat > '${out}' && env | grep '^SITEKEEP_ALERT_' | sort > '${envOut}'`;
     const [r] = await deliverAlert({ command }, notice, { ...FAST, env: { PATH: process.env.PATH } });
     assert.deepEqual(r, { channel: "command", target: "cat …", ok: true, attempts: 1 });
-    assert.deepEqual(JSON.parse(readFileSync(out, "utf8")), {
-      site: "PS1",
-      alert_id: 17,
-      kind: "backup-failed",
-      severity: "critical",
-      state: "opened",
-      text: notice.text,
-      message_id: 5017,
-      run_id: "20250102-020000-ab12",
-      time: "2025-01-02T02:03:04.000Z",
-    });
+    assert.deepEqual(JSON.parse(readFileSync(out, "utf8")), noticeJSON);
     assert.deepEqual(readFileSync(envOut, "utf8").trim().split("\n"), [
       "SITEKEEP_ALERT_ID=17",
       "SITEKEEP_ALERT_KIND=backup-failed",
