@@ -64,14 +64,16 @@ export async function withRepository<T>(
   opts: { loadIndex?: boolean } = {},
 ): Promise<T> {
   const repo = await openRepository(g, { loadIndex: false });
-  const body = async (): Promise<T> => {
-    if (opts.loadIndex !== false) await repo.loadIndex();
-    return fn(repo);
-  };
+  const loadIndex = opts.loadIndex !== false ? () => repo.loadIndex() : undefined;
   const json = Boolean(g.json);
   try {
-    if (lock === "none") return await body();
-    return await withLock(repo, lock === "exclusive", body, {
+    if (lock === "none") {
+      await loadIndex?.();
+      return await fn(repo);
+    }
+    // The index is read while the lock waits out its conflict check (200 ms otherwise idle).
+    return await withLock(repo, lock === "exclusive", () => fn(repo), {
+      whileWaiting: loadIndex,
       onRefreshError: (err) => printWarning(`could not refresh the repository lock: ${errorMessage(err)}`, json),
       onReleaseError: (err) => printWarning(`could not remove the repository lock (run \`sitekeep unlock\` later): ${errorMessage(err)}`, json),
     });

@@ -299,6 +299,53 @@ test("withLock releases after success and after failure", async () => {
   assert.deepEqual(await lockFiles(dir), []);
 });
 
+test("whileWaiting runs during the conflict check; when it fails, or the check does, the lock file goes", async () => {
+  const { repo, dir } = await newRepo();
+  let sawLockFile = false;
+  const lock = await acquireLock(repo, {
+    exclusive: false,
+    checkDelayMs: 50,
+    whileWaiting: async () => {
+      sawLockFile = (await lockFiles(dir)).length === 1; // our lock is written before the wait
+    },
+  });
+  assert.ok(sawLockFile);
+  await lock.release();
+
+  await assert.rejects(
+    acquireLock(repo, { exclusive: false, checkDelayMs: 10, whileWaiting: () => Promise.reject(new Error("index unreadable")) }),
+    /index unreadable/,
+  );
+  assert.deepEqual(await lockFiles(dir), [], "a failed preparation leaves no lock file");
+
+  // A conflict found by the second check wins over the preparation's own failure (a prune that
+  // holds an exclusive lock may be deleting the very index files being read).
+  let other: string | undefined;
+  await assert.rejects(
+    acquireLock(repo, {
+      exclusive: false,
+      checkDelayMs: 10,
+      whileWaiting: async () => {
+        other = await foreignLock(repo, { exclusive: true });
+        throw new Error("index file vanished");
+      },
+    }),
+    (err) => assertLocked(err, /exclusively/),
+  );
+  assert.deepEqual(await lockFiles(dir), [other], "only the other process's lock is left");
+});
+
+test("Repository.loadIndex replaces the index, so it can run again after a failed lock attempt", async () => {
+  const { repo } = await newRepo();
+  await repo.saveBlob("data", Buffer.from("one"));
+  await repo.flush();
+  const fresh = await Repository.open(repo.backend, "pw");
+  await fresh.loadIndex();
+  await fresh.loadIndex();
+  assert.equal(fresh.index.size, 1);
+  assert.equal(fresh.index.duplicates, 0, "a second load starts from an empty index");
+});
+
 test("retryMs waits for the other lock to go away", async () => {
   const { repo } = await newRepo();
   const ex = await acquireLock(repo, fast(true));

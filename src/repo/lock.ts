@@ -56,6 +56,12 @@ export interface AcquireLockOptions {
   refreshMs?: number;
   /** Wait between writing the lock and checking again for conflicts (default 200 ms). */
   checkDelayMs?: number;
+  /**
+   * Read-only work done during that wait instead of idling (loading the index, say). It runs again
+   * on every attempt, since what it read may have changed while the repository was locked; if it
+   * fails, the lock file is removed and its error thrown.
+   */
+  whileWaiting?: () => Promise<unknown>;
   /** Called when a refresh fails; the lock stays held with its previous file. */
   onRefreshError?: (err: unknown) => void;
   /** Age of the lock file after which the lock counts as lost (default 25 minutes; for tests). */
@@ -180,8 +186,9 @@ async function tryLock(repo: Repository, opts: AcquireLockOptions): Promise<Lock
   const id = await repo.saveJSON("locks", newLockJSON(opts.exclusive));
   try {
     const delay = opts.checkDelayMs ?? DEFAULT_CHECK_DELAY_MS;
-    if (delay > 0) await sleep(delay);
+    const [, work] = await Promise.allSettled([delay > 0 ? sleep(delay) : undefined, opts.whileWaiting?.()]);
     await checkForOtherLocks(repo, opts.exclusive, id);
+    if (work.status === "rejected") throw work.reason;
   } catch (err) {
     await repo.backend.remove({ type: "locks", name: id }).catch(() => undefined);
     throw err;

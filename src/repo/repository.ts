@@ -64,7 +64,7 @@ const BACKGROUND_MIN = 16 * 1024;
 const INDEX_EVERY_MS = 60_000;
 
 export class Repository {
-  readonly index = new BlobIndex();
+  #index = new BlobIndex();
   readonly packSize: number;
   readonly appendOnly: boolean;
   private readonly uploadConcurrency: number;
@@ -226,8 +226,19 @@ export class Repository {
 
   // ---- index ----------------------------------------------------------------------------------
 
-  /** Loads every index file into the in-memory index. Returns the index file IDs read. */
+  /** Every blob the repository's index files (and this process's stored packs) name. */
+  get index(): BlobIndex {
+    return this.#index;
+  }
+
+  /**
+   * Reads every index file into a new in-memory index, which replaces the current one once all are
+   * read (so it may run again, say after waiting for a lock, and a failed load changes nothing).
+   * Returns the index file IDs read. Not while this process has blobs on their way.
+   */
   async loadIndex(onError?: (id: string, err: unknown) => void): Promise<string[]> {
+    if (this.hasPendingWrites()) throw new Error("internal: loadIndex while blobs are being stored");
+    const fresh = new BlobIndex();
     const ids = await this.listIds("index");
     await mapLimit(ids, 4, async (id) => {
       let file: IndexFileJSON;
@@ -240,17 +251,22 @@ export class Repository {
           cause: err,
         });
       }
-      this.addIndexFile(file);
+      addIndexFile(fresh, file);
     });
+    this.#index = fresh;
     return ids;
   }
 
   addIndexFile(file: IndexFileJSON): void {
-    for (const p of file.packs) {
-      for (const b of p.blobs) {
-        this.index.add(Buffer.from(b.id, "hex"), b.type, p.id, b.offset, b.length, b.uncompressed_length ?? 0);
-      }
-    }
+    addIndexFile(this.#index, file);
+  }
+
+  private hasPendingWrites(): boolean {
+    return this.pendingWrites() > 0 || this.inflight.size > 0;
+  }
+
+  private pendingWrites(): number {
+    return this.encoding.size + this.uploads.size + (this.builders.data?.blobs.length ?? 0) + (this.builders.tree?.blobs.length ?? 0) + this.unindexed.length;
   }
 
   // ---- blobs ----------------------------------------------------------------------------------
@@ -311,8 +327,7 @@ export class Repository {
    * store anything afterwards.
    */
   async abandonWrites(): Promise<void> {
-    const pending = this.encoding.size + this.uploads.size + (this.builders.data?.blobs.length ?? 0) + (this.builders.tree?.blobs.length ?? 0) + this.unindexed.length;
-    if (!pending) return; // nothing in flight: the repository stays usable (a failed read, say)
+    if (!this.pendingWrites()) return; // nothing in flight: the repository stays usable (a failed read, say)
     this.abandoned = true;
     this.builders.data = undefined;
     this.builders.tree = undefined;
@@ -532,3 +547,9 @@ export class Repository {
 }
 
 export { mapLimit } from "../util/concurrency.js";
+
+function addIndexFile(index: BlobIndex, file: IndexFileJSON): void {
+  for (const p of file.packs) {
+    for (const b of p.blobs) index.add(Buffer.from(b.id, "hex"), b.type, p.id, b.offset, b.length, b.uncompressed_length ?? 0);
+  }
+}

@@ -379,11 +379,10 @@ async function withSnapshot<T>(svc: SiteService, id: string, fn: (repo: Reposito
     const repo = await Repository.open(backend, sitePassword(svc.config, svc.env));
     // A shared lock, as the CLI's restore: a prune elsewhere must not delete packs read here.
     return await withLock(repo, false, async () => {
-      await repo.loadIndex();
       const snap = await repo.findSnapshot(id);
       if (!snap.tags?.includes(siteTag(svc.config.site))) throw new SitekeepError("browse.notfound", `snapshot ${id} is not one of site ${svc.config.site}`, { hint: "see GET /api/snapshots" });
       return fn(repo, snap.tree);
-    });
+    }, { whileWaiting: () => repo.loadIndex() });
   } finally {
     await backend.close().catch(() => undefined);
   }

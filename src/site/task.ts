@@ -315,14 +315,16 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     const dbRepo = dbDest ? await openDestination(dbDest, password, "database destination", destOpts) : undefined;
     if (dbRepo) opened.push(dbRepo);
     // Shared locks while capturing (as restic's backup); retention takes its own exclusive one.
-    const cut = await withLock(repo, false, async () => {
-      await repo.loadIndex();
-      if (!dbRepo) return capture(repo, undefined);
-      return withLock(dbRepo, false, async () => {
-        await dbRepo.loadIndex();
-        return capture(repo, dbRepo);
-      });
-    });
+    // Each index is read while its lock waits out its conflict check.
+    const cut = await withLock(
+      repo,
+      false,
+      () => {
+        if (!dbRepo) return capture(repo, undefined);
+        return withLock(dbRepo, false, () => capture(repo, dbRepo), { whileWaiting: () => dbRepo.loadIndex() });
+      },
+      { whileWaiting: () => repo.loadIndex() },
+    );
     return finish(repo, dbRepo, cut);
   }
 
