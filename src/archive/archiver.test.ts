@@ -80,3 +80,50 @@ test("the fast directory walk makes the same file nodes as lstat (so unchanged t
     rmSync(tmp, { recursive: true, force: true });
   }
 });
+
+test("an unchanged re-run keeps the parent's trees; a changed mode or atime deep down changes each tree above it, and only those", async () => {
+  const { mkdirSync, chmodSync, utimesSync, statSync } = await import("node:fs");
+  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-keep-trees-"));
+  try {
+    const repo = await Repository.init(new LocalBackend(join(tmp, "repo")), "pw", { kdf: { N: 1024, r: 8, p: 1 } });
+    await repo.loadIndex();
+    const src = join(tmp, "src");
+    mkdirSync(join(src, "a", "deep"), { recursive: true });
+    mkdirSync(join(src, "b"));
+    writeFileSync(join(src, "a", "x.txt"), "x\n");
+    writeFileSync(join(src, "a", "deep", "y.txt"), "y\n");
+    writeFileSync(join(src, "b", "z.txt"), "z\n");
+    const backup = async (): Promise<{ trees: Record<string, string>; added: number }> => {
+      const s = await new Archiver(repo, { paths: [src] }).run();
+      let tree = (await repo.loadSnapshot(s.snapshot_id)).tree;
+      for (const part of src.split("/").filter(Boolean)) tree = (await loadTree(repo, tree)).find((n) => n.name === part)?.subtree as string;
+      const trees: Record<string, string> = { src: tree };
+      for (const n of await loadTree(repo, tree)) trees[n.name] = n.subtree as string;
+      trees.deep = (await loadTree(repo, trees.a)).find((n) => n.name === "deep")?.subtree as string;
+      return { trees, added: s.tree_blobs };
+    };
+    await backup(); // reading a new folder sets its atime once (relatime), which the next run records
+    const first = await backup();
+    const again = await backup();
+    assert.deepEqual(again.trees, first.trees);
+    assert.equal(again.added, 0);
+
+    chmodSync(join(src, "a", "deep", "y.txt"), 0o600);
+    const chmodded = await backup();
+    for (const k of ["src", "a", "deep"]) assert.notEqual(chmodded.trees[k], first.trees[k], k);
+    assert.equal(chmodded.trees.b, first.trees.b, "the untouched folder keeps its tree");
+    const y = (await loadTree(repo, chmodded.trees.deep)).find((n) => n.name === "y.txt");
+    assert.equal((y?.mode ?? 0) & 0o777, 0o600);
+
+    // Only the atime changes (restic stores it): the folder's tree must change with it.
+    const x = join(src, "b", "z.txt");
+    utimesSync(x, new Date("2001-02-03T04:05:06Z"), statSync(x).mtime);
+    const touched = await backup();
+    assert.notEqual(touched.trees.b, first.trees.b);
+    const z = (await loadTree(repo, touched.trees.b)).find((n) => n.name === "z.txt");
+    assert.equal(z?.atime?.slice(0, 19), "2001-02-03T04:05:06");
+    assert.equal(touched.trees.a, chmodded.trees.a);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});

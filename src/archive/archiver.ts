@@ -17,7 +17,7 @@ import { forEachChunk, streamReader, type ReadFn } from "./chunk-reader.js";
 import { type PathMatcher, compileExcludes } from "./exclude.js";
 import { type ScanTotals, startScan } from "./scanner.js";
 import { Semaphore, mapLimit } from "../util/concurrency.js";
-import { type NodeJSON, decodeName, encodeName, fileNodeFromNumbers, goModeFromUnix, nodeFromStat } from "./node.js";
+import { type NodeJSON, decodeName, encodeName, fileNodeFromNumbers, goModeFromUnix, nodeFromStat, sameNode } from "./node.js";
 import { encodeTree, loadTree } from "./tree.js";
 import { PROGRAM_VERSION } from "../version.js";
 
@@ -118,6 +118,11 @@ export interface ArchiverMemo {
 
 export function newArchiverMemo(): ArchiverMemo {
   return { trees: new Map(), stat: new WeakMap() };
+}
+
+/** The parent snapshot's node itself when the new one says the same (see sameNode). */
+function keepParentNode(prev: NodeJSON | undefined, node: NodeJSON): NodeJSON {
+  return prev !== undefined && sameNode(prev, node) ? prev : node;
 }
 
 /** Same stat (every field but the errno slot): the node made from one is the node of the other. */
@@ -598,16 +603,16 @@ export class Archiver {
       this.report();
       return prev;
     }
-    const node = fileNodeFromNumbers(rawName, f, i);
+    let node = fileNodeFromNumbers(rawName, f, i);
     if (!this.unchanged(prev, node) || !this.allKnown(prev.content)) return undefined;
-    memo?.stat.set(node, ref);
-    const display = Buffer.concat([absDir, sep, rawName]).toString("utf8");
     if (prev.extended_attributes) node.extended_attributes = prev.extended_attributes; // same inode and ctime: same attributes
     node.content = prev.content;
     node.size = prev.size;
+    node = keepParentNode(prev, node);
+    memo?.stat.set(node, ref);
     this.progress.files++;
     this.progress.bytes += prev.size ?? 0;
-    this.progress.currentPath = display;
+    this.progress.currentPath = Buffer.concat([absDir, sep, rawName]).toString("utf8");
     this.stats.files_unmodified++;
     this.report();
     return node;
@@ -648,18 +653,16 @@ export class Archiver {
       const sub = await this.dirEntries(abs, display, parentNodes);
       // Every entry the very node object of the parent tree: the folder's tree is the parent's.
       const sameEntries = prev?.subtree !== undefined && parentNodes !== undefined && sub.length === parentNodes.size && sub.every((n) => parentNodes.get(n.name) === n);
-      node.subtree = sameEntries ? (prev?.subtree as string) : await this.saveTree(sub);
+      if (sameEntries) {
+        node.subtree = prev?.subtree as string;
+        this.opts.memo?.trees.set(node.subtree, sub); // the next pass finds it as if saveTree had run
+      } else node.subtree = await this.saveTree(sub);
       if (!prev) this.stats.dirs_new++;
       else if (prev.subtree === node.subtree) this.stats.dirs_unmodified++;
       else this.stats.dirs_changed++;
-      const memo = this.opts.memo;
-      if (memo) {
-        const ref = statRefBig(st);
-        const was = prev ? memo.stat.get(prev) : undefined;
-        if (prev && sameEntries && was && sameStat(was, ref)) return prev;
-        memo.stat.set(node, ref);
-      }
-      return node;
+      const kept = keepParentNode(prev, node);
+      this.opts.memo?.stat.set(kept, statRefBig(st));
+      return kept;
     }
     if (st.isFile()) {
       this.progress.files++;
@@ -671,7 +674,7 @@ export class Archiver {
         this.progress.bytes += prev.size ?? 0;
         this.stats.files_unmodified++;
         this.report();
-        return node;
+        return keepParentNode(prev, node);
       }
       const content = await this.readFile(abs, display, st);
       if (!content) return undefined;
@@ -682,7 +685,7 @@ export class Archiver {
       this.opts.memo?.stat.set(node, statRefBig(st));
       return node;
     }
-    return node;
+    return keepParentNode(prev, node);
   }
 
   private unchanged(prev: NodeJSON, cur: NodeJSON): boolean {

@@ -200,21 +200,49 @@ function addOwnerAndIdentity(node: NodeJSON, ino: number, dev: number): void {
   if (dev) node.device_id = dev;
 }
 
+/** restic's field order. */
+const NODE_KEYS: readonly (keyof NodeJSON)[] = [
+  "name", "type", "mode", "mtime", "atime", "ctime", "uid", "gid", "user", "group", "inode", "device_id",
+  "size", "links", "linktarget", "linktarget_raw", "extended_attributes", "device", "content", "subtree", "error",
+];
+
+/** Whether a field is written: restic omits empty strings and zeros, except for these. */
+function written(k: keyof NodeJSON, v: unknown): boolean {
+  return v !== undefined && (k === "content" || k === "uid" || k === "gid" || (v !== "" && v !== 0));
+}
+
 /** JSON key order matters only for tree IDs being stable; keep restic's order. */
 export function orderedNode(n: NodeJSON): NodeJSON {
   const o: Partial<NodeJSON> = {};
-  const keys: (keyof NodeJSON)[] = [
-    "name", "type", "mode", "mtime", "atime", "ctime", "uid", "gid", "user", "group", "inode", "device_id",
-    "size", "links", "linktarget", "linktarget_raw", "extended_attributes", "device", "content", "subtree", "error",
-  ];
-  for (const k of keys) {
+  for (const k of NODE_KEYS) {
     const v = n[k];
-    if (v !== undefined && (k === "content" || k === "uid" || k === "gid" || (v !== "" && v !== 0))) {
-      (o as Record<string, unknown>)[k] = v;
-    }
+    if (written(k, v)) (o as Record<string, unknown>)[k] = v;
   }
   if (!("content" in o)) o.content = null;
   return o as NodeJSON;
+}
+
+/**
+ * True when `cur` (made from the file system now) says nothing `prev` (from the parent snapshot's
+ * tree) does not: the archiver then keeps prev itself, and a folder whose entries are all kept
+ * keeps its parent tree's ID without encoding and hashing the tree again. Extended attributes are
+ * compared by identity (the archiver copies prev's when they cannot have changed).
+ */
+export function sameNode(prev: NodeJSON, cur: NodeJSON): boolean {
+  for (const k of NODE_KEYS) {
+    const a = prev[k];
+    const b = cur[k];
+    if (a === b) continue;
+    const wa = written(k, a);
+    if (wa !== written(k, b)) return false;
+    if (!wa) continue; // both omitted
+    if (k === "content" && Array.isArray(a) && Array.isArray(b)) {
+      if (a.length !== b.length || a.some((h, i) => h !== b[i])) return false;
+      continue;
+    }
+    return false;
+  }
+  return true;
 }
 
 export function linkTargetBytes(n: NodeJSON): Buffer {
