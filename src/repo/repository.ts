@@ -62,6 +62,9 @@ const ENCODE_CONCURRENCY = 4;
 /** Smaller blobs are compressed on the main thread: a thread pool round trip costs ~20 µs. */
 const BACKGROUND_MIN = 16 * 1024;
 const INDEX_EVERY_MS = 60_000;
+/** Tree blobs are read in aligned windows of this size, the last TREE_WINDOWS_KEPT kept (8 MiB). */
+const TREE_WINDOW = 256 * 1024;
+const TREE_WINDOWS_KEPT = 32;
 
 export class Repository {
   #index = new BlobIndex();
@@ -75,6 +78,8 @@ export class Repository {
   private readonly uploads = new Set<Promise<void>>();
   private readonly encodeSlots = new Semaphore(ENCODE_CONCURRENCY);
   private readonly encoding = new Set<Promise<void>>();
+  /** Recently read windows of tree packs, keyed "packId:offset", least recently used first. */
+  private readonly treeWindows = new Map<string, Promise<Buffer>>();
   private uploadError: unknown;
   /** Durable packs not yet named by an index file. */
   private unindexed: IndexPackJSON[] = [];
@@ -418,7 +423,7 @@ export class Repository {
         hint: "the repository is missing data; run `sitekeep check`",
       });
     }
-    const sealed = await this.backend.load({ type: "data", name: loc.packId }, loc.offset, loc.length);
+    const sealed = type === "tree" ? await this.loadTreeSealed(loc) : await this.backend.load({ type: "data", name: loc.packId }, loc.offset, loc.length);
     try {
       return await this.decodeBlobAsync(loc, sealed, id);
     } catch (err) {
@@ -427,6 +432,33 @@ export class Repository {
         cause: err,
       });
     }
+  }
+
+  /**
+   * A tree blob's sealed bytes, read with its neighbours: a walk over a parent snapshot (or a
+   * restore, or a check) loads thousands of small tree blobs that were packed next to each other,
+   * and one read per blob cost more than decoding it (on S3, a request each). Packs never change
+   * under their ID, so a window read once stays valid.
+   */
+  private async loadTreeSealed(loc: BlobLocation): Promise<Buffer> {
+    const h = { type: "data" as const, name: loc.packId };
+    const start = loc.offset - (loc.offset % TREE_WINDOW);
+    const end = loc.offset + loc.length;
+    if (end > start + TREE_WINDOW) return this.backend.load(h, loc.offset, loc.length); // crosses a window edge
+    const key = `${loc.packId}:${start}`;
+    let w = this.treeWindows.get(key);
+    if (w) this.treeWindows.delete(key); // re-inserted below: the Map's order is the LRU order
+    else {
+      w = this.backend.load(h, start, TREE_WINDOW);
+      w.catch(() => this.treeWindows.delete(key));
+      if (this.treeWindows.size >= TREE_WINDOWS_KEPT) this.treeWindows.delete(this.treeWindows.keys().next().value as string);
+    }
+    this.treeWindows.set(key, w);
+    const buf = await w;
+    // A window cut short by the end of the pack holds every blob in it; shorter still means the
+    // pack is damaged, and the exact read reports that as the other blob reads do.
+    if (buf.length < end - start) return this.backend.load(h, loc.offset, loc.length);
+    return buf.subarray(loc.offset - start, end - start);
   }
 
   lookup(type: BlobType, id: Uint8Array): BlobLocation | undefined {
