@@ -508,60 +508,75 @@ static napi_value sk_lsetxattr(napi_env env, napi_callback_info info) {
 #define SK_STAT_FIELDS 15
 
 /*
- * lstatdir(path) -> [names, stats]: names is one Buffer of NUL-terminated entry names (any bytes
- * but NUL and '/'), stats a Float64Array of SK_STAT_FIELDS per entry: mode, uid, gid, nlink, size,
- * ino, dev, rdev, atime s, atime ns, mtime s, mtime ns, ctime s, ctime ns, errno (0, or why the
- * entry's lstat failed). One call per folder instead of a readdir and one BigInt lstat per entry:
- * the archiver's walk over unchanged files (the site task's frozen pass) is dominated by them.
+ * lstatdirAsync(path) -> Promise<[names, stats, simple]>: names is one Buffer of NUL-terminated
+ * entry names (any bytes but NUL and '/'), stats a Float64Array of SK_STAT_FIELDS per entry: mode,
+ * uid, gid, nlink, size, ino, dev, rdev, atime s, atime ns, mtime s, mtime ns, ctime s, ctime ns,
+ * errno (0, or why the entry's lstat failed); simple is true when every name is printable ASCII
+ * without '"' or '\\' (restic stores such names as they are). One call per folder instead of a
+ * readdir and one BigInt lstat per entry: the archiver's walk over unchanged files (the site
+ * task's frozen pass) is dominated by them. Listed on the thread pool, so the walk lists folders
+ * while the main thread compares the entries of others.
  */
-static napi_value sk_lstatdir(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  if (!get_args(env, info, 1, argv)) return NULL;
-  char *path = get_cstr(env, argv[0], "path");
-  if (path == NULL) return NULL;
+typedef struct {
+  char *names;   /* NUL-terminated entry names, back to back */
+  size_t nlen;
+  double *stats; /* SK_STAT_FIELDS per entry */
+  size_t count;
+  bool simple;   /* every name printable ASCII without '"' or '\\': stored as it is in a tree */
+  int err;       /* 0, or why the listing failed */
+  const char *op; /* the call that failed: "opendir" or "readdir" */
+} sk_dirlist;
+
+/* Lists `path` with every entry's lstat into `out` (no Node-API calls: runs on any thread). */
+static void list_dir(const char *path, sk_dirlist *out) {
+  memset(out, 0, sizeof *out);
+  out->op = "opendir";
   DIR *d = opendir(path);
   if (d == NULL) {
-    throw_errno(env, errno, "opendir", path);
-    free(path);
-    return NULL;
+    out->err = errno;
+    return;
   }
+  out->op = "readdir";
+  out->simple = true;
   int fd = dirfd(d);
-  size_t ncap = 4096, nlen = 0, scap = 64, count = 0;
-  char *names = malloc(ncap);
-  double *stats = malloc(scap * SK_STAT_FIELDS * sizeof(double));
-  int err = 0;
-  if (names == NULL || stats == NULL) err = ENOMEM;
+  size_t ncap = 4096, scap = 64;
+  out->names = malloc(ncap);
+  out->stats = malloc(scap * SK_STAT_FIELDS * sizeof(double));
+  if (out->names == NULL || out->stats == NULL) out->err = ENOMEM;
   for (;;) {
-    if (err) break;
+    if (out->err) break;
     errno = 0;
     struct dirent *e = readdir(d);
     if (e == NULL) {
-      err = errno;
+      out->err = errno;
       break;
     }
     if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
     size_t len = strlen(e->d_name) + 1;
-    if (nlen + len > ncap) {
-      while (nlen + len > ncap) ncap *= 2;
-      char *n2 = realloc(names, ncap);
+    if (out->nlen + len > ncap) {
+      while (out->nlen + len > ncap) ncap *= 2;
+      char *n2 = realloc(out->names, ncap);
       if (n2 == NULL) {
-        err = ENOMEM;
+        out->err = ENOMEM;
         break;
       }
-      names = n2;
+      out->names = n2;
     }
-    if (count == scap) {
+    if (out->count == scap) {
       scap *= 2;
-      double *s2 = realloc(stats, scap * SK_STAT_FIELDS * sizeof(double));
+      double *s2 = realloc(out->stats, scap * SK_STAT_FIELDS * sizeof(double));
       if (s2 == NULL) {
-        err = ENOMEM;
+        out->err = ENOMEM;
         break;
       }
-      stats = s2;
+      out->stats = s2;
     }
-    memcpy(names + nlen, e->d_name, len);
-    nlen += len;
-    double *f = stats + count * SK_STAT_FIELDS;
+    for (const unsigned char *c = (const unsigned char *)e->d_name; *c && out->simple; c++) {
+      if (*c < 0x20 || *c >= 0x7f || *c == '"' || *c == '\\') out->simple = false;
+    }
+    memcpy(out->names + out->nlen, e->d_name, len);
+    out->nlen += len;
+    double *f = out->stats + out->count * SK_STAT_FIELDS;
     struct stat st;
     if (fstatat(fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
       memset(f, 0, SK_STAT_FIELDS * sizeof(double));
@@ -586,30 +601,104 @@ static napi_value sk_lstatdir(napi_env env, napi_callback_info info) {
 #endif
       f[14] = 0;
     }
-    count++;
+    out->count++;
   }
   closedir(d);
-  napi_value result = NULL;
-  if (err) {
-    throw_errno(env, err, "readdir", path);
-  } else {
-    napi_value nbuf, abuf, farr;
-    void *data = NULL;
-    if (napi_create_buffer_copy(env, nlen, names, NULL, &nbuf) == napi_ok &&
-        napi_create_arraybuffer(env, count * SK_STAT_FIELDS * sizeof(double), &data, &abuf) == napi_ok) {
-      if (count) memcpy(data, stats, count * SK_STAT_FIELDS * sizeof(double));
-      if (napi_create_typedarray(env, napi_float64_array, count * SK_STAT_FIELDS, abuf, 0, &farr) == napi_ok &&
-          napi_create_array_with_length(env, 2, &result) == napi_ok) {
-        napi_set_element(env, result, 0, nbuf);
-        napi_set_element(env, result, 1, farr);
-      }
+}
+
+static void free_dirlist(sk_dirlist *l) {
+  free(l->names);
+  free(l->stats);
+  l->names = NULL;
+  l->stats = NULL;
+}
+
+/* [names, stats, simple] for a successful listing, or NULL with an exception pending. */
+static napi_value dirlist_value(napi_env env, const sk_dirlist *l) {
+  napi_value result = NULL, nbuf, abuf, farr, simple;
+  void *data = NULL;
+  if (napi_create_buffer_copy(env, l->nlen, l->names ? l->names : "", NULL, &nbuf) == napi_ok &&
+      napi_create_arraybuffer(env, l->count * SK_STAT_FIELDS * sizeof(double), &data, &abuf) == napi_ok) {
+    if (l->count) memcpy(data, l->stats, l->count * SK_STAT_FIELDS * sizeof(double));
+    if (napi_create_typedarray(env, napi_float64_array, l->count * SK_STAT_FIELDS, abuf, 0, &farr) == napi_ok &&
+        napi_get_boolean(env, l->simple, &simple) == napi_ok &&
+        napi_create_array_with_length(env, 3, &result) == napi_ok) {
+      napi_set_element(env, result, 0, nbuf);
+      napi_set_element(env, result, 1, farr);
+      napi_set_element(env, result, 2, simple);
     }
-    if (result == NULL) ensure_thrown(env);
   }
-  free(names);
-  free(stats);
-  free(path);
+  if (result == NULL) ensure_thrown(env);
   return result;
+}
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  char *path;
+  sk_dirlist list;
+} sk_lstatdir_job;
+
+static void lstatdir_execute(napi_env env, void *arg) {
+  sk_lstatdir_job *job = arg;
+  list_dir(job->path, &job->list);
+}
+
+static void lstatdir_complete(napi_env env, napi_status status, void *arg) {
+  sk_lstatdir_job *job = arg;
+  napi_value result = NULL, err;
+  if (status != napi_ok) {
+    napi_value msg;
+    napi_create_string_utf8(env, "lstatdir was cancelled", NAPI_AUTO_LENGTH, &msg);
+    napi_create_error(env, NULL, msg, &err);
+  } else if (job->list.err) {
+    throw_errno(env, job->list.err, job->list.op, job->path);
+  } else {
+    result = dirlist_value(env, &job->list);
+  }
+  if (result != NULL) {
+    napi_resolve_deferred(env, job->deferred, result);
+  } else {
+    if (status == napi_ok) napi_get_and_clear_last_exception(env, &err);
+    napi_reject_deferred(env, job->deferred, err);
+  }
+  napi_delete_async_work(env, job->work);
+  free_dirlist(&job->list);
+  free(job->path);
+  free(job);
+}
+
+static napi_value sk_lstatdir_async(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  char *path = get_cstr(env, argv[0], "path");
+  if (path == NULL) return NULL;
+  sk_lstatdir_job *job = calloc(1, sizeof *job);
+  if (job == NULL) {
+    free(path);
+    napi_throw_error(env, "ENOMEM", "lstatdir: out of memory");
+    return NULL;
+  }
+  job->path = path;
+  napi_value promise, rname;
+  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, "sitekeep.lstatdir", NAPI_AUTO_LENGTH, &rname) != napi_ok ||
+      napi_create_async_work(env, NULL, rname, lstatdir_execute, lstatdir_complete, job, &job->work) != napi_ok) {
+    free(job->path);
+    free(job);
+    ensure_thrown(env);
+    return NULL;
+  }
+  if (napi_queue_async_work(env, job->work) != napi_ok) {
+    napi_delete_async_work(env, job->work);
+    napi_value err, msg;
+    napi_create_string_utf8(env, "lstatdir: cannot queue the work", NAPI_AUTO_LENGTH, &msg);
+    napi_create_error(env, NULL, msg, &err);
+    napi_reject_deferred(env, job->deferred, err);
+    free(job->path);
+    free(job);
+  }
+  return promise;
 }
 
 /* ---- readfiles: a batch of small files of one folder, read on the thread pool ------------- */
@@ -847,7 +936,7 @@ NAPI_MODULE_INIT() {
       {"llistxattr", NULL, sk_llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lgetxattr", NULL, sk_lgetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lsetxattr", NULL, sk_lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"lstatdir", NULL, sk_lstatdir, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lstatdirAsync", NULL, sk_lstatdir_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"readfiles", NULL, sk_readfiles, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) {

@@ -53,8 +53,8 @@ test("an incremental backup sees a changed extended attribute (it changes the ct
 });
 
 test("the fast directory walk makes the same file nodes as lstat (so unchanged trees keep their IDs)", async () => {
-  const { lstatDir, nativeAvailable } = await import("../platform/fsx.js");
-  const { fileNodeFromNumbers, nodeFromStat } = await import("./node.js");
+  const { lstatDirAsync, nativeAvailable } = await import("../platform/fsx.js");
+  const { encodeName, fileNodeFromNumbers, nodeFromStat } = await import("./node.js");
   const { lstatSync, symlinkSync, chmodSync, utimesSync } = await import("node:fs");
   if (!nativeAvailable) return; // the addon is not built: the walk uses lstat itself
   const tmp = mkdtempSync(join(tmpdir(), "sitekeep-lstatdir-"));
@@ -66,16 +66,34 @@ test("the fast directory walk makes the same file nodes as lstat (so unchanged t
     utimesSync(join(tmp, "old"), new Date("1999-12-31T23:59:59.5Z"), new Date("1970-01-01T00:00:01Z"));
     chmodSync(join(tmp, "data.bin"), 0o4751);
     symlinkSync("data.bin", join(tmp, "link"));
-    const d = lstatDir(Buffer.from(tmp));
+    const d = await lstatDirAsync(Buffer.from(tmp));
     assert.ok(d);
     const names = d.names.map((n) => n.toString());
     assert.deepEqual([...names].sort(), ["data.bin", "empty", "link", "naïve name.txt", "old"]);
     for (let i = 0; i < d.names.length; i++) {
       if (names[i] === "link") continue; // the fast path is for regular files only
       const viaLstat = nodeFromStat(d.names[i], lstatSync(join(tmp, names[i]), { bigint: true }));
-      assert.deepEqual(fileNodeFromNumbers(d.names[i], d.stats, i), viaLstat, names[i]);
+      assert.deepEqual(fileNodeFromNumbers(encodeName(d.names[i]), d.stats, i), viaLstat, names[i]);
     }
-    assert.throws(() => lstatDir(Buffer.from(join(tmp, "missing"))), /ENOENT/);
+    assert.equal(d.simpleNames, undefined, "a name that is not plain ASCII: no shortcut");
+    await assert.rejects(lstatDirAsync(Buffer.from(join(tmp, "missing"))), /ENOENT/);
+    // Plain ASCII names come as the strings restic stores; a '"' or a control character needs quoting.
+    const { mkdirSync } = await import("node:fs");
+    for (const [dir, names, simple] of [
+      ["plain", ["a.txt", "b c", "~x-1"], true],
+      ["quote", ["a.txt", 'say "hi"'], false],
+      ["control", ["a.txt", "tab\there"], false],
+      ["nothing", [], true],
+    ] as const) {
+      mkdirSync(join(tmp, dir));
+      for (const n of names) writeFileSync(join(tmp, dir, n), "");
+      const l = await lstatDirAsync(Buffer.from(join(tmp, dir)));
+      assert.ok(l);
+      assert.equal(l.count, names.length);
+      if (simple) assert.deepEqual([...(l.simpleNames ?? ["?"])].sort(), [...names].sort(), dir);
+      else assert.equal(l.simpleNames, undefined, dir);
+      assert.deepEqual(l.names.map((n) => n.toString()).sort(), [...names].sort(), dir);
+    }
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }

@@ -12,7 +12,7 @@ import { Chunker } from "../repo/chunker.js";
 import { sha256 } from "../repo/id.js";
 import type { Snapshot, SnapshotJSON } from "../repo/snapshot.js";
 import { formatTimeNs, nowNs, formatDate } from "../util/gotime.js";
-import { type DirStats, type ReadFiles, READ_FIELDS, ReadField, STAT_FIELDS, StatField, canReadFiles, errnoCode, listXattrs, getXattr, isUnsupportedXattrError, lstatDir, readFiles } from "../platform/fsx.js";
+import { type DirStats, type ReadFiles, READ_FIELDS, ReadField, STAT_FIELDS, StatField, canReadFiles, errnoCode, listXattrs, getXattr, isUnsupportedXattrError, lstatDirAsync, readFiles } from "../platform/fsx.js";
 import { forEachChunk, streamReader, type ReadFn } from "./chunk-reader.js";
 import { type PathMatcher, compileExcludes } from "./exclude.js";
 import { type ScanTotals, startScan } from "./scanner.js";
@@ -404,7 +404,7 @@ export class Archiver {
         throw new SitekeepError("backup.source", `"." must be a directory`);
       }
       this.rootDev = st.dev;
-      return this.dirEntries(Buffer.from(v.abs), v.abs, parent);
+      return this.dirEntries(Buffer.from(v.abs), v.abs, Promise.resolve(parent));
     }
     const nodes: NodeJSON[] = [];
     for (const [name, child] of v.children) {
@@ -425,23 +425,27 @@ export class Archiver {
     return nodes;
   }
 
-  private async dirEntries(absDir: Buffer, displayDir: string, parent: Map<string, NodeJSON> | undefined): Promise<NodeJSON[]> {
-    let names: Buffer[];
+  /** `parentTree`: the parent snapshot's tree of this folder, loading while the folder is listed. */
+  private async dirEntries(absDir: Buffer, displayDir: string, parentTree: Promise<Map<string, NodeJSON> | undefined> | undefined): Promise<NodeJSON[]> {
+    let plain: Buffer[] | undefined;
     let fast: DirStats | undefined;
     try {
-      // One native call for the names and their lstat where the addon is built: an incremental
-      // walk over unchanged files (the site task's frozen pass) is mostly these calls.
-      fast = lstatDir(absDir);
-      names = fast ? fast.names : readdirSync(absDir, { encoding: "buffer" });
+      // One native call on the thread pool for the names and their lstat where the addon is built:
+      // an incremental walk over unchanged files (the site task's frozen pass) is mostly these calls.
+      fast = await lstatDirAsync(absDir);
+      if (!fast) plain = readdirSync(absDir, { encoding: "buffer" });
     } catch (err) {
       this.warn(displayDir, `cannot read directory: ${errorMessage(err)}`);
+      await parentTree; // never rejects (safeLoadTree)
       return [];
     }
+    const parent = await parentTree;
     const sep = absDir[absDir.length - 1] === 0x2f ? Buffer.alloc(0) : Buffer.from("/");
     const nodes: NodeJSON[] = [];
     let slow: number[] = [];
-    for (let i = 0; i < names.length; i++) {
-      const reused = fast ? this.unchangedFile(fast, i, absDir, sep, parent) : undefined;
+    const count = fast ? fast.count : (plain as Buffer[]).length;
+    for (let i = 0; i < count; i++) {
+      const reused = fast ? this.unchangedFile(fast, i, absDir, displayDir, sep, parent) : undefined;
       if (reused === null) continue; // excluded
       if (reused) nodes.push(reused);
       else slow.push(i);
@@ -459,7 +463,7 @@ export class Archiver {
     // compression; reads and stats are bounded by global semaphores, never held across recursion.
     const general = mapLimit(slow, ENTRY_CONCURRENCY, async (i) => {
       this.checkAbort();
-      const rawName = names[i];
+      const rawName = fast ? fast.names[i] : (plain as Buffer[])[i];
       const abs = Buffer.concat([absDir, sep, rawName]);
       const display = abs.toString("utf8");
       if (this.exclude(display)) return;
@@ -541,7 +545,8 @@ export class Archiver {
       this.warn(display, errno === osConstants.errno.EINVAL ? "cannot read file: it is no longer a regular file" : `cannot read file: ${errnoCode(errno)}, open '${display}'`);
       return undefined;
     }
-    const prev = parent?.get(encodeName(rawName));
+    const stored = encodeName(rawName);
+    const prev = parent?.get(stored);
     const length = r.f[rb + ReadField.length];
     if (length > f[b + StatField.size]) {
       // Grew since the folder was listed: take the general path, which chunks it if it must.
@@ -554,7 +559,7 @@ export class Archiver {
       }
       return this.entryNode(abs, display, rawName, st, prev);
     }
-    const node = fileNodeFromNumbers(rawName, f, i);
+    const node = fileNodeFromNumbers(stored, f, i);
     if (
       r.f[rb + ReadField.size] !== f[b + StatField.size] ||
       r.f[rb + ReadField.mtimeSec] !== f[b + StatField.mtimeSec] ||
@@ -583,17 +588,20 @@ export class Archiver {
    * the parent snapshot's reuses its content without a BigInt lstat or a read. Returns null for an
    * excluded entry and undefined when the entry needs the full path (anything else).
    */
-  private unchangedFile(fast: DirStats, i: number, absDir: Buffer, sep: Buffer, parent: Map<string, NodeJSON> | undefined): NodeJSON | null | undefined {
+  private unchangedFile(fast: DirStats, i: number, absDir: Buffer, displayDir: string, sep: Buffer, parent: Map<string, NodeJSON> | undefined): NodeJSON | null | undefined {
     const b = i * STAT_FIELDS;
     const f = fast.stats;
     if (!parent || f[b + StatField.errno] !== 0 || (f[b + StatField.mode] & 0o170000) !== 0o100000) return undefined;
-    const rawName = fast.names[i];
-    const prev = parent.get(encodeName(rawName));
+    // A folder of plain ASCII names needs no Buffer per name: the stored name is the name.
+    const simple = fast.simpleNames;
+    const stored = simple ? simple[i] : encodeName(fast.names[i]);
+    const prev = parent.get(stored);
     if (!prev || prev.type !== "file") return undefined;
     const memo = this.opts.memo;
     if (memo?.racySince !== undefined && Math.max(f[b + StatField.mtimeSec], f[b + StatField.ctimeSec]) >= memo.racySince) return undefined;
     const ref: StatRef = { f, b };
-    if (this.hasExcludes && this.exclude(Buffer.concat([absDir, sep, rawName]).toString("utf8"))) return null;
+    const display = (): string => (simple ? displayDir + sep.toString("latin1") + stored : Buffer.concat([absDir, sep, fast.names[i]]).toString("utf8"));
+    if (this.hasExcludes && this.exclude(display())) return null;
     const was = memo?.stat.get(prev);
     if (was && sameStat(was, ref)) {
       // Made from this very stat a moment ago (the online pass): the node itself is reused.
@@ -603,7 +611,7 @@ export class Archiver {
       this.report();
       return prev;
     }
-    let node = fileNodeFromNumbers(rawName, f, i);
+    let node = fileNodeFromNumbers(stored, f, i);
     if (!this.unchanged(prev, node) || !this.allKnown(prev.content)) return undefined;
     if (prev.extended_attributes) node.extended_attributes = prev.extended_attributes; // same inode and ctime: same attributes
     node.content = prev.content;
@@ -612,7 +620,7 @@ export class Archiver {
     memo?.stat.set(node, ref);
     this.progress.files++;
     this.progress.bytes += prev.size ?? 0;
-    this.progress.currentPath = Buffer.concat([absDir, sep, rawName]).toString("utf8");
+    this.progress.currentPath = display();
     this.stats.files_unmodified++;
     this.report();
     return node;
@@ -649,8 +657,9 @@ export class Archiver {
         return node;
       }
       this.progress.dirs++;
-      const parentNodes = await this.safeLoadTree(prev?.subtree);
-      const sub = await this.dirEntries(abs, display, parentNodes);
+      const parentTree = this.safeLoadTree(prev?.subtree);
+      const sub = await this.dirEntries(abs, display, parentTree);
+      const parentNodes = await parentTree;
       // Every entry the very node object of the parent tree: the folder's tree is the parent's.
       const sameEntries = prev?.subtree !== undefined && parentNodes !== undefined && sub.length === parentNodes.size && sub.every((n) => parentNodes.get(n.name) === n);
       if (sameEntries) {

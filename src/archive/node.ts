@@ -166,15 +166,15 @@ export function nodeFromStat(rawName: Buffer, st: BigIntStats, linkTarget?: Buff
 }
 
 /**
- * The node of a regular file from lstatDir's numbers: the same node nodeFromStat makes from a
+ * The node of a regular file (its name as encodeName stores it) from lstatDirAsync's numbers: the same node nodeFromStat makes from a
  * BigInt lstat, without the BigInts (the walk over unchanged files allocates nothing else).
  */
-export function fileNodeFromNumbers(rawName: Buffer, f: Float64Array, i: number): NodeJSON {
+export function fileNodeFromNumbers(storedName: string, f: Float64Array, i: number): NodeJSON {
   const b = i * STAT_FIELDS;
   const uid = f[b + StatField.uid];
   const gid = f[b + StatField.gid];
   const node: NodeJSON = {
-    name: encodeName(rawName),
+    name: storedName,
     type: "file",
     mode: goModeFromUnix(f[b + StatField.mode]),
     mtime: formatTimeParts(f[b + StatField.mtimeSec], f[b + StatField.mtimeNsec]),
@@ -229,20 +229,42 @@ export function orderedNode(n: NodeJSON): NodeJSON {
  * compared by identity (the archiver copies prev's when they cannot have changed).
  */
 export function sameNode(prev: NodeJSON, cur: NodeJSON): boolean {
-  for (const k of NODE_KEYS) {
-    const a = prev[k];
-    const b = cur[k];
-    if (a === b) continue;
-    const wa = written(k, a);
-    if (wa !== written(k, b)) return false;
-    if (!wa) continue; // both omitted
-    if (k === "content" && Array.isArray(a) && Array.isArray(b)) {
-      if (a.length !== b.length || a.some((h, i) => h !== b[i])) return false;
-      continue;
-    }
-    return false;
-  }
-  return true;
+  // Spelled out rather than looped over NODE_KEYS: this runs for every unchanged file.
+  return (
+    prev.name === cur.name &&
+    prev.type === cur.type &&
+    opt(prev.mode) === opt(cur.mode) &&
+    opt(prev.mtime) === opt(cur.mtime) &&
+    opt(prev.atime) === opt(cur.atime) &&
+    opt(prev.ctime) === opt(cur.ctime) &&
+    prev.uid === cur.uid &&
+    prev.gid === cur.gid &&
+    opt(prev.user) === opt(cur.user) &&
+    opt(prev.group) === opt(cur.group) &&
+    opt(prev.inode) === opt(cur.inode) &&
+    opt(prev.device_id) === opt(cur.device_id) &&
+    opt(prev.size) === opt(cur.size) &&
+    opt(prev.links) === opt(cur.links) &&
+    opt(prev.linktarget) === opt(cur.linktarget) &&
+    opt(prev.linktarget_raw) === opt(cur.linktarget_raw) &&
+    prev.extended_attributes === cur.extended_attributes &&
+    opt(prev.device) === opt(cur.device) &&
+    sameContent(prev.content, cur.content) &&
+    opt(prev.subtree) === opt(cur.subtree) &&
+    opt(prev.error) === opt(cur.error)
+  );
+}
+
+/** A field as written: restic omits zeros and empty strings (see orderedNode). */
+function opt<T>(v: T): T | undefined {
+  return v === 0 || v === "" ? undefined : v;
+}
+
+/** Content lists compared by value; a missing one is written as null, which is not []. */
+function sameContent(a: string[] | null | undefined, b: string[] | null | undefined): boolean {
+  if (a === b) return true;
+  if (a == null || b == null) return (a == null) === (b == null);
+  return a.length === b.length && a.every((h, i) => h === b[i]);
 }
 
 export function linkTargetBytes(n: NodeJSON): Buffer {

@@ -17,7 +17,7 @@ interface NativeFs {
   llistxattr(p: PathLike): string[];
   lgetxattr(p: PathLike, name: string): Buffer;
   lsetxattr(p: PathLike, name: string, value: Buffer): void;
-  lstatdir?(p: PathLike): [Buffer, Float64Array];
+  lstatdirAsync?(p: PathLike): Promise<[Buffer, Float64Array, boolean]>;
   readfiles?(dir: PathLike, names: Buffer, limits: Float64Array): Promise<[Buffer, Float64Array]>;
 }
 
@@ -41,26 +41,54 @@ export const StatField = {
   errno: 14,
 } as const;
 
-export interface DirStats {
-  names: Buffer[];
-  /** STAT_FIELDS numbers per name (StatField order); errno != 0 when that entry's lstat failed. */
-  stats: Float64Array;
+/** A folder's entries and their lstat numbers, as lstatDirAsync returns them. */
+export class DirStats {
+  #names: Buffer[] | undefined;
+  /** Number of entries. */
+  readonly count: number;
+  /**
+   * Every name as restic stores it in a tree, when all are printable ASCII without '"' or '\\'
+   * (then the stored name is the name itself; undefined otherwise): split from one string, without
+   * a Buffer per name, for the walk over unchanged files.
+   */
+  readonly simpleNames: string[] | undefined;
+
+  constructor(
+    private readonly buf: Buffer,
+    /** STAT_FIELDS numbers per name (StatField order); errno != 0 when that entry's lstat failed. */
+    readonly stats: Float64Array,
+    simple: boolean,
+  ) {
+    this.count = stats.length / STAT_FIELDS;
+    this.simpleNames = simple && this.count ? buf.toString("latin1", 0, buf.length - 1).split("\0") : simple ? [] : undefined;
+  }
+
+  /** The raw entry names (made on first use). */
+  get names(): Buffer[] {
+    if (!this.#names) {
+      const names: Buffer[] = [];
+      const buf = this.buf;
+      let start = 0;
+      for (let i = 0; i < buf.length; i++) {
+        if (buf[i] === 0) {
+          names.push(buf.subarray(start, i));
+          start = i + 1;
+        }
+      }
+      this.#names = names;
+    }
+    return this.#names;
+  }
 }
 
 /**
- * A folder's entry names with their lstat, in one native call (undefined without the addon: use
- * readdir and lstat). Throws like readdir when the folder cannot be read.
+ * A folder's entry names with their lstat, in one native call on the thread pool (undefined
+ * without the addon: use readdir and lstat). A walk lists folders there while the main thread
+ * compares the entries of others. Rejects like readdir when the folder cannot be read.
  */
-export function lstatDir(dir: Buffer): DirStats | undefined {
-  if (!native?.lstatdir) return undefined;
-  const [buf, stats] = native.lstatdir(dir);
-  const names: Buffer[] = [];
-  let start = 0;
-  for (let i = buf.indexOf(0, start); i >= 0; i = buf.indexOf(0, start)) {
-    names.push(buf.subarray(start, i));
-    start = i + 1;
-  }
-  return { names, stats };
+export async function lstatDirAsync(dir: Buffer): Promise<DirStats | undefined> {
+  if (!native?.lstatdirAsync) return undefined;
+  return new DirStats(...(await native.lstatdirAsync(dir)));
 }
 
 /** Numbers per file of readFiles' result (see native/sitekeep_fs.c). */

@@ -50,14 +50,44 @@ export function formatTimeNs(ns: bigint): string {
   return out + "Z";
 }
 
-/** formatTimeNs for a time given as whole seconds and nanoseconds (0..999999999), without BigInt. */
+/** "00".."59" */
+const TWO_DIGITS = Array.from({ length: 60 }, (_, i) => String(i).padStart(2, "0"));
+/** The date part ("2026-11-26T") of the last days formatted: a backup's files share few days. */
+const datePrefixes = new Map<number, string>();
+
+function datePrefix(days: number): string {
+  let p = datePrefixes.get(days);
+  if (p === undefined) {
+    const [y, mo, d] = civilFromDays(days);
+    p = `${pad(y, 4)}-${pad(mo)}-${pad(d)}T`;
+    if (datePrefixes.size >= 4096) datePrefixes.clear();
+    datePrefixes.set(days, p);
+  }
+  return p;
+}
+
+/** Nanoseconds 1..999999999 as Go writes the fraction: ".5", ".000001", trailing zeros trimmed. */
+function fraction(nsec: number): string {
+  let digits = 9;
+  while (nsec % 10 === 0) {
+    nsec /= 10;
+    digits--;
+  }
+  return "." + String(nsec).padStart(digits, "0");
+}
+
+/**
+ * formatTimeNs for a time given as whole seconds and nanoseconds (0..999999999), without BigInt.
+ * The walk over unchanged files formats three times per file, hence the caches.
+ */
 export function formatTimeParts(sec: number, nsec: number): string {
   const days = Math.floor(sec / 86400);
   const sod = sec - days * 86400;
-  const [y, mo, d] = civilFromDays(days);
-  let out = `${pad(y, 4)}-${pad(mo)}-${pad(d)}T${pad(Math.floor(sod / 3600))}:${pad(Math.floor((sod % 3600) / 60))}:${pad(sod % 60)}`;
-  if (nsec !== 0) out += "." + String(nsec).padStart(9, "0").replace(/0+$/, "");
-  return out + "Z";
+  const h = Math.floor(sod / 3600);
+  const rest = sod - h * 3600;
+  const min = Math.floor(rest / 60);
+  const out = datePrefix(days) + TWO_DIGITS[h] + ":" + TWO_DIGITS[min] + ":" + TWO_DIGITS[rest - min * 60];
+  return nsec === 0 ? out + "Z" : out + fraction(nsec) + "Z";
 }
 
 const RFC3339 = /^(-?\d{4,})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|z|[+-]\d{2}:\d{2})$/;
