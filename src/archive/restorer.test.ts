@@ -106,3 +106,36 @@ test("a crafted tree that names one entry twice cannot redirect a later hard lin
     await fsp.rm(tmp, { recursive: true, force: true });
   }
 });
+
+test("files are written across folders at once, and hard links spread over folders stay one file", async () => {
+  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-restore-links-"));
+  try {
+    const src = join(tmp, "src");
+    const { linkSync, mkdirSync, writeFileSync, readFileSync } = await import("node:fs");
+    mkdirSync(src);
+    writeFileSync(join(src, "shared"), "one inode\n");
+    for (let d = 0; d < 6; d++) {
+      const dir = join(src, `d${d}`, "sub");
+      mkdirSync(dir, { recursive: true });
+      for (let f = 0; f < 30; f++) writeFileSync(join(dir, `f${f}`), `folder ${d} file ${f}\n`.repeat(f + 1));
+      linkSync(join(src, "shared"), join(dir, "link"));
+    }
+    const repo = await Repository.init(new LocalBackend(join(tmp, "repo")), "pw", { kdf });
+    await repo.loadIndex();
+    const s = await new Archiver(repo, { paths: [src] }).run();
+    const target = join(tmp, "target");
+    const r = await new Restorer(repo, { target }).restore((await repo.loadSnapshot(s.snapshot_id)).tree);
+    assert.deepEqual(r.errors, []);
+    const out = join(target, src);
+    const ino = lstatSync(join(out, "shared")).ino;
+    for (let d = 0; d < 6; d++) {
+      const dir = join(out, `d${d}`, "sub");
+      assert.equal(lstatSync(join(dir, "link")).ino, ino, `d${d}/sub/link is the same file`);
+      for (let f = 0; f < 30; f++) assert.equal(readFileSync(join(dir, `f${f}`), "utf8"), `folder ${d} file ${f}\n`.repeat(f + 1));
+    }
+    assert.equal(lstatSync(join(out, "shared")).nlink, 7);
+    assert.equal(readFileSync(join(out, "shared"), "utf8"), "one inode\n");
+  } finally {
+    await fsp.rm(tmp, { recursive: true, force: true });
+  }
+});
