@@ -19,6 +19,7 @@ import { type ScanTotals, startScan } from "./scanner.js";
 import { Semaphore, mapLimit } from "../util/concurrency.js";
 import { type NodeJSON, decodeName, encodeName, fileNodeFromNumbers, goModeFromUnix, nodeFromStat, sameNode } from "./node.js";
 import { encodeTree, loadTree } from "./tree.js";
+import { type EncodedBatch, batchBlob } from "../repo/batch-encode.js";
 import { PROGRAM_VERSION } from "../version.js";
 
 
@@ -28,8 +29,13 @@ const FILE_CONCURRENCY = 2;
 /** Small files read per native call, and their bytes at most (one file may exceed it alone). */
 const BATCH_FILES = 64;
 const BATCH_BYTES = 4 * 1024 * 1024;
-/** Batches being read or stored at once. */
-const BATCH_CONCURRENCY = 3;
+/**
+ * Batches being read, encoded or stored at once. A batch goes from the thread pool (reading) to a
+ * worker (encoding) to this thread (packing); with few in flight, each hand-over woke a sleeping
+ * thread (~50 µs on a VM) and a site of many tiny folders ran at the speed of those wake-ups
+ * (3 -> 16: 18.6 -> 15.7 s for 320k files in 32k folders).
+ */
+const BATCH_CONCURRENCY = 16;
 
 export interface BackupOptions {
   paths: string[];
@@ -493,9 +499,10 @@ export class Archiver {
   }
 
   /**
-   * Reads the small files `idx` of a folder in groups on the thread pool and makes their nodes. A
-   * group's slot is held until its files are queued for storing, which bounds the bytes read ahead
-   * (a queued blob of 16 KiB or more keeps its group's buffer until it is packed).
+   * Reads the small files `idx` of a folder in groups on the thread pool, has each group encoded
+   * on a worker thread and makes their nodes. A group's slot is held until its blobs are queued
+   * for packing, which bounds the bytes read ahead (the packs then keep views of the group's
+   * sealed bytes until they are written).
    */
   private async readSmallFiles(absDir: Buffer, sep: Buffer, fast: DirStats, idx: number[], parent: Map<string, NodeJSON> | undefined, nodes: NodeJSON[]): Promise<void> {
     const f = fast.stats;
@@ -522,8 +529,17 @@ export class Archiver {
           for (const i of group) this.warn(Buffer.concat([absDir, sep, fast.names[i]]).toString("utf8"), `cannot read file: ${errorMessage(err)}`);
           continue;
         }
+        // Hashed, compressed and sealed on a worker thread, all at once.
+        const offsets: number[] = [];
+        const lengths: number[] = [];
         for (let k = 0; k < group.length; k++) {
-          const node = await this.smallFileNode(absDir, sep, fast, group[k], r, k, parent);
+          const rb = k * READ_FIELDS;
+          offsets.push(r.f[rb + ReadField.offset]);
+          lengths.push(r.f[rb + ReadField.errno] ? 0 : r.f[rb + ReadField.length]);
+        }
+        const enc = await this.repo.encodeSmallBlobs(r.data, offsets, lengths);
+        for (let k = 0; k < group.length; k++) {
+          const node = await this.smallFileNode(absDir, sep, fast, group[k], r, k, enc, parent);
           if (node) nodes.push(node);
         }
       } finally {
@@ -532,7 +548,7 @@ export class Archiver {
     }
   }
 
-  private async smallFileNode(absDir: Buffer, sep: Buffer, fast: DirStats, i: number, r: ReadFiles, k: number, parent: Map<string, NodeJSON> | undefined): Promise<NodeJSON | undefined> {
+  private async smallFileNode(absDir: Buffer, sep: Buffer, fast: DirStats, i: number, r: ReadFiles, k: number, enc: EncodedBatch, parent: Map<string, NodeJSON> | undefined): Promise<NodeJSON | undefined> {
     const f = fast.stats;
     const b = i * STAT_FIELDS;
     const rb = k * READ_FIELDS;
@@ -574,8 +590,7 @@ export class Archiver {
     } else if (r.f[rb + ReadField.xattrListSize] > 0) this.addXattrs(abs, display, node);
     this.progress.files++;
     this.progress.currentPath = display;
-    const offset = r.f[rb + ReadField.offset];
-    node.content = length ? [await this.storeChunk(r.data.subarray(offset, offset + length), true)] : [];
+    node.content = length ? [await this.storeEncoded(enc, k, length)] : [];
     node.size = length || undefined;
     if (!prev) this.stats.files_new++;
     else this.stats.files_changed++;
@@ -833,6 +848,19 @@ export class Archiver {
     this.progress.bytes += chunk.length;
     this.report();
     return id.toString("hex");
+  }
+
+  /** storeChunk for blob k of a batch encoded by the repository's encodeSmallBlobs. */
+  private async storeEncoded(enc: EncodedBatch, k: number, length: number): Promise<string> {
+    this.checkAbort();
+    const b = batchBlob(enc, k);
+    if (await this.repo.queueEncoded("data", b.id, b.sealed, b.uncompressedLength)) {
+      this.stats.data_blobs++;
+      this.progress.bytesAdded += b.sealed.length;
+    }
+    this.progress.bytes += length;
+    this.report();
+    return b.id.toString("hex");
   }
 
   private async storeChunks(read: ReadFn, buffer?: Buffer): Promise<{ ids: string[]; size: number }> {

@@ -8,6 +8,8 @@ import { randomBytes } from "node:crypto";
 import type { Backend, FileType } from "../backend/backend.js";
 import { ExitCode, SitekeepError, errorMessage } from "../errors.js";
 import { BlobIndex, type BlobLocation } from "./blob-index.js";
+import type { EncodedBatch } from "./batch-encode.js";
+import { encodeInWorker } from "./encoder-pool.js";
 import { packUnpacked, unpackUnpacked, compress, compressAsync, compressesInBackground, decompress, decompressAsync } from "./compression.js";
 import { type RepoConfig, SUPPORTED_VERSIONS } from "./config.js";
 import { type MasterKey, newRandomKey, open, openAsync, seal, sealAsync } from "./crypto.js";
@@ -322,6 +324,25 @@ export class Repository {
         this.encoding.delete(job);
       });
     this.encoding.add(job);
+    return true;
+  }
+
+  /**
+   * Hashes, compresses and seals small blobs data[offsets[i] .. + lengths[i]] on a worker thread
+   * (encoder-pool.ts); queueEncoded stores them. Blobs the repository already has are encoded too,
+   * which costs less than hashing them here first.
+   */
+  encodeSmallBlobs(data: Uint8Array, offsets: number[], lengths: number[]): Promise<EncodedBatch> {
+    return encodeInWorker(this.key, this.version >= 2 && this.compression === "auto", data, offsets, lengths);
+  }
+
+  /** Stores one blob of an encodeSmallBlobs batch unless the repository has it (then false). */
+  async queueEncoded(type: BlobType, id: Buffer, sealed: Buffer, uncompressedLength: number): Promise<boolean> {
+    if (this.uploadError) throw this.uploadError;
+    const key = type + ":" + id.toString("hex");
+    if (this.index.has(id, type) || this.inflight.has(key)) return false;
+    this.inflight.add(key);
+    await this.addToPack(type, id, sealed, uncompressedLength);
     return true;
   }
 
