@@ -19,7 +19,7 @@ import { type ScanTotals, startScan } from "./scanner.js";
 import { Semaphore, mapLimit } from "../util/concurrency.js";
 import { type NodeJSON, decodeName, encodeName, fileNodeFromNumbers, goModeFromUnix, nodeFromStat, sameNode } from "./node.js";
 import { encodeTree, loadTree } from "./tree.js";
-import { type EncodedBatch, batchBlob } from "../repo/batch-encode.js";
+import { type EncodedBatch, batchBlob } from "../repo/blob-codec.js";
 import { PROGRAM_VERSION } from "../version.js";
 
 

@@ -8,9 +8,9 @@ import { randomBytes } from "node:crypto";
 import type { Backend, FileType } from "../backend/backend.js";
 import { ExitCode, SitekeepError, errorMessage } from "../errors.js";
 import { BlobIndex, type BlobLocation } from "./blob-index.js";
-import type { EncodedBatch } from "./batch-encode.js";
-import { encodeInWorker } from "./encoder-pool.js";
-import { packUnpacked, unpackUnpacked, compress, compressAsync, compressesInBackground, decompress, decompressAsync } from "./compression.js";
+import { type EncodedBatch, decodeBlob } from "./blob-codec.js";
+import { encodeInWorker } from "./blob-workers.js";
+import { packUnpacked, unpackUnpacked, compress, compressAsync, compressesInBackground, decompressAsync } from "./compression.js";
 import { type RepoConfig, SUPPORTED_VERSIONS } from "./config.js";
 import { type MasterKey, newRandomKey, open, openAsync, seal, sealAsync } from "./crypto.js";
 import { hashHex, hashHexAsync, isIdHex, sha256, sha256Async } from "./id.js";
@@ -329,7 +329,7 @@ export class Repository {
 
   /**
    * Hashes, compresses and seals small blobs data[offsets[i] .. + lengths[i]] on a worker thread
-   * (encoder-pool.ts); queueEncoded stores them. Blobs the repository already has are encoded too,
+   * (blob-workers.ts); queueEncoded stores them. Blobs the repository already has are encoded too,
    * which costs less than hashing them here first.
    */
   encodeSmallBlobs(data: Uint8Array, offsets: number[], lengths: number[]): Promise<EncodedBatch> {
@@ -405,17 +405,7 @@ export class Repository {
 
   /** Decodes a sealed blob as stored in a pack, verifying that its content matches its ID. */
   decodeBlob(loc: { type: BlobType; uncompressedLength: number }, sealed: Buffer, id: Uint8Array): Buffer {
-    let plain = open(this.key, sealed);
-    if (loc.uncompressedLength) {
-      plain = decompress(plain);
-      if (plain.length !== loc.uncompressedLength) {
-        throw new SitekeepError("repo.damaged", `blob ${Buffer.from(id).toString("hex")} decompressed to the wrong length`);
-      }
-    }
-    if (!sha256(plain).equals(id)) {
-      throw new SitekeepError("repo.damaged", `blob ${Buffer.from(id).toString("hex")} does not match its ID`);
-    }
-    return plain;
+    return decodeBlob(this.key, loc, sealed, id);
   }
 
   /**
@@ -444,7 +434,7 @@ export class Repository {
         hint: "the repository is missing data; run `sitekeep check`",
       });
     }
-    const sealed = type === "tree" ? await this.loadTreeSealed(loc) : await this.backend.load({ type: "data", name: loc.packId }, loc.offset, loc.length);
+    const sealed = await this.loadSealed(loc);
     try {
       return await this.decodeBlobAsync(loc, sealed, id);
     } catch (err) {
@@ -456,13 +446,14 @@ export class Repository {
   }
 
   /**
-   * A tree blob's sealed bytes, read with its neighbours: a walk over a parent snapshot (or a
-   * restore, or a check) loads thousands of small tree blobs that were packed next to each other,
-   * and one read per blob cost more than decoding it (on S3, a request each). Packs never change
-   * under their ID, so a window read once stays valid.
+   * A blob's sealed bytes as stored in its pack. Tree blobs are read with their neighbours: a
+   * walk over a parent snapshot (or a restore, or a check) loads thousands of small tree blobs
+   * that were packed next to each other, and one read per blob cost more than decoding it (on S3,
+   * a request each). Packs never change under their ID, so a window read once stays valid.
    */
-  private async loadTreeSealed(loc: BlobLocation): Promise<Buffer> {
+  async loadSealed(loc: BlobLocation): Promise<Buffer> {
     const h = { type: "data" as const, name: loc.packId };
+    if (loc.type !== "tree") return this.backend.load(h, loc.offset, loc.length);
     const start = loc.offset - (loc.offset % TREE_WINDOW);
     const end = loc.offset + loc.length;
     if (end > start + TREE_WINDOW) return this.backend.load(h, loc.offset, loc.length); // crosses a window edge

@@ -1,10 +1,11 @@
-// Encoding a batch of small blobs in one go: hash, compress (when it helps), seal. The archiver
-// reads the small files of a folder 64 at a time; for a site of many small files, doing this per
-// blob on the main thread was most of a backup's time, so batches go to worker threads
-// (encoder-pool.ts) that run this same function.
-import { compress } from "./compression.js";
-import { type MasterKey, seal } from "./crypto.js";
-import { ID_SIZE, sha256 } from "./id.js";
+// Blobs in and out of their sealed form, without a Repository: so that worker threads
+// (blob-workers.ts) can run the same code as the main thread. Encoding takes a batch of small
+// blobs (the archiver reads the small files of a folder 64 at a time; per blob on the main thread
+// this was most of a backup's time); verifying takes a whole pack (check --read-data).
+import { SitekeepError } from "../errors.js";
+import { compress, decompress } from "./compression.js";
+import { type MasterKey, open, seal } from "./crypto.js";
+import { ID_SIZE, hashHex, sha256 } from "./id.js";
 
 /** The blobs of a batch, in the order given: IDs, sealed bytes back to back, and their sizes. */
 export interface EncodedBatch {
@@ -73,4 +74,47 @@ export function batchBlob(b: EncodedBatch, i: number): { id: Buffer; sealed: Buf
     sealed: Buffer.from(b.sealed.buffer, b.sealed.byteOffset + start, b.ends[i] - start),
     uncompressedLength: b.ulens[i],
   };
+}
+
+/** Verifies and decodes a sealed blob as stored in a pack: its content must match its ID. */
+export function decodeBlob(key: MasterKey, loc: { uncompressedLength: number }, sealed: Uint8Array, id: Uint8Array): Buffer {
+  let plain = open(key, sealed);
+  if (loc.uncompressedLength) {
+    plain = decompress(plain);
+    if (plain.length !== loc.uncompressedLength) {
+      throw new SitekeepError("repo.damaged", `blob ${Buffer.from(id).toString("hex")} decompressed to the wrong length`);
+    }
+  }
+  if (!sha256(plain).equals(id)) {
+    throw new SitekeepError("repo.damaged", `blob ${Buffer.from(id).toString("hex")} does not match its ID`);
+  }
+  return plain;
+}
+
+/** A blob of a pack to verify: where it is and what it must decode to. */
+export interface PackEntry {
+  id: Uint8Array;
+  offset: number;
+  length: number;
+  uncompressedLength: number;
+}
+
+/** A whole pack's SHA-256, and which of the entries cannot be decoded (index in `entries`, why). */
+export interface PackVerdict {
+  hash: string;
+  bad: { entry: number; message: string }[];
+}
+
+/** Hashes a pack file and decodes every entry in it (check --read-data). */
+export function verifyPack(key: MasterKey, pack: Uint8Array, entries: readonly PackEntry[]): PackVerdict {
+  const bad: PackVerdict["bad"] = [];
+  entries.forEach((e, i) => {
+    try {
+      if (e.offset + e.length > pack.length) throw new Error("it lies beyond the end of the file");
+      decodeBlob(key, e, pack.subarray(e.offset, e.offset + e.length), e.id);
+    } catch (err) {
+      bad.push({ entry: i, message: err instanceof Error ? err.message : String(err) });
+    }
+  });
+  return { hash: hashHex(pack), bad };
 }

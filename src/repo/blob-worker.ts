@@ -1,0 +1,36 @@
+// Worker thread entry of the blob workers (blob-workers.ts): encodes batches of small blobs and
+// verifies whole packs, with the code the main thread would run (blob-codec.ts).
+import { parentPort } from "node:worker_threads";
+import { type KeyBytes, type PackEntry, encodeBatch, keyFromBytes, verifyPack } from "./blob-codec.js";
+import type { MasterKey } from "./crypto.js";
+
+export type BlobRequest = { seq: number; key: KeyBytes } & (
+  | { kind: "encode"; compress: boolean; data: Uint8Array; offsets: Float64Array; lengths: Float64Array }
+  | { kind: "verify"; pack: Uint8Array; entries: PackEntry[] }
+);
+
+/** The last key seen: a backup or a check sends the same one with every request. */
+let last: { bytes: KeyBytes; key: MasterKey } | undefined;
+
+function keyOf(bytes: KeyBytes): MasterKey {
+  const same = (a: Uint8Array, b: Uint8Array): boolean => Buffer.from(a).equals(b);
+  if (!last || !same(last.bytes.encrypt, bytes.encrypt) || !same(last.bytes.macK, bytes.macK) || !same(last.bytes.macR, bytes.macR)) {
+    last = { bytes, key: keyFromBytes(bytes) };
+  }
+  return last.key;
+}
+
+parentPort?.on("message", (req: BlobRequest) => {
+  try {
+    if (req.kind === "encode") {
+      const out = encodeBatch(keyOf(req.key), req.compress, req.data, req.offsets, req.lengths);
+      // The arrays are encodeBatch's own (never Node's shared pool): handed over, not copied.
+      const transfer = [out.ids.buffer, out.sealed.buffer, out.ends.buffer, out.ulens.buffer] as ArrayBuffer[];
+      parentPort?.postMessage({ seq: req.seq, result: out }, transfer);
+    } else {
+      parentPort?.postMessage({ seq: req.seq, result: verifyPack(keyOf(req.key), req.pack, req.entries) });
+    }
+  } catch (err) {
+    parentPort?.postMessage({ seq: req.seq, error: err instanceof Error ? err.message : String(err) });
+  }
+});
