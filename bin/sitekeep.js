@@ -17,20 +17,23 @@ const { existsSync, readdirSync, statSync } = require("node:fs");
 const { join } = require("node:path");
 const { pathToFileURL } = require("node:url");
 
-/** True when dist/ was built (its stamp written) after the last change to src/ and package.json. */
+/**
+ * True when dist/ was built (its stamp written) after the last change to src/, package.json and
+ * the TypeScript configuration; false when anything cannot be read (then the source runs).
+ */
 function distIsFresh(root) {
-  let built;
   try {
-    built = statSync(join(root, "dist", ".built")).mtimeMs;
+    const built = statSync(join(root, "dist", ".built")).mtimeMs;
+    const newer = (dir) =>
+      readdirSync(dir, { withFileTypes: true }).some((e) => {
+        const p = join(dir, e.name);
+        return e.isDirectory() ? newer(p) : statSync(p).mtimeMs > built;
+      });
+    const configs = ["package.json", "tsconfig.json", "tsconfig.build.json"].map((f) => join(root, f));
+    return configs.every((f) => !existsSync(f) || statSync(f).mtimeMs <= built) && !newer(join(root, "src"));
   } catch {
     return false;
   }
-  const newer = (dir) =>
-    readdirSync(dir, { withFileTypes: true }).some((e) => {
-      const p = join(dir, e.name);
-      return e.isDirectory() ? newer(p) : statSync(p).mtimeMs > built;
-    });
-  return statSync(join(root, "package.json")).mtimeMs <= built && !newer(join(root, "src"));
 }
 
 async function main() {

@@ -104,7 +104,7 @@ export interface BackupSummary {
   warnings: BackupWarning[];
 }
 
-/** Where a node's stat numbers are: lstatDir's array and the entry's offset in it. */
+/** Where a node's stat numbers are: lstatDirAsync's array and the entry's offset in it. */
 interface StatRef {
   f: Float64Array;
   b: number;

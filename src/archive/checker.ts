@@ -9,6 +9,7 @@
 import { availableParallelism } from "node:os";
 import { SitekeepError, errorMessage } from "../errors.js";
 import { BlobIndex, type BlobLocation } from "../repo/blob-index.js";
+import type { PackVerdict } from "../repo/blob-codec.js";
 import { verifyPackInWorker } from "../repo/blob-workers.js";
 import { EXTENSION } from "../repo/crypto.js";
 import { isIdHex, shortId } from "../repo/id.js";
@@ -317,7 +318,14 @@ class Checker {
     }
     // Hashing the file and decoding every blob run on a worker thread (one per core), while this
     // thread reads the next packs: on this thread alone, check was bound to one core.
-    const verdict = await verifyPackInWorker(this.repo.key, buf, entries, () => this.repo.backend.load({ type: "data", name: packId }));
+    let verdict: PackVerdict;
+    try {
+      verdict = await verifyPackInWorker(this.repo.key, buf, entries, () => this.repo.backend.load({ type: "data", name: packId }));
+    } catch (err) {
+      // Only when a worker died with the pack and reading it again failed.
+      this.damagePack(packId, this.problem({ kind: "pack", file: name, message: `pack ${name} cannot be read: ${oneLine(errorMessage(err))}` }));
+      return;
+    }
     const failures: string[] = [];
     if (verdict.hash !== packId) failures.push(`its content does not match its name (SHA-256 ${shortId(verdict.hash)}…)`);
     const headerOk = headerProblem === undefined;

@@ -304,8 +304,9 @@ export class Restorer {
 
   private async writeFile(node: NodeJSON, at: Buffer, path: string): Promise<void> {
     // Creating a file took 200-400 µs on ext4 here, so files are created on the thread pool, several
-    // at once (LEAF_CONCURRENCY). Small writes and close stay synchronous: for those, fs/promises'
-    // overhead costs more than the calls. Large blobs are loaded ahead and written on the pool.
+    // at once (WRITE_CONCURRENCY over the whole restore). Small writes and close stay synchronous:
+    // for those, fs/promises' overhead costs more than the calls. Large blobs are loaded ahead and
+    // written on the pool.
     const fd = await openAsync(at, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | NO_FOLLOW, 0o600);
     let pos = 0;
     // The next blobs are loaded and decoded (on the thread pool) while this one is written.

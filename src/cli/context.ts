@@ -3,7 +3,7 @@
 import { openBackend } from "../backend/open.js";
 import { CachedBackend, cacheDirFor, defaultCacheDir } from "../backend/cache.js";
 import { Repository } from "../repo/repository.js";
-import { withLock } from "../repo/lock.js";
+import { withLock, withLockedIndex } from "../repo/lock.js";
 import { readPassword } from "./password.js";
 import { type OutputOptions, printWarning } from "./output.js";
 import { errorMessage } from "../errors.js";
@@ -64,19 +64,20 @@ export async function withRepository<T>(
   opts: { loadIndex?: boolean } = {},
 ): Promise<T> {
   const repo = await openRepository(g, { loadIndex: false });
-  const loadIndex = opts.loadIndex !== false ? () => repo.loadIndex() : undefined;
+  const withIndex = opts.loadIndex !== false;
   const json = Boolean(g.json);
   try {
     if (lock === "none") {
-      await loadIndex?.();
+      if (withIndex) await repo.loadIndex();
       return await fn(repo);
     }
+    const lockOpts = {
+      onRefreshError: (err: unknown) => printWarning(`could not refresh the repository lock: ${errorMessage(err)}`, json),
+      onReleaseError: (err: unknown) => printWarning(`could not remove the repository lock (run \`sitekeep unlock\` later): ${errorMessage(err)}`, json),
+    };
     // The index is read while the lock waits out its conflict check (200 ms otherwise idle).
-    return await withLock(repo, lock === "exclusive", () => fn(repo), {
-      whileWaiting: loadIndex,
-      onRefreshError: (err) => printWarning(`could not refresh the repository lock: ${errorMessage(err)}`, json),
-      onReleaseError: (err) => printWarning(`could not remove the repository lock (run \`sitekeep unlock\` later): ${errorMessage(err)}`, json),
-    });
+    if (withIndex) return await withLockedIndex(repo, lock === "exclusive", () => fn(repo), lockOpts);
+    return await withLock(repo, lock === "exclusive", () => fn(repo), lockOpts);
   } finally {
     await repo.backend.close().catch(() => undefined); // open pack handles, S3 sockets
   }

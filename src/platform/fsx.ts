@@ -21,7 +21,7 @@ interface NativeFs {
   readfiles?(dir: PathLike, names: Buffer, limits: Float64Array): Promise<[Buffer, Float64Array]>;
 }
 
-/** Fields per entry of lstatDir's stats (see native/sitekeep_fs.c). */
+/** Fields per entry of lstatDirAsync's stats (see native/sitekeep_fs.c). */
 export const STAT_FIELDS = 15;
 export const StatField = {
   mode: 0,

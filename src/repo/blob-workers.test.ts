@@ -41,8 +41,9 @@ test("a batch encoded on a worker thread opens to its plaintexts, each under its
 test("a pack is verified on a worker (damage found per blob), and again on this thread when the worker dies with it", async () => {
   const { verifyPackInWorker, killBlobWorkersForTest } = await import("./blob-workers.js");
   const key = newRandomKey();
-  const blobs = [Buffer.from("a".repeat(5000)), randomBytes(2_000_000), Buffer.from("last")];
-  const enc = encodeBatch(key, true, Buffer.concat(blobs), [0, 5000, 2_005_000], blobs.map((b) => b.length));
+  // A pack large enough (~16 MB) that the worker is still at it when it is killed below.
+  const blobs = [Buffer.from("a".repeat(5000)), randomBytes(16_000_000), Buffer.from("last")];
+  const enc = encodeBatch(key, true, Buffer.concat(blobs), [0, 5000, 16_005_000], blobs.map((b) => b.length));
   const entries = blobs.map((_, i) => {
     const b = batchBlob(enc, i);
     return { id: b.id, offset: i === 0 ? 0 : enc.ends[i - 1], length: b.sealed.length, uncompressedLength: b.uncompressedLength };

@@ -38,7 +38,9 @@ const workerUrl = new URL(fromSource ? "./blob-worker.ts" : "./blob-worker.js", 
 
 function startWorker(): Worker {
   if (!fromSource) return new Worker(workerUrl);
-  const boot = `import("tsx/esm/api").then((m) => { m.register(); return import(${JSON.stringify(workerUrl.href)}); });`;
+  // Absolute: an evaluated worker resolves bare names from the working directory, not from here.
+  const tsx = import.meta.resolve("tsx/esm/api");
+  const boot = `import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(workerUrl.href)}); });`;
   return new Worker(boot, { eval: true });
 }
 
@@ -68,9 +70,14 @@ class BlobWorkers {
     const slot = this.pick(Math.max(1, Math.min(limit, this.max)));
     const seq = ++this.seq;
     return new Promise<T>((resolve, reject) => {
+      try {
+        slot.worker.postMessage({ ...req, seq }, transfer);
+      } catch (err) {
+        reject(err instanceof Error ? err : new Error(String(err))); // not sent: nothing to undo
+        return;
+      }
       this.pending.set(seq, { resolve: resolve as (r: unknown) => void, reject, slot });
       if (slot.busy++ === 0) slot.worker.ref(); // work in flight keeps the process alive
-      slot.worker.postMessage({ ...req, seq }, transfer);
     });
   }
 

@@ -20,7 +20,9 @@ import {
   removeAllLocks,
   removeStaleLocks,
   withLock,
+  withLockedIndex,
 } from "./lock.js";
+import { sha256 } from "./id.js";
 
 const RESTIC = "/usr/bin/restic";
 const HAVE_RESTIC = existsSync(RESTIC);
@@ -333,6 +335,24 @@ test("whileWaiting runs during the conflict check; when it fails, or the check d
     (err) => assertLocked(err, /exclusively/),
   );
   assert.deepEqual(await lockFiles(dir), [other], "only the other process's lock is left");
+});
+
+test("withLockedIndex reads the index again when an index file it read is gone once the lock is held", async () => {
+  const { repo, dir } = await newRepo();
+  await repo.saveBlob("data", Buffer.from("old"));
+  await repo.flush();
+  const [oldIndex] = await repo.listIds("index");
+  const reader = await Repository.open(new LocalBackend(dir), "pw");
+  const has = (text: string): boolean => reader.index.has(sha256(Buffer.from(text)), "data");
+  const during = withLockedIndex(reader, false, async () => ({ old: has("old"), fresh: has("fresh") }), { checkDelayMs: 300 });
+  // While the reader's lock waits for its check (its index already read), a "prune" that started
+  // earlier replaces the index file and finishes.
+  await new Promise((r) => setTimeout(r, 100));
+  const pruner = await Repository.open(new LocalBackend(dir), "pw");
+  await pruner.saveBlob("data", Buffer.from("fresh"));
+  await pruner.flush();
+  await pruner.backend.remove({ type: "index", name: oldIndex });
+  assert.deepEqual(await during, { old: false, fresh: true }, "the index was read again once the lock was held");
 });
 
 test("Repository.loadIndex replaces the index, so it can run again after a failed lock attempt", async () => {

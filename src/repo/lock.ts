@@ -59,7 +59,8 @@ export interface AcquireLockOptions {
   /**
    * Read-only work done during that wait instead of idling (loading the index, say). It runs again
    * on every attempt, since what it read may have changed while the repository was locked; if it
-   * fails, the lock file is removed and its error thrown.
+   * fails, the lock file is removed and its error thrown. What it read may predate a prune that
+   * finished just before the check: withLockedIndex checks the index again once the lock is held.
    */
   whileWaiting?: () => Promise<unknown>;
   /** Called when a refresh fails; the lock stays held with its previous file. */
@@ -184,16 +185,18 @@ export async function acquireLock(repo: Repository, opts: AcquireLockOptions): P
 async function tryLock(repo: Repository, opts: AcquireLockOptions): Promise<Lock> {
   await checkForOtherLocks(repo, opts.exclusive);
   const id = await repo.saveJSON("locks", newLockJSON(opts.exclusive));
+  // Refreshed from now on: whileWaiting may take long (an index on slow storage).
+  const lock = new Lock(repo, opts.exclusive, id, opts.refreshMs ?? REFRESH_EVERY_MS, opts.onRefreshError, opts.lostAfterMs);
   try {
     const delay = opts.checkDelayMs ?? DEFAULT_CHECK_DELAY_MS;
     const [, work] = await Promise.allSettled([delay > 0 ? sleep(delay) : undefined, opts.whileWaiting?.()]);
-    await checkForOtherLocks(repo, opts.exclusive, id);
+    await checkForOtherLocks(repo, opts.exclusive, lock.id);
     if (work.status === "rejected") throw work.reason;
   } catch (err) {
-    await repo.backend.remove({ type: "locks", name: id }).catch(() => undefined);
+    await lock.release().catch(() => undefined);
     throw err;
   }
-  return new Lock(repo, opts.exclusive, id, opts.refreshMs ?? REFRESH_EVERY_MS, opts.onRefreshError, opts.lostAfterMs);
+  return lock;
 }
 
 async function checkForOtherLocks(repo: Repository, exclusive: boolean, ownId?: string): Promise<void> {
@@ -314,6 +317,26 @@ export async function withLock<T>(
   // (it ages out, or `sitekeep unlock` removes it), not a reason to report failure.
   await lock.release().catch((err: unknown) => opts.onReleaseError?.(err));
   return result;
+}
+
+/**
+ * withLock with the repository's index loaded: read while the lock waits out its conflict check,
+ * then read again if an index file it read is gone by the time the lock is held (a prune that
+ * started before our lock file was seen and finished before the check).
+ */
+export function withLockedIndex<T>(
+  repo: Repository,
+  exclusive: boolean,
+  fn: () => Promise<T>,
+  opts: Omit<AcquireLockOptions, "exclusive" | "whileWaiting"> = {},
+): Promise<T> {
+  let loaded: string[] = [];
+  const body = async (): Promise<T> => {
+    const now = new Set(await repo.listIds("index"));
+    if (loaded.some((id) => !now.has(id))) await repo.loadIndex();
+    return fn();
+  };
+  return withLock(repo, exclusive, body, { ...opts, whileWaiting: async () => (loaded = await repo.loadIndex()) });
 }
 
 // ---- helpers -----------------------------------------------------------------------------------

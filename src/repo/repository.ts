@@ -244,7 +244,8 @@ export class Repository {
    * Returns the index file IDs read. Not while this process has blobs on their way.
    */
   async loadIndex(onError?: (id: string, err: unknown) => void): Promise<string[]> {
-    if (this.hasPendingWrites()) throw new Error("internal: loadIndex while blobs are being stored");
+    // (After abandonWrites nothing more is stored: reading the index afresh is then fine.)
+    if (!this.abandoned && this.hasPendingWrites()) throw new Error("internal: loadIndex while blobs are being stored");
     const fresh = new BlobIndex();
     const ids = await this.listIds("index");
     await mapLimit(ids, 4, async (id) => {
@@ -342,7 +343,9 @@ export class Repository {
     const key = type + ":" + id.toString("hex");
     if (this.index.has(id, type) || this.inflight.has(key)) return false;
     this.inflight.add(key);
-    await this.addToPack(type, id, sealed, uncompressedLength);
+    // A copy: a view would keep the batch's whole sealed array alive until the pack is written
+    // (a pack of new blobs from batches that were mostly duplicates could pin a gigabyte).
+    await this.addToPack(type, Buffer.from(id), Buffer.from(sealed), uncompressedLength);
     return true;
   }
 

@@ -11,7 +11,7 @@ import type { AddressInfo } from "node:net";
 import { SitekeepError, errorMessage } from "../errors.js";
 import { openBackend } from "../backend/open.js";
 import { Repository } from "../repo/repository.js";
-import { withLock } from "../repo/lock.js";
+import { withLockedIndex } from "../repo/lock.js";
 import { parseDurationMs } from "../site/duration.js";
 import { siteStatus } from "../site/status.js";
 import { siteTag, sitePassword } from "../site/task.js";
@@ -378,11 +378,11 @@ async function withSnapshot<T>(svc: SiteService, id: string, fn: (repo: Reposito
   try {
     const repo = await Repository.open(backend, sitePassword(svc.config, svc.env));
     // A shared lock, as the CLI's restore: a prune elsewhere must not delete packs read here.
-    return await withLock(repo, false, async () => {
+    return await withLockedIndex(repo, false, async () => {
       const snap = await repo.findSnapshot(id);
       if (!snap.tags?.includes(siteTag(svc.config.site))) throw new SitekeepError("browse.notfound", `snapshot ${id} is not one of site ${svc.config.site}`, { hint: "see GET /api/snapshots" });
       return fn(repo, snap.tree);
-    }, { whileWaiting: () => repo.loadIndex() });
+    });
   } finally {
     await backend.close().catch(() => undefined);
   }

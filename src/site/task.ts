@@ -18,7 +18,7 @@ import { prune } from "../archive/pruner.js";
 import { forgetPlan, type RetentionPolicy } from "../archive/retention.js";
 import { ExitCode, SitekeepError, errorMessage } from "../errors.js";
 import type { Repository } from "../repo/repository.js";
-import { withLock } from "../repo/lock.js";
+import { withLock, withLockedIndex } from "../repo/lock.js";
 import type { Snapshot } from "../repo/snapshot.js";
 import { PROGRAM_VERSION } from "../version.js";
 import { commandExists, commandOk, describeResult, runCommand } from "./command.js";
@@ -316,15 +316,10 @@ export async function runSiteBackup(loaded: LoadedControlFile, opts: SiteBackupO
     if (dbRepo) opened.push(dbRepo);
     // Shared locks while capturing (as restic's backup); retention takes its own exclusive one.
     // Each index is read while its lock waits out its conflict check.
-    const cut = await withLock(
-      repo,
-      false,
-      () => {
-        if (!dbRepo) return capture(repo, undefined);
-        return withLock(dbRepo, false, () => capture(repo, dbRepo), { whileWaiting: () => dbRepo.loadIndex() });
-      },
-      { whileWaiting: () => repo.loadIndex() },
-    );
+    const cut = await withLockedIndex(repo, false, () => {
+      if (!dbRepo) return capture(repo, undefined);
+      return withLockedIndex(dbRepo, false, () => capture(repo, dbRepo));
+    });
     return finish(repo, dbRepo, cut);
   }
 
