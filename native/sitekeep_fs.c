@@ -632,6 +632,33 @@ static napi_value dirlist_value(napi_env env, const sk_dirlist *l) {
   return result;
 }
 
+/*
+ * Creates a promise and queues `job` (execute on the thread pool, complete back on the main
+ * thread). Returns true when queued. Otherwise the caller frees the job and returns *promise: NULL
+ * with an exception pending, or a promise already rejected.
+ */
+static bool queue_job(napi_env env, const char *name, napi_async_execute_callback execute, napi_async_complete_callback complete,
+                      void *job, napi_async_work *work, napi_deferred *deferred, napi_value *promise) {
+  napi_value rname;
+  *promise = NULL;
+  if (napi_create_promise(env, deferred, promise) != napi_ok ||
+      napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &rname) != napi_ok ||
+      napi_create_async_work(env, NULL, rname, execute, complete, job, work) != napi_ok) {
+    *promise = NULL;
+    ensure_thrown(env);
+    return false;
+  }
+  if (napi_queue_async_work(env, *work) != napi_ok) {
+    napi_delete_async_work(env, *work);
+    napi_value err, msg;
+    napi_create_string_utf8(env, "cannot queue work on the thread pool", NAPI_AUTO_LENGTH, &msg);
+    napi_create_error(env, NULL, msg, &err);
+    napi_reject_deferred(env, *deferred, err);
+    return false;
+  }
+  return true;
+}
+
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
@@ -680,21 +707,8 @@ static napi_value sk_lstatdir_async(napi_env env, napi_callback_info info) {
     return NULL;
   }
   job->path = path;
-  napi_value promise, rname;
-  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
-      napi_create_string_utf8(env, "sitekeep.lstatdir", NAPI_AUTO_LENGTH, &rname) != napi_ok ||
-      napi_create_async_work(env, NULL, rname, lstatdir_execute, lstatdir_complete, job, &job->work) != napi_ok) {
-    free(job->path);
-    free(job);
-    ensure_thrown(env);
-    return NULL;
-  }
-  if (napi_queue_async_work(env, job->work) != napi_ok) {
-    napi_delete_async_work(env, job->work);
-    napi_value err, msg;
-    napi_create_string_utf8(env, "lstatdir: cannot queue the work", NAPI_AUTO_LENGTH, &msg);
-    napi_create_error(env, NULL, msg, &err);
-    napi_reject_deferred(env, job->deferred, err);
+  napi_value promise;
+  if (!queue_job(env, "sitekeep.lstatdir", lstatdir_execute, lstatdir_complete, job, &job->work, &job->deferred, &promise)) {
     free(job->path);
     free(job);
   }
@@ -901,28 +915,12 @@ static napi_value sk_readfiles(napi_env env, napi_callback_info info) {
   memcpy(job->limits, lb, llen * sizeof(double));
   job->count = count;
   job->cap = cap;
-  napi_value promise, rname;
-  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
-      napi_create_string_utf8(env, "sitekeep.readfiles", NAPI_AUTO_LENGTH, &rname) != napi_ok ||
-      napi_create_async_work(env, NULL, rname, readfiles_execute, readfiles_complete, job, &job->work) != napi_ok) {
+  napi_value promise;
+  if (!queue_job(env, "sitekeep.readfiles", readfiles_execute, readfiles_complete, job, &job->work, &job->deferred, &promise)) {
     free(job->names);
     free(job->limits);
     free(job->dir);
     free(job);
-    ensure_thrown(env);
-    return NULL;
-  }
-  if (napi_queue_async_work(env, job->work) != napi_ok) {
-    napi_delete_async_work(env, job->work);
-    napi_value err, msg;
-    napi_create_string_utf8(env, "readfiles: cannot queue the work", NAPI_AUTO_LENGTH, &msg);
-    napi_create_error(env, NULL, msg, &err);
-    napi_reject_deferred(env, job->deferred, err);
-    free(job->names);
-    free(job->limits);
-    free(job->dir);
-    free(job);
-    return promise;
   }
   return promise;
 }
