@@ -613,20 +613,32 @@ static void free_dirlist(sk_dirlist *l) {
   l->stats = NULL;
 }
 
+/* A Buffer copy of `bytes` and a Float64Array copy of `nums` (false with an exception pending). */
+static bool bytes_and_numbers(napi_env env, const void *bytes, size_t blen, const double *nums, size_t ncount, napi_value *buf, napi_value *arr) {
+  napi_value ab;
+  void *data = NULL;
+  if (napi_create_buffer_copy(env, blen, blen ? bytes : "", NULL, buf) != napi_ok ||
+      napi_create_arraybuffer(env, ncount * sizeof(double), &data, &ab) != napi_ok) {
+    ensure_thrown(env);
+    return false;
+  }
+  if (ncount) memcpy(data, nums, ncount * sizeof(double));
+  if (napi_create_typedarray(env, napi_float64_array, ncount, ab, 0, arr) != napi_ok) {
+    ensure_thrown(env);
+    return false;
+  }
+  return true;
+}
+
 /* [names, stats, simple] for a successful listing, or NULL with an exception pending. */
 static napi_value dirlist_value(napi_env env, const sk_dirlist *l) {
-  napi_value result = NULL, nbuf, abuf, farr, simple;
-  void *data = NULL;
-  if (napi_create_buffer_copy(env, l->nlen, l->names ? l->names : "", NULL, &nbuf) == napi_ok &&
-      napi_create_arraybuffer(env, l->count * SK_STAT_FIELDS * sizeof(double), &data, &abuf) == napi_ok) {
-    if (l->count) memcpy(data, l->stats, l->count * SK_STAT_FIELDS * sizeof(double));
-    if (napi_create_typedarray(env, napi_float64_array, l->count * SK_STAT_FIELDS, abuf, 0, &farr) == napi_ok &&
-        napi_get_boolean(env, l->simple, &simple) == napi_ok &&
-        napi_create_array_with_length(env, 3, &result) == napi_ok) {
-      napi_set_element(env, result, 0, nbuf);
-      napi_set_element(env, result, 1, farr);
-      napi_set_element(env, result, 2, simple);
-    }
+  napi_value result = NULL, nbuf, farr, simple;
+  if (bytes_and_numbers(env, l->names, l->nlen, l->stats, l->count * SK_STAT_FIELDS, &nbuf, &farr) &&
+      napi_get_boolean(env, l->simple, &simple) == napi_ok &&
+      napi_create_array_with_length(env, 3, &result) == napi_ok) {
+    napi_set_element(env, result, 0, nbuf);
+    napi_set_element(env, result, 1, farr);
+    napi_set_element(env, result, 2, simple);
   }
   if (result == NULL) ensure_thrown(env);
   return result;
@@ -659,6 +671,28 @@ static bool queue_job(napi_env env, const char *name, napi_async_execute_callbac
   return true;
 }
 
+/*
+ * Settles a job's promise in its complete callback: with `result`, or with the exception pending
+ * when `result` is NULL; a cancelled job (status not ok) rejects with "<what> was cancelled".
+ */
+static void settle_job(napi_env env, napi_deferred deferred, napi_status status, const char *what, napi_value result) {
+  napi_value err = NULL;
+  if (status != napi_ok) {
+    char text[64];
+    napi_value msg;
+    snprintf(text, sizeof text, "%s was cancelled", what);
+    napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &msg);
+    napi_create_error(env, NULL, msg, &err);
+  } else if (result != NULL) {
+    napi_resolve_deferred(env, deferred, result);
+    return;
+  } else {
+    ensure_thrown(env);
+    napi_get_and_clear_last_exception(env, &err);
+  }
+  napi_reject_deferred(env, deferred, err);
+}
+
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
@@ -673,22 +707,12 @@ static void lstatdir_execute(napi_env env, void *arg) {
 
 static void lstatdir_complete(napi_env env, napi_status status, void *arg) {
   sk_lstatdir_job *job = arg;
-  napi_value result = NULL, err;
-  if (status != napi_ok) {
-    napi_value msg;
-    napi_create_string_utf8(env, "lstatdir was cancelled", NAPI_AUTO_LENGTH, &msg);
-    napi_create_error(env, NULL, msg, &err);
-  } else if (job->list.err) {
-    throw_errno(env, job->list.err, job->list.op, job->path);
-  } else {
-    result = dirlist_value(env, &job->list);
+  napi_value result = NULL;
+  if (status == napi_ok) {
+    if (job->list.err) throw_errno(env, job->list.err, job->list.op, job->path);
+    else result = dirlist_value(env, &job->list);
   }
-  if (result != NULL) {
-    napi_resolve_deferred(env, job->deferred, result);
-  } else {
-    if (status == napi_ok) napi_get_and_clear_last_exception(env, &err);
-    napi_reject_deferred(env, job->deferred, err);
-  }
+  settle_job(env, job->deferred, status, "lstatdir", result);
   napi_delete_async_work(env, job->work);
   free_dirlist(&job->list);
   free(job->path);
@@ -814,39 +838,22 @@ static void readfiles_execute(napi_env env, void *arg) {
 
 static void readfiles_complete(napi_env env, napi_status status, void *arg) {
   sk_readfiles_job *job = arg;
-  napi_value result = NULL;
-  if (status != napi_ok) {
-    napi_value msg, err;
-    napi_create_string_utf8(env, "readfiles was cancelled", NAPI_AUTO_LENGTH, &msg);
-    napi_create_error(env, NULL, msg, &err);
-    napi_reject_deferred(env, job->deferred, err);
-  } else if (job->err) {
-    /* Build the error as a thrown one would be, then hand it to the promise. */
-    throw_errno(env, job->err, "open", job->dir);
-    napi_value err;
-    napi_get_and_clear_last_exception(env, &err);
-    napi_reject_deferred(env, job->deferred, err);
-  } else {
-    napi_value buf, abuf, farr;
-    void *fdata = NULL;
-    if (napi_create_buffer_copy(env, job->dlen, job->data, NULL, &buf) == napi_ok &&
-        napi_create_arraybuffer(env, job->count * SK_READ_FIELDS * sizeof(double), &fdata, &abuf) == napi_ok) {
-      if (job->count) memcpy(fdata, job->res, job->count * SK_READ_FIELDS * sizeof(double));
-      if (napi_create_typedarray(env, napi_float64_array, job->count * SK_READ_FIELDS, abuf, 0, &farr) == napi_ok &&
-          napi_create_array_with_length(env, 2, &result) == napi_ok) {
-        napi_set_element(env, result, 0, buf);
-        napi_set_element(env, result, 1, farr);
-      }
-    }
-    if (result != NULL) {
-      napi_resolve_deferred(env, job->deferred, result);
+  napi_value result = NULL, buf, farr;
+  if (status == napi_ok) {
+    if (job->err) {
+      throw_errno(env, job->err, "open", job->dir);
+    } else if (bytes_and_numbers(env, job->data, job->dlen, job->res, job->count * SK_READ_FIELDS, &buf, &farr) &&
+               napi_create_array_with_length(env, 2, &result) == napi_ok) {
+      napi_set_element(env, result, 0, buf);
+      napi_set_element(env, result, 1, farr);
     } else {
-      napi_value msg, err;
-      napi_create_string_utf8(env, "readfiles: out of memory", NAPI_AUTO_LENGTH, &msg);
-      napi_create_error(env, NULL, msg, &err);
-      napi_reject_deferred(env, job->deferred, err);
+      result = NULL;
+      napi_value ignored; /* whatever failed, it is reported as what it means here */
+      napi_get_and_clear_last_exception(env, &ignored);
+      napi_throw_error(env, NULL, "readfiles: out of memory");
     }
   }
+  settle_job(env, job->deferred, status, "readfiles", result);
   napi_delete_async_work(env, job->work);
   free(job->dir);
   free(job->names);
