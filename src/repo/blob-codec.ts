@@ -81,14 +81,15 @@ export function decodeBlob(key: MasterKey, loc: { uncompressedLength: number }, 
   let plain = open(key, sealed);
   if (loc.uncompressedLength) {
     plain = decompress(plain);
-    if (plain.length !== loc.uncompressedLength) {
-      throw new SitekeepError("repo.damaged", `blob ${Buffer.from(id).toString("hex")} decompressed to the wrong length`);
-    }
+    if (plain.length !== loc.uncompressedLength) throw damagedBlob(id, "decompressed to the wrong length");
   }
-  if (!sha256(plain).equals(id)) {
-    throw new SitekeepError("repo.damaged", `blob ${Buffer.from(id).toString("hex")} does not match its ID`);
-  }
+  if (!sha256(plain).equals(id)) throw damagedBlob(id, "does not match its ID");
   return plain;
+}
+
+/** The error of a blob that decodes to something else than its ID promises. */
+export function damagedBlob(id: Uint8Array, why: "decompressed to the wrong length" | "does not match its ID"): SitekeepError {
+  return new SitekeepError("repo.damaged", `blob ${Buffer.from(id).toString("hex")} ${why}`);
 }
 
 /** A blob of a pack to verify: where it is and what it must decode to. */

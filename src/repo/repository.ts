@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import type { Backend, FileType } from "../backend/backend.js";
 import { ExitCode, SitekeepError, errorMessage } from "../errors.js";
 import { BlobIndex, type BlobLocation } from "./blob-index.js";
-import { type EncodedBatch, decodeBlob } from "./blob-codec.js";
+import { type EncodedBatch, damagedBlob, decodeBlob } from "./blob-codec.js";
 import { encodeInWorker } from "./blob-workers.js";
 import { packUnpacked, unpackUnpacked, compress, compressAsync, compressesInBackground, decompressAsync } from "./compression.js";
 import { type RepoConfig, SUPPORTED_VERSIONS } from "./config.js";
@@ -420,13 +420,9 @@ export class Repository {
     let plain = await openAsync(this.key, sealed);
     if (loc.uncompressedLength) {
       plain = await decompressAsync(plain);
-      if (plain.length !== loc.uncompressedLength) {
-        throw new SitekeepError("repo.damaged", `blob ${Buffer.from(id).toString("hex")} decompressed to the wrong length`);
-      }
+      if (plain.length !== loc.uncompressedLength) throw damagedBlob(id, "decompressed to the wrong length");
     }
-    if (!(await sha256Async(plain)).equals(id)) {
-      throw new SitekeepError("repo.damaged", `blob ${Buffer.from(id).toString("hex")} does not match its ID`);
-    }
+    if (!(await sha256Async(plain)).equals(id)) throw damagedBlob(id, "does not match its ID");
     return plain;
   }
 
