@@ -36,6 +36,8 @@
 
 #include <node_api.h>
 
+#include "sk_napi.h"
+
 /* ---- xattr calls, per platform ------------------------------------------ */
 
 #if defined(__linux__)
@@ -139,19 +141,19 @@ static void throw_errno(napi_env env, int err, const char *syscall, const char *
 }
 
 /* After a failed napi_* call: make sure some exception is pending. */
-static void ensure_thrown(napi_env env) {
+void ensure_thrown(napi_env env) {
   bool pending = false;
   napi_is_exception_pending(env, &pending);
   if (!pending) napi_throw_error(env, NULL, "sitekeep_fs: Node-API call failed");
 }
 
-static void throw_arg_type(napi_env env, const char *what, const char *expected) {
+void throw_arg_type(napi_env env, const char *what, const char *expected) {
   char msg[160];
   snprintf(msg, sizeof msg, "The \"%s\" argument must be %s", what, expected);
   napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
 }
 
-static void throw_arg_range(napi_env env, const char *what, const char *expected) {
+void throw_arg_range(napi_env env, const char *what, const char *expected) {
   char msg[160];
   snprintf(msg, sizeof msg, "The value of \"%s\" is out of range. It must be %s", what, expected);
   napi_throw_range_error(env, "ERR_OUT_OF_RANGE", msg);
@@ -159,14 +161,14 @@ static void throw_arg_range(napi_env env, const char *what, const char *expected
 
 /* ---- argument helpers (each returns false with an exception pending) ------ */
 
-static bool get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+bool get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
   size_t argc = want;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
     ensure_thrown(env);
     return false;
   }
   if (argc < want) {
-    char msg[64];
+    char msg[96];
     snprintf(msg, sizeof msg, "expected %zu arguments, got %zu", want, argc);
     napi_throw_type_error(env, "ERR_MISSING_ARGS", msg);
     return false;
@@ -175,7 +177,7 @@ static bool get_args(napi_env env, napi_callback_info info, size_t want, napi_va
 }
 
 /* Raw bytes of a Buffer / Uint8Array argument (not copied). */
-static bool get_bytes(napi_env env, napi_value v, const char *what, void **data, size_t *len) {
+bool get_bytes(napi_env env, napi_value v, const char *what, void **data, size_t *len) {
   bool is_buf = false;
   if (napi_is_buffer(env, v, &is_buf) != napi_ok || !is_buf) {
     throw_arg_type(env, what, "an instance of Buffer");
@@ -644,12 +646,8 @@ static napi_value dirlist_value(napi_env env, const sk_dirlist *l) {
   return result;
 }
 
-/*
- * Creates a promise and queues `job` (execute on the thread pool, complete back on the main
- * thread). Returns true when queued. Otherwise the caller frees the job and returns *promise: NULL
- * with an exception pending, or a promise already rejected.
- */
-static bool queue_job(napi_env env, const char *name, napi_async_execute_callback execute, napi_async_complete_callback complete,
+/* (documented in sk_napi.h) */
+bool queue_job(napi_env env, const char *name, napi_async_execute_callback execute, napi_async_complete_callback complete,
                       void *job, napi_async_work *work, napi_deferred *deferred, napi_value *promise) {
   napi_value rname;
   *promise = NULL;
@@ -671,11 +669,7 @@ static bool queue_job(napi_env env, const char *name, napi_async_execute_callbac
   return true;
 }
 
-/*
- * Settles a job's promise in its complete callback: with `result`, or with the exception pending
- * when `result` is NULL; a cancelled job (status not ok) rejects with "<what> was cancelled".
- */
-static void settle_job(napi_env env, napi_deferred deferred, napi_status status, const char *what, napi_value result) {
+void settle_job(napi_env env, napi_deferred deferred, napi_status status, const char *what, napi_value result) {
   napi_value err = NULL;
   if (status != napi_ok) {
     char text[64];
@@ -944,7 +938,8 @@ NAPI_MODULE_INIT() {
       {"lstatdirAsync", NULL, sk_lstatdir_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"readfiles", NULL, sk_readfiles, NULL, NULL, NULL, napi_enumerable, NULL},
   };
-  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) {
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok ||
+      !sk_chunk_define(env, exports)) {
     ensure_thrown(env);
     return NULL;
   }

@@ -835,12 +835,13 @@ export class Archiver {
    * reading goes on. `owned`: the chunk is the caller's to give away; otherwise it is a view into a
    * reused read buffer and is copied only when the repository does not have it yet.
    */
-  private async storeChunk(chunk: Buffer, owned = false): Promise<string> {
+  private async storeChunk(chunk: Buffer, owned = false, hashed?: Buffer): Promise<string> {
     this.checkAbort();
-    const id = sha256(chunk);
+    const id = hashed ?? sha256(chunk);
     if (!this.repo.hasBlob("data", id)) {
       const plain = owned ? chunk : Buffer.from(chunk);
-      const added = await this.repo.queueBlob("data", plain, id, (stored) => {
+      // (A copy of the ID: it may be a view of cutAndHash's records, which the index must not pin.)
+      const added = await this.repo.queueBlob("data", plain, Buffer.from(id), (stored) => {
         this.progress.bytesAdded += stored;
       });
       if (added) this.stats.data_blobs++;
@@ -868,8 +869,8 @@ export class Archiver {
     const size = await forEachChunk(
       this.chunker,
       read,
-      async (chunk) => {
-        ids.push(await this.storeChunk(chunk));
+      async (chunk, id) => {
+        ids.push(await this.storeChunk(chunk, false, id));
       },
       buffer,
     );

@@ -1,47 +1,48 @@
-// Feeds a byte source through the content-defined chunker with one reusable buffer: the chunker
-// needs `max` bytes of look-ahead, so the buffer holds two maximum chunks and slides.
+// Feeds a byte source through the content-defined chunker with one reusable buffer. The chunker
+// needs `max` bytes of look-ahead, so the buffer holds two maximum chunks: it is filled, every chunk
+// that can be decided is cut and hashed in one call (on the thread pool: Chunker.cutAndHash), and
+// the undecided rest slides to the front.
 import type { Chunker } from "../repo/chunker.js";
 
 export type ReadFn = (buf: Buffer, offset: number, length: number) => Promise<number>;
 
-/** Calls onChunk with each chunk (a view into the shared buffer, valid only until onChunk returns). */
+/**
+ * Calls onChunk with each chunk and its SHA-256, in order. The chunk is a view into the shared
+ * buffer, valid only until onChunk returns. Returns the number of bytes read.
+ */
 export async function forEachChunk(
   chunker: Chunker,
   read: ReadFn,
-  onChunk: (chunk: Buffer) => Promise<void>,
+  onChunk: (chunk: Buffer, id: Buffer) => Promise<void>,
   buffer?: Buffer,
 ): Promise<number> {
   const max = chunker.options.max;
   // A smaller buffer may be passed for a file expected to be small; it grows if the file did.
   let buf = buffer ?? Buffer.allocUnsafe(2 * max);
-  let start = 0;
   let end = 0;
   let eof = false;
   let total = 0;
   for (;;) {
-    while (!eof && end - start < max) {
-      if (start > 0 && buf.length - end < max) {
-        buf.copyWithin(0, start, end);
-        end -= start;
-        start = 0;
-      }
-      if (end === buf.length) {
-        const bigger = Buffer.allocUnsafe(Math.max(2 * max, buf.length * 2));
-        buf.copy(bigger, 0, start, end);
-        end -= start;
-        start = 0;
-        buf = bigger;
-      }
+    while (!eof && end < buf.length) {
       const n = await read(buf, end, buf.length - end);
       if (n === 0) eof = true;
       else end += n;
     }
-    if (start === end) return total;
-    const len = chunker.cut(buf, start, end, eof);
-    const chunk = buf.subarray(start, start + len);
-    start += len;
-    total += len;
-    await onChunk(chunk);
+    if (!eof && end < max) {
+      const bigger = Buffer.allocUnsafe(Math.max(2 * max, buf.length * 2));
+      buf.copy(bigger, 0, 0, end);
+      buf = bigger;
+      continue;
+    }
+    let start = 0;
+    for (const c of await chunker.cutAndHash(buf, 0, end, eof)) {
+      await onChunk(buf.subarray(start, start + c.length), c.id);
+      start += c.length;
+    }
+    total += start;
+    if (eof && start === end) return total;
+    buf.copyWithin(0, start, end);
+    end -= start;
   }
 }
 

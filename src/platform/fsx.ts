@@ -4,22 +4,11 @@
 // a clear errno-style code, so a restore degrades instead of crashing.
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
-import { createRequire } from "node:module";
 import os from "node:os";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
+import { nativeAddon } from "./native.js";
 
 export type PathLike = Buffer | string;
 
-interface NativeFs {
-  lutimes(p: PathLike, atimeSec: bigint, atimeNsec: number, mtimeSec: bigint, mtimeNsec: number): void;
-  mknod(p: PathLike, mode: number, dev: bigint): void;
-  llistxattr(p: PathLike): string[];
-  lgetxattr(p: PathLike, name: string): Buffer;
-  lsetxattr(p: PathLike, name: string, value: Buffer): void;
-  lstatdirAsync?(p: PathLike): Promise<[Buffer, Float64Array, boolean]>;
-  readfiles?(dir: PathLike, names: Buffer, limits: Float64Array): Promise<[Buffer, Float64Array]>;
-}
 
 /** Fields per entry of lstatDirAsync's stats (see native/sitekeep_fs.c). */
 export const STAT_FIELDS = 15;
@@ -137,33 +126,7 @@ export function errnoCode(n: number): string {
 
 // The addon sits at <package root>/build/Release, while this module runs from src/platform (tsx) or
 // dist/platform (compiled): walk up to our own package.json rather than hard-coding the depth.
-function findPackageRoot(start: string): string | undefined {
-  for (let dir = start; ; dir = path.dirname(dir)) {
-    try {
-      const pkg = JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8")) as { name?: unknown };
-      if (pkg.name === "sitekeep") return dir;
-    } catch {
-      // no (readable) package.json here: keep walking
-    }
-    if (path.dirname(dir) === dir) return undefined;
-  }
-}
-
-function loadNative(): NativeFs | undefined {
-  // Lets tests (and users with a broken build) exercise the pure-Node fallbacks.
-  if (process.env.SITEKEEP_NO_NATIVE === "1") return undefined;
-  const root = findPackageRoot(path.dirname(fileURLToPath(import.meta.url)));
-  if (root === undefined) return undefined;
-  try {
-    return createRequire(import.meta.url)(
-      path.join(root, "build", "Release", "sitekeep_fs.node"),
-    ) as NativeFs;
-  } catch {
-    return undefined;
-  }
-}
-
-const native = loadNative();
+const native = nativeAddon;
 
 export const nativeAvailable: boolean = native !== undefined;
 

@@ -193,3 +193,35 @@ test("chunker: zero data cuts at max", () => {
     assert.ok(sizes.every((n) => n === SMALL.max));
   }
 });
+
+test("chunker: cutAndHash (native on the thread pool, and here) cuts and hashes exactly like cut()", async () => {
+  // The addon is built for every test run (scripts/test.sh); without it this would compare the
+  // fallback with itself.
+  if (process.env.SITEKEEP_NO_NATIVE !== "1") assert.ok(Chunker.hashesInBackground, "native chunkhash is not loaded");
+  const cases: [ChunkerOptions | undefined, Buffer][] = [
+    [SMALL, pseudoRandom(3 * 1024 * 1024 + 77, 21)],
+    [undefined, pseudoRandom(40 * 1024 * 1024 + 3, 22)],
+    [{ min: 16, avg: 64, max: 1024 }, pseudoRandom(300_001, 23)], // min below the 32-byte window
+    [{ min: 0, avg: 8, max: 32 }, pseudoRandom(5000, 24)],
+    [SMALL, Buffer.alloc(10 * SMALL.max + 9)],
+  ];
+  for (const [opts, data] of cases) {
+    const c = new Chunker(POL, opts);
+    const want = chunkAll(c, data);
+    const wantIds = chunkHashes(c, data);
+    const show = (cs: { length: number; id: Buffer }[]): [number, string][] => cs.map((x) => [x.length, x.id.toString("hex")]);
+    for (const run of [(...a: Parameters<Chunker["cutAndHash"]>) => c.cutAndHash(...a), async (...a: Parameters<Chunker["cutAndHash"]>) => c.cutAndHashHere(...a)]) {
+      // Everything at once, at eof, from an offset into a larger buffer.
+      const framed = Buffer.concat([Buffer.alloc(7, 1), data, Buffer.alloc(5, 2)]);
+      const all = await run(framed, 7, 7 + data.length, true);
+      assert.deepEqual(show(all), want.map((n, i) => [n, wantIds[i]]));
+      // Not at eof: stops while fewer than max bytes remain, and those chunks are the same.
+      const some = await run(data, 0, data.length, false);
+      const used = some.reduce((t, x) => t + x.length, 0);
+      assert.ok(data.length - used < c.options.max && data.length - used >= 0);
+      assert.deepEqual(show(some), show(all).slice(0, some.length));
+      assert.deepEqual(await run(data, 5, 5, true), []);
+    }
+  }
+  await assert.rejects(() => new Chunker(POL).cutAndHash(Buffer.alloc(10), 4, 11, true), RangeError);
+});

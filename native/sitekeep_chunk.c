@@ -1,0 +1,193 @@
+/*
+ * chunkhash: content-defined chunking and SHA-256 of a buffer on the thread pool.
+ *
+ * The cut rule is the one of src/repo/chunker.ts (read that file for why it is what it is); this is
+ * a second implementation of it, in C, so that a large file's chunks are found and hashed off the
+ * main thread and several times faster than the JIT manages. Both must cut at the same places or
+ * deduplication between the two paths breaks: chunker.test.ts compares them on random data.
+ *
+ * SHA-256 is OpenSSL's, which Node links into its own binary and exports: no library of ours, and
+ * the SHA extensions of the CPU where it has them. It is looked up at load time; without it the
+ * function is not defined and callers use the JavaScript chunker and node:crypto.
+ *
+ * chunkhash(buf, start, end, eof, params) -> Promise<Buffer>
+ *   params: a Buffer of 256 + 5 uint32 in host byte order: the gear table, then min, avg, max,
+ *   maskS, maskL. Cuts chunks from buf[start..end) one after the other while the rest holds at least
+ *   max bytes (or, with eof, while anything is left) and resolves with 36 bytes per chunk: its
+ *   length (uint32, host order) and its SHA-256. `buf` must not change until the promise settles.
+ */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE
+#endif
+
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sk_napi.h"
+
+#define SK_GEAR_WINDOW 32
+#define SK_CHUNK_RECORD 36
+#define SK_PARAMS_BYTES ((256 + 5) * 4)
+
+typedef unsigned char *(*sha256_fn)(const unsigned char *data, size_t len, unsigned char *md);
+
+static sha256_fn sk_sha256;
+
+typedef struct {
+  uint32_t gear[256];
+  uint32_t min, avg, max, mask_s, mask_l;
+} sk_chunker;
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref buf_ref;
+  const uint8_t *data; /* buf + start */
+  size_t avail;
+  bool eof;
+  sk_chunker params;
+  uint8_t *out;
+  size_t count;
+  bool oom;
+} sk_chunk_job;
+
+/* Length of the chunk at d[0], or 0 when more than `avail` bytes are needed to decide. */
+static size_t cut(const sk_chunker *c, const uint8_t *d, size_t avail, bool eof) {
+  size_t limit;
+  if (avail >= c->max) limit = c->max;
+  else if (eof) limit = avail;
+  else return 0;
+  if (limit <= c->min) return limit;
+  const uint32_t *gear = c->gear;
+  const uint32_t ms = c->mask_s, ml = c->mask_l;
+  size_t first = c->min;
+  size_t normal = c->avg < limit ? c->avg : limit;
+  size_t i = c->min > SK_GEAR_WINDOW ? first - SK_GEAR_WINDOW : 0;
+  uint32_t h = 0;
+  for (; i < first; i++) h = (h << 1) + gear[d[i]];
+  for (; i < normal; i++) {
+    h = (h << 1) + gear[d[i]];
+    if ((h & ms) == 0) return i + 1;
+  }
+  for (; i < limit; i++) {
+    h = (h << 1) + gear[d[i]];
+    if ((h & ml) == 0) return i + 1;
+  }
+  return limit;
+}
+
+static void chunk_execute(napi_env env, void *arg) {
+  sk_chunk_job *job = arg;
+  size_t pos = 0, cap = 0;
+  while (pos < job->avail) {
+    size_t n = cut(&job->params, job->data + pos, job->avail - pos, job->eof);
+    if (n == 0) break;
+    if (job->count == cap) {
+      size_t more = cap ? 2 * cap : 16;
+      uint8_t *grown = realloc(job->out, more * SK_CHUNK_RECORD);
+      if (grown == NULL) {
+        job->oom = true;
+        return;
+      }
+      job->out = grown;
+      cap = more;
+    }
+    uint8_t *rec = job->out + job->count * SK_CHUNK_RECORD;
+    rec[0] = (uint8_t)n; /* little-endian whatever the host */
+    rec[1] = (uint8_t)(n >> 8);
+    rec[2] = (uint8_t)(n >> 16);
+    rec[3] = (uint8_t)(n >> 24);
+    sk_sha256(job->data + pos, n, rec + 4);
+    job->count++;
+    pos += n;
+  }
+}
+
+static void chunk_complete(napi_env env, napi_status status, void *arg) {
+  sk_chunk_job *job = arg;
+  napi_value result = NULL;
+  if (status == napi_ok) {
+    if (job->oom) napi_throw_error(env, "ENOMEM", "chunkhash: out of memory");
+    else if (napi_create_buffer_copy(env, job->count * SK_CHUNK_RECORD, job->count ? (void *)job->out : (void *)"", NULL, &result) != napi_ok) result = NULL;
+  }
+  settle_job(env, job->deferred, status, "chunkhash", result);
+  napi_delete_reference(env, job->buf_ref);
+  napi_delete_async_work(env, job->work);
+  free(job->out);
+  free(job);
+}
+
+static bool get_size(napi_env env, napi_value v, const char *what, size_t limit, size_t *out) {
+  int64_t n;
+  if (napi_get_value_int64(env, v, &n) != napi_ok) {
+    throw_arg_type(env, what, "a number");
+    return false;
+  }
+  if (n < 0 || (uint64_t)n > limit) {
+    throw_arg_range(env, what, "within the buffer");
+    return false;
+  }
+  *out = (size_t)n;
+  return true;
+}
+
+static napi_value sk_chunkhash(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  if (!get_args(env, info, 5, argv)) return NULL;
+  void *data, *params;
+  size_t len, plen, start, end;
+  bool eof;
+  if (!get_bytes(env, argv[0], "buf", &data, &len) || !get_size(env, argv[1], "start", len, &start) ||
+      !get_size(env, argv[2], "end", len, &end) || !get_bytes(env, argv[4], "params", &params, &plen)) {
+    return NULL;
+  }
+  if (start > end) {
+    throw_arg_range(env, "start", "at most end");
+    return NULL;
+  }
+  if (napi_get_value_bool(env, argv[3], &eof) != napi_ok) {
+    throw_arg_type(env, "eof", "a boolean");
+    return NULL;
+  }
+  if (plen != SK_PARAMS_BYTES) {
+    throw_arg_range(env, "params", "1044 bytes long");
+    return NULL;
+  }
+  sk_chunk_job *job = calloc(1, sizeof *job);
+  if (job == NULL) {
+    napi_throw_error(env, "ENOMEM", "chunkhash: out of memory");
+    return NULL;
+  }
+  memcpy(&job->params, params, SK_PARAMS_BYTES);
+  const sk_chunker *c = &job->params;
+  if (!(c->min <= c->avg && c->avg <= c->max && c->max > 0)) {
+    free(job);
+    throw_arg_range(env, "params", "chunk sizes with min <= avg <= max and max > 0");
+    return NULL;
+  }
+  job->data = (const uint8_t *)data + start;
+  job->avail = end - start;
+  job->eof = eof;
+  if (napi_create_reference(env, argv[0], 1, &job->buf_ref) != napi_ok) {
+    free(job);
+    ensure_thrown(env);
+    return NULL;
+  }
+  napi_value promise;
+  if (!queue_job(env, "sitekeep.chunkhash", chunk_execute, chunk_complete, job, &job->work, &job->deferred, &promise)) {
+    napi_delete_reference(env, job->buf_ref);
+    free(job);
+  }
+  return promise;
+}
+
+bool sk_chunk_define(napi_env env, napi_value exports) {
+  sk_sha256 = (sha256_fn)dlsym(RTLD_DEFAULT, "SHA256");
+  if (sk_sha256 == NULL) return true; /* no OpenSSL in this process: the JavaScript path is used */
+  napi_property_descriptor props[] = {
+      {"chunkhash", NULL, sk_chunkhash, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  return napi_define_properties(env, exports, 1, props) == napi_ok;
+}

@@ -1,0 +1,46 @@
+// Loads Sitekeep's own Node-API addon (native/*.c, built by `node-gyp rebuild` on install) once.
+// Every caller has a plain-Node fallback for when it is missing (build failed, unsupported platform,
+// or SITEKEEP_NO_NATIVE=1, which tests use to exercise those fallbacks).
+import fs from "node:fs";
+import { createRequire } from "node:module";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+type PathLike = Buffer | string;
+
+export interface NativeAddon {
+  lutimes(p: PathLike, atimeSec: bigint, atimeNsec: number, mtimeSec: bigint, mtimeNsec: number): void;
+  mknod(p: PathLike, mode: number, dev: bigint): void;
+  llistxattr(p: PathLike): string[];
+  lgetxattr(p: PathLike, name: string): Buffer;
+  lsetxattr(p: PathLike, name: string, value: Buffer): void;
+  lstatdirAsync?(p: PathLike): Promise<[Buffer, Float64Array, boolean]>;
+  readfiles?(dir: PathLike, names: Buffer, limits: Float64Array): Promise<[Buffer, Float64Array]>;
+  /** Present when the process has OpenSSL's SHA-256 (native/sitekeep_chunk.c). */
+  chunkhash?(buf: Buffer, start: number, end: number, eof: boolean, params: Buffer): Promise<Buffer>;
+}
+
+function findPackageRoot(start: string): string | undefined {
+  for (let dir = start; ; dir = path.dirname(dir)) {
+    try {
+      const pkg = JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8")) as { name?: unknown };
+      if (pkg.name === "sitekeep") return dir;
+    } catch {
+      // no (readable) package.json here: keep walking
+    }
+    if (path.dirname(dir) === dir) return undefined;
+  }
+}
+
+function loadNative(): NativeAddon | undefined {
+  if (process.env.SITEKEEP_NO_NATIVE === "1") return undefined;
+  const root = findPackageRoot(path.dirname(fileURLToPath(import.meta.url)));
+  if (root === undefined) return undefined;
+  try {
+    return createRequire(import.meta.url)(path.join(root, "build", "Release", "sitekeep_fs.node")) as NativeAddon;
+  } catch {
+    return undefined;
+  }
+}
+
+export const nativeAddon: NativeAddon | undefined = loadNative();
