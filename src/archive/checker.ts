@@ -4,8 +4,12 @@
 //
 // Damage is reported, never thrown. Every error names the damaged file and, where the damage loses
 // data, the snapshots and paths that depend on it ("affects"). Affects are computed during the tree
-// walk: the walk runs after the data check so it knows which packs and blobs are damaged, and keeps
-// for each tree the damaged paths below it, so a tree shared by many snapshots is read only once.
+// walk, which keeps for each tree the damaged paths below it, so a tree shared by many snapshots is
+// read only once. The walk needs to know which packs and blobs are damaged, but reading the data
+// takes both cores' worker threads while this thread idles: so the walk runs while the data is read,
+// with the damage known before it (missing packs, wrong sizes), and the data's findings are held
+// back. When the data turns out damaged (rare), the walk's results are dropped and it runs again
+// knowing all the damage; otherwise they stand as they are.
 import { availableParallelism } from "node:os";
 import { SitekeepError, errorMessage } from "../errors.js";
 import { BlobIndex, type BlobLocation } from "../repo/blob-index.js";
@@ -55,6 +59,8 @@ const MAX_PACK_NOTICES = 20;
 /** Packs read at once: one per blob worker, and one being read. */
 const DATA_CONCURRENCY = Math.min(5, availableParallelism() + 1);
 const INDEX_CONCURRENCY = 4;
+/** Smallest pack buffer allocated: packs are written up to 16 MiB and a little over. */
+const PACK_BUFFER_MIN = 17 * 1024 * 1024;
 const TREE_CONCURRENCY = 8;
 
 /** What the index files say about one pack. */
@@ -82,6 +88,13 @@ interface TreeDamage {
 }
 
 const NO_DAMAGE: TreeDamage = { self: [], inner: new Map() };
+
+/** A problem found in a pack's data: it damages the blobs named, or the whole pack. */
+interface PackFinding {
+  packId: string;
+  problem: CheckProblem;
+  blobs?: string[];
+}
 
 export function packFile(packId: string): string {
   return `data/${packId.slice(0, 2)}/${packId}`;
@@ -111,6 +124,10 @@ class Checker {
   private bytesRead = 0;
   private snapshotCount = 0;
   private treeSlots = TREE_CONCURRENCY;
+  /** Pack buffers back from the workers, to read the next packs into (at most DATA_CONCURRENCY). */
+  private readonly packBuffers: ArrayBuffer[] = [];
+  /** While the data is read: the walk's latest progress, held back (null: none yet). */
+  private walkProgress?: { done: number; total: number } | null;
   private readonly treeWaiters: (() => void)[] = [];
 
   constructor(
@@ -122,8 +139,29 @@ class Checker {
     const subset = this.opts.readDataSubset !== undefined ? parseSubset(this.opts.readDataSubset) : undefined;
     await this.checkIndex();
     await this.checkPacks();
-    if (this.opts.readData || subset) await this.checkData(subset);
-    await this.checkSnapshots();
+    if (this.opts.readData || subset) {
+      const walkFrom = this.errors.length;
+      // One progress line: the walk's shows once the data is read (if it is still going then).
+      this.walkProgress = null;
+      const reading = this.checkData(subset).finally(() => {
+        const last = this.walkProgress;
+        this.walkProgress = undefined;
+        if (last) this.progress("snapshots", last.done, last.total);
+      });
+      const [data, walk] = await Promise.allSettled([reading, this.checkSnapshots()]);
+      if (data.status === "rejected") throw data.reason;
+      if (walk.status === "rejected") throw walk.reason;
+      if (data.value.length) {
+        // The walk could not know this damage: forget what it found and walk again.
+        this.errors.length = walkFrom;
+        this.affects.clear();
+        this.trees.clear();
+        for (const f of data.value) this.recordPackFinding(f);
+        await this.checkSnapshots();
+      }
+    } else {
+      await this.checkSnapshots();
+    }
     this.errors.forEach((p, i) => {
       const a = this.affects.get(i);
       if (a && a.size) p.affects = [...a].map(([snapshot, paths]) => ({ snapshot, paths }));
@@ -144,6 +182,10 @@ class Checker {
   }
 
   private progress(phase: "index" | "packs" | "snapshots" | "data", done: number, total: number, bytes?: number): void {
+    if (phase === "snapshots" && this.walkProgress !== undefined) {
+      this.walkProgress = { done, total }; // held back while the data is read
+      return;
+    }
     this.opts.onProgress?.(bytes === undefined ? { phase, done, total } : { phase, done, total, bytes });
   }
 
@@ -285,27 +327,45 @@ class Checker {
 
   // ---- data -----------------------------------------------------------------------------------
 
-  private async checkData(subset: ((packId: string, all: string[]) => boolean) | undefined): Promise<void> {
+  /** Reads the packs; returns what is wrong with them (in pack order), recorded by nothing yet. */
+  private async checkData(subset: ((packId: string, all: string[]) => boolean) | undefined): Promise<PackFinding[]> {
     const candidates = [...this.packs.keys()].filter((id) => this.present.has(id)).sort();
     const chosen = subset ? candidates.filter((id) => subset(id, candidates)) : candidates;
     let done = 0;
+    const findings = new Map<string, PackFinding>();
     this.progress("data", 0, chosen.length, 0);
     await mapLimit(chosen, DATA_CONCURRENCY, async (id) => {
-      await this.readPack(id);
+      const f = await this.readPack(id);
+      if (f) findings.set(id, f);
       this.progress("data", ++done, chosen.length, this.bytesRead);
     });
+    return chosen.flatMap((id) => findings.get(id) ?? []);
   }
 
-  private async readPack(packId: string): Promise<void> {
+  /** Records a problem found in a pack's data, and what it damages. */
+  private recordPackFinding(f: PackFinding): void {
+    const p = this.problem(f.problem);
+    if (f.blobs) for (const hex of f.blobs) this.damageBlob(hex, p);
+    else this.damagePack(f.packId, p);
+  }
+
+  private async readPack(packId: string): Promise<PackFinding | undefined> {
     const info = this.packs.get(packId);
-    if (!info) return;
+    if (!info) return undefined;
     const name = packFile(packId);
+    const backend = this.repo.backend;
+    const size = this.present.get(packId);
+    const lend = backend.loadInto !== undefined && size !== undefined;
     let buf: Buffer;
     try {
-      buf = await this.repo.backend.load({ type: "data", name: packId });
+      if (lend) {
+        buf = Buffer.from(this.packBuffer(size), 0, size);
+        await backend.loadInto!({ type: "data", name: packId }, buf);
+      } else {
+        buf = await backend.load({ type: "data", name: packId });
+      }
     } catch (err) {
-      this.damagePack(packId, this.problem({ kind: "pack", file: name, message: `pack ${name} cannot be read: ${oneLine(errorMessage(err))}` }));
-      return;
+      return { packId, problem: { kind: "pack", file: name, message: `pack ${name} cannot be read: ${oneLine(errorMessage(err))}` } };
     }
     this.packsRead++;
     this.bytesRead += buf.length;
@@ -320,11 +380,14 @@ class Checker {
     // thread reads the next packs: on this thread alone, check was bound to one core.
     let verdict: PackVerdict;
     try {
-      verdict = await verifyPackInWorker(this.repo.key, buf, entries, () => this.repo.backend.load({ type: "data", name: packId }));
+      const v = await verifyPackInWorker(this.repo.key, buf, entries, () => backend.load({ type: "data", name: packId }), lend);
+      // Back from the worker, or still here when the pack was verified on this thread.
+      const back = v.buffer ?? (lend && buf.buffer.byteLength ? (buf.buffer as ArrayBuffer) : undefined);
+      if (back && this.packBuffers.length < DATA_CONCURRENCY) this.packBuffers.push(back);
+      verdict = v;
     } catch (err) {
       // Only when a worker died with the pack and reading it again failed.
-      this.damagePack(packId, this.problem({ kind: "pack", file: name, message: `pack ${name} cannot be read: ${oneLine(errorMessage(err))}` }));
-      return;
+      return { packId, problem: { kind: "pack", file: name, message: `pack ${name} cannot be read: ${oneLine(errorMessage(err))}` } };
     }
     const failures: string[] = [];
     if (verdict.hash !== packId) failures.push(`its content does not match its name (SHA-256 ${shortId(verdict.hash)}…)`);
@@ -335,12 +398,19 @@ class Checker {
     const firstBad = first ? `${entries[first.entry].type} blob ${shortId(badBlobs[0])}…: ${oneLine(first.message)}` : "";
     if (badBlobs.length) failures.push(`${badBlobs.length} of ${entries.length} blobs cannot be decoded (first: ${firstBad})`);
 
-    if (!failures.length) return;
-    const p = this.problem({ kind: "pack", file: name, message: `pack ${name} is damaged: ${failures.join("; ")}` });
+    if (!failures.length) return undefined;
+    const problem: CheckProblem = { kind: "pack", file: name, message: `pack ${name} is damaged: ${failures.join("; ")}` };
     // When the damage is pinned to particular blobs, only what uses them is lost; otherwise the
     // whole pack is suspect.
-    if (badBlobs.length && headerOk) for (const hex of badBlobs) this.damageBlob(hex, p);
-    else this.damagePack(packId, p);
+    return badBlobs.length && headerOk ? { packId, problem, blobs: badBlobs } : { packId, problem };
+  }
+
+  /** A buffer of at least `size` bytes for a pack: one that came back from a worker, or a new one. */
+  private packBuffer(size: number): ArrayBuffer {
+    const i = this.packBuffers.findIndex((b) => b.byteLength >= size);
+    if (i >= 0) return this.packBuffers.splice(i, 1)[0];
+    this.packBuffers.pop(); // too small for this pack: replaced by a larger one
+    return new ArrayBuffer(Math.max(size, PACK_BUFFER_MIN));
   }
 
   // ---- snapshots and trees --------------------------------------------------------------------

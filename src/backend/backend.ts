@@ -29,6 +29,11 @@ export interface Backend {
   save(h: Handle, data: Uint8Array): Promise<void>;
   /** Reads a whole file, or `length` bytes at `offset` (a negative offset counts from the end). */
   load(h: Handle, offset?: number, length?: number): Promise<Buffer>;
+  /**
+   * Reads a whole file of exactly `into.length` bytes (known from a listing) into `into`: for
+   * callers that reuse their buffers (check reads every pack). Optional: without it, use load.
+   */
+  loadInto?(h: Handle, into: Uint8Array): Promise<void>;
   stat(h: Handle): Promise<FileInfo>;
   remove(h: Handle): Promise<void>;
   /** Files of a type whose names are valid IDs (temporary files are not listed). */

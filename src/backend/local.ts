@@ -112,6 +112,28 @@ export class LocalBackend implements Backend {
     }
   }
 
+  async loadInto(h: Handle, into: Uint8Array): Promise<void> {
+    try {
+      const fh = await fsp.open(this.path(h), "r");
+      try {
+        let got = 0;
+        while (got < into.length) {
+          const { bytesRead } = await fh.read(into, got, into.length - got, got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+        }
+        if (got < into.length || (await fh.read(Buffer.alloc(1), 0, 1, got)).bytesRead) {
+          const { size } = await fh.stat();
+          throw new Error(`it has ${size} bytes, not ${into.length}`);
+        }
+      } finally {
+        await fh.close();
+      }
+    } catch (err) {
+      throw wrapIoError(err, `reading ${h.type}/${h.name}`, this.root);
+    }
+  }
+
   async stat(h: Handle): Promise<FileInfo> {
     const st = await fsp.stat(this.path(h));
     return { name: h.name, size: st.size };

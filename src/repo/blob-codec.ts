@@ -3,7 +3,7 @@
 // blobs (the archiver reads the small files of a folder 64 at a time; per blob on the main thread
 // this was most of a backup's time); verifying takes a whole pack (check --read-data).
 import { SitekeepError } from "../errors.js";
-import { compress, decompress } from "./compression.js";
+import { compress, decompress, decompressInto } from "./compression.js";
 import { type MasterKey, open, seal } from "./crypto.js";
 import { ID_SIZE, hashHex, sha256 } from "./id.js";
 
@@ -106,13 +106,39 @@ export interface PackVerdict {
   bad: { entry: number; message: string }[];
 }
 
+/** Output buffer of verifyBlob's decompression, reused from blob to blob (grows as needed). */
+let scratch = Buffer.alloc(0);
+
+/**
+ * decodeBlob for a blob that is only checked: it is decompressed into a reused buffer, so that
+ * checking a pack leaves (besides the decrypted blobs) no garbage of its size behind.
+ */
+function verifyBlob(key: MasterKey, loc: { uncompressedLength: number }, sealed: Uint8Array, id: Uint8Array): void {
+  let plain: Uint8Array = open(key, sealed);
+  if (loc.uncompressedLength) {
+    // One byte more than expected: a blob that decompresses to more is found out, not cut short.
+    const want = loc.uncompressedLength + 1;
+    if (scratch.length < want) scratch = Buffer.allocUnsafeSlow(Math.max(want, 2 * scratch.length));
+    let n: number;
+    try {
+      n = decompressInto(scratch.subarray(0, want), plain);
+    } catch (err) {
+      if (/too small/i.test(err instanceof Error ? err.message : "")) throw damagedBlob(id, "decompressed to the wrong length");
+      throw err;
+    }
+    if (n !== loc.uncompressedLength) throw damagedBlob(id, "decompressed to the wrong length");
+    plain = scratch.subarray(0, n);
+  }
+  if (!sha256(plain).equals(id)) throw damagedBlob(id, "does not match its ID");
+}
+
 /** Hashes a pack file and decodes every entry in it (check --read-data). */
 export function verifyPack(key: MasterKey, pack: Uint8Array, entries: readonly PackEntry[]): PackVerdict {
   const bad: PackVerdict["bad"] = [];
   entries.forEach((e, i) => {
     try {
       if (e.offset + e.length > pack.length) throw new Error("it lies beyond the end of the file");
-      decodeBlob(key, e, pack.subarray(e.offset, e.offset + e.length), e.id);
+      verifyBlob(key, e, pack.subarray(e.offset, e.offset + e.length), e.id);
     } catch (err) {
       bad.push({ entry: i, message: err instanceof Error ? err.message : String(err) });
     }

@@ -6,7 +6,7 @@ import type { MasterKey } from "./crypto.js";
 
 export type BlobRequest = { seq: number; key: KeyBytes } & (
   | { kind: "encode"; compress: boolean; data: Uint8Array; offsets: Float64Array; lengths: Float64Array }
-  | { kind: "verify"; pack: Uint8Array; entries: PackEntry[] }
+  | { kind: "verify"; pack: Uint8Array; entries: PackEntry[]; lend?: boolean }
 );
 
 /** The last key seen: a backup or a check sends the same one with every request. */
@@ -28,7 +28,10 @@ parentPort?.on("message", (req: BlobRequest) => {
       const transfer = [out.ids.buffer, out.sealed.buffer, out.ends.buffer, out.ulens.buffer] as ArrayBuffer[];
       parentPort?.postMessage({ seq: req.seq, result: out }, transfer);
     } else {
-      parentPort?.postMessage({ seq: req.seq, result: verifyPack(keyOf(req.key), req.pack, req.entries) });
+      const verdict = verifyPack(keyOf(req.key), req.pack, req.entries);
+      // A lent buffer goes back to be read into again (verifyPackInWorker).
+      if (req.lend) parentPort?.postMessage({ seq: req.seq, result: { ...verdict, buffer: req.pack.buffer } }, [req.pack.buffer as ArrayBuffer]);
+      else parentPort?.postMessage({ seq: req.seq, result: verdict });
     }
   } catch (err) {
     parentPort?.postMessage({ seq: req.seq, error: err instanceof Error ? err.message : String(err) });

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { batchBlob, encodeBatch } from "./blob-codec.js";
+import { batchBlob, encodeBatch, verifyPack } from "./blob-codec.js";
 import { decompress } from "./compression.js";
 import { newRandomKey, open } from "./crypto.js";
 import { blobWorkerState, encodeInWorker } from "./blob-workers.js";
@@ -38,6 +38,32 @@ test("a batch encoded on a worker thread opens to its plaintexts, each under its
   assert.equal(batchBlob(plainOnly, 0).uncompressedLength, 0);
 });
 
+test("verifyPack finds a blob whose length or content differs from its index entry", () => {
+  const key = newRandomKey();
+  const blobs = [Buffer.from("hello ".repeat(3000)), Buffer.from("world ".repeat(50_000)), randomBytes(2000)];
+  const enc = encodeBatch(key, true, Buffer.concat(blobs), [0, 18_000, 318_000], blobs.map((b) => b.length));
+  const entries = blobs.map((_, i) => {
+    const b = batchBlob(enc, i);
+    return { id: b.id, offset: i === 0 ? 0 : enc.ends[i - 1], length: b.sealed.length, uncompressedLength: b.uncompressedLength };
+  });
+  assert.ok(entries[0].uncompressedLength && entries[1].uncompressedLength && !entries[2].uncompressedLength);
+  const pack = Buffer.from(enc.sealed);
+  assert.deepEqual(verifyPack(key, pack, entries).bad, []);
+  // The index promises one byte more, one byte less, far less; or another ID.
+  const wrong = [
+    { ...entries[0], uncompressedLength: entries[0].uncompressedLength + 1 },
+    { ...entries[1], uncompressedLength: entries[1].uncompressedLength - 1 },
+    { ...entries[1], uncompressedLength: 10 },
+    { ...entries[2], id: sha256(Buffer.from("other")) },
+  ];
+  assert.deepEqual(
+    verifyPack(key, pack, wrong).bad.map((b) => b.message.replace(/[0-9a-f]{64}/, "ID")),
+    ["blob ID decompressed to the wrong length", "blob ID decompressed to the wrong length", "blob ID decompressed to the wrong length", "blob ID does not match its ID"],
+  );
+  // A large blob after small ones (the output buffer grows) still verifies.
+  assert.deepEqual(verifyPack(key, pack, [entries[0], entries[1], entries[0]]).bad, []);
+});
+
 test("a pack is verified on a worker (damage found per blob), and again on this thread when the worker dies with it", async () => {
   const { verifyPackInWorker, killBlobWorkersForTest } = await import("./blob-workers.js");
   const key = newRandomKey();
@@ -59,6 +85,18 @@ test("a pack is verified on a worker (damage found per blob), and again on this 
   const bad = await verifyPackInWorker(key, fresh(damaged), entries, async () => fresh(damaged));
   assert.deepEqual(bad.bad.map((b) => b.entry), [1]);
   assert.match(bad.bad[0].message, /ciphertext verification failed/);
+
+  // Lent: a pack at the start of a larger buffer goes to the worker and comes back, unchanged.
+  const room = new ArrayBuffer(damaged.length + 1000);
+  const lent = new Uint8Array(room, 0, damaged.length);
+  lent.set(damaged);
+  const back = await verifyPackInWorker(key, lent, entries, async () => fresh(damaged), true);
+  assert.deepEqual(back.bad.map((b) => b.entry), [1]);
+  assert.equal(back.hash, sha256(damaged).toString("hex"));
+  assert.equal(room.byteLength, 0, "handed to the worker, not copied");
+  assert.ok(back.buffer instanceof ArrayBuffer && back.buffer.byteLength === damaged.length + 1000);
+  assert.ok(Buffer.from(back.buffer, 0, damaged.length).equals(damaged));
+  assert.equal((await verifyPackInWorker(key, fresh(pack), entries, async () => fresh(pack))).buffer, undefined, "not lent: not returned");
 
   // The worker dies while it has the pack: the pack is read again and verified here.
   let reloaded = 0;

@@ -156,15 +156,27 @@ export async function encodeInWorker(key: KeyBytes, compress: boolean, data: Uin
  * only reads the files. The pack's bytes are handed to the worker (`pack` is empty afterwards)
  * when they own their memory, copied otherwise; if the worker dies with them, `reload` reads them
  * again and the pack is verified here.
+ *
+ * `lend`: `pack` is a view at offset 0 of an ArrayBuffer that is the caller's alone (possibly
+ * larger than the pack); the whole ArrayBuffer goes to the worker and comes back in the result's
+ * `buffer` to be read into again (a check otherwise allocates, and leaves to the worker's garbage
+ * collector, one pack-sized buffer per pack). No `buffer` when the pack was verified here.
  */
-export async function verifyPackInWorker(key: KeyBytes, pack: Uint8Array, entries: PackEntry[], reload: () => Promise<Uint8Array>): Promise<PackVerdict> {
+export async function verifyPackInWorker(
+  key: KeyBytes,
+  pack: Uint8Array,
+  entries: PackEntry[],
+  reload: () => Promise<Uint8Array>,
+  lend = false,
+): Promise<PackVerdict & { buffer?: ArrayBuffer }> {
   const w = workers();
   if (w.usable) {
-    const own = pack.byteOffset === 0 && pack.byteLength === pack.buffer.byteLength && pack.buffer instanceof ArrayBuffer;
+    const own = pack.byteOffset === 0 && pack.buffer instanceof ArrayBuffer && (lend || pack.byteLength === pack.buffer.byteLength);
     const sent = own ? pack : new Uint8Array(pack);
     const plainEntries = entries.map((e) => ({ id: new Uint8Array(e.id), offset: e.offset, length: e.length, uncompressedLength: e.uncompressedLength }));
     try {
-      return await w.run<PackVerdict>({ kind: "verify", key, pack: sent, entries: plainEntries }, availableParallelism(), [sent.buffer as ArrayBuffer]);
+      const req: Request = { kind: "verify", key, pack: sent, entries: plainEntries, lend: lend && own };
+      return await w.run<PackVerdict & { buffer?: ArrayBuffer }>(req, availableParallelism(), [sent.buffer as ArrayBuffer]);
     } catch {
       pack = await reload();
     }

@@ -60,6 +60,22 @@ export function decompress(data: Uint8Array): Buffer {
   return decompressor.decompress(data);
 }
 
+interface DCtx {
+  decompress(dst: Uint8Array, src: Uint8Array): number;
+}
+// zstd-napi's documented low-level binding (binding.d.ts): decompression into a given buffer.
+const ZstdDCtx = (createRequire(import.meta.url)("zstd-napi/binding") as { DCtx: new () => DCtx }).DCtx;
+let dctx: DCtx | undefined;
+
+/**
+ * Decompresses `data` into `into` and returns the bytes written, for callers that reuse one output
+ * buffer (check decodes every blob only to hash it). Throws when `into` is too small.
+ */
+export function decompressInto(into: Uint8Array, data: Uint8Array): number {
+  dctx ??= new ZstdDCtx();
+  return dctx.decompress(into, data);
+}
+
 /** v2 unpacked files: a version byte 2 followed by zstd data; a first byte of `{` or `[` is plain JSON. */
 export function packUnpacked(plain: Uint8Array): Buffer {
   const z = compress(plain);
