@@ -9,7 +9,7 @@ import { promisify } from "node:util";
 import { LocalBackend } from "../backend/local.js";
 import { Repository } from "../repo/repository.js";
 import { Archiver } from "./archiver.js";
-import { checkRepository, formatProblem, parseSubset, type CheckResult } from "./checker.js";
+import { checkRepository, formatProblem, parseSubset, startCheck, type CheckResult } from "./checker.js";
 import { loadTree } from "./tree.js";
 import type { NodeJSON } from "./node.js";
 
@@ -267,3 +267,25 @@ async function listPacks(dir: string): Promise<string[]> {
   }
   return out;
 }
+
+test("a check started before a backup finished reads the index again when the list of index files changed", async () => {
+  const f = await makeRepo();
+  const started = await startCheck(f.repo, { readData: true });
+  // A backup commits between the start (index read while the lock waits) and the rest.
+  const extra = join(srcDir, "late.bin");
+  await fsp.writeFile(extra, randomBytes(120 * 1024));
+  try {
+    const w = await Repository.open(new LocalBackend(f.dir), PW);
+    await w.loadIndex();
+    await new Archiver(w, { paths: [srcDir] }).run();
+  } finally {
+    await fsp.rm(extra);
+  }
+  const r = await started.finish();
+  // With the old index, the new packs would be "not named by any index" and the new snapshot's
+  // file would name blobs missing from it.
+  assert.deepEqual(r.errors.map(formatProblem), []);
+  assert.deepEqual(r.notices, []);
+  assert.equal(r.snapshots, 3);
+  assert.equal(r.packsRead, (await listPacks(f.dir)).length);
+});

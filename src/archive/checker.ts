@@ -101,7 +101,32 @@ export function packFile(packId: string): string {
 }
 
 export async function checkRepository(repo: Repository, opts: CheckOptions = {}): Promise<CheckResult> {
-  return new Checker(repo, opts).run();
+  return (await startCheck(repo, opts)).finish();
+}
+
+/** A check whose index files are read: finish() checks the rest. */
+export interface StartedCheck {
+  finish(): Promise<CheckResult>;
+}
+
+/**
+ * Reads and checks the index files, which may happen before the repository's lock is held (while
+ * the lock waits out its conflict check): finish() reads them again if the repository's list of
+ * index files has changed since (a backup or prune that finished in between).
+ */
+export async function startCheck(repo: Repository, opts: CheckOptions = {}): Promise<StartedCheck> {
+  let checker = new Checker(repo, opts);
+  const read = await checker.checkIndex();
+  return {
+    async finish() {
+      const now = (await repo.listIds("index")).sort();
+      if (now.join() !== read.join()) {
+        checker = new Checker(repo, opts);
+        await checker.checkIndex();
+      }
+      return checker.run();
+    },
+  };
 }
 
 class Checker {
@@ -135,9 +160,9 @@ class Checker {
     private readonly opts: CheckOptions,
   ) {}
 
+  /** Checks packs, data and snapshots (after checkIndex). */
   async run(): Promise<CheckResult> {
     const subset = this.opts.readDataSubset !== undefined ? parseSubset(this.opts.readDataSubset) : undefined;
-    await this.checkIndex();
     await this.checkPacks();
     if (this.opts.readData || subset) {
       const walkFrom = this.errors.length;
@@ -191,7 +216,8 @@ class Checker {
 
   // ---- index files ----------------------------------------------------------------------------
 
-  private async checkIndex(): Promise<void> {
+  /** Reads and checks every index file (before run()); returns their IDs, sorted. */
+  async checkIndex(): Promise<string[]> {
     const ids = (await this.repo.listIds("index")).sort();
     let done = 0;
     this.progress("index", 0, ids.length);
@@ -216,6 +242,7 @@ class Checker {
       this.notices.push(`${this.idx.duplicates} blob(s) are stored more than once (harmless; prune removes the extra copies)`);
     }
     for (let i = 0; i < this.idx.size; i++) this.packs.get(this.idx.at(i).packId)?.entries.push(i);
+    return ids;
   }
 
   private addIndexFile(indexId: string, file: IndexFileJSON, multiply: Set<string>): void {

@@ -61,7 +61,7 @@ export async function withRepository<T>(
   g: GlobalOptions,
   lock: "shared" | "exclusive" | "none",
   fn: (repo: Repository) => Promise<T>,
-  opts: { loadIndex?: boolean } = {},
+  opts: { loadIndex?: boolean; whileWaiting?: (repo: Repository) => Promise<unknown> } = {},
 ): Promise<T> {
   const repo = await openRepository(g, { loadIndex: false });
   const withIndex = opts.loadIndex !== false;
@@ -77,7 +77,8 @@ export async function withRepository<T>(
     };
     // The index is read while the lock waits out its conflict check (200 ms otherwise idle).
     if (withIndex) return await withLockedIndex(repo, lock === "exclusive", () => fn(repo), lockOpts);
-    return await withLock(repo, lock === "exclusive", () => fn(repo), lockOpts);
+    const whileWaiting = opts.whileWaiting;
+    return await withLock(repo, lock === "exclusive", () => fn(repo), { ...lockOpts, ...(whileWaiting ? { whileWaiting: () => whileWaiting(repo) } : {}) });
   } finally {
     await repo.backend.close().catch(() => undefined); // open pack handles, S3 sockets
   }

@@ -1,4 +1,4 @@
-import { checkRepository, formatProblem } from "../../archive/checker.js";
+import { type CheckOptions, type StartedCheck, formatProblem, startCheck } from "../../archive/checker.js";
 import { SitekeepError } from "../../errors.js";
 import { type GlobalOptions, outputOptions, withRepository } from "../context.js";
 import { ProgressLine, formatBytes, printJSON } from "../output.js";
@@ -11,18 +11,20 @@ export async function checkCommand(g: GlobalOptions, f: { readData?: boolean; re
     });
   }
   const progress = new ProgressLine(out);
-  // The checker loads the index itself (it must survive damaged index files).
-  // Never through the local cache: check must read what the repository holds now.
+  const opts: CheckOptions = {
+    readData: f.readData,
+    readDataSubset: f.readDataSubset,
+    onProgress: (p) => progress.update({ files: p.done, totalFiles: p.total, bytes: p.bytes ?? 0, extra: p.phase }),
+  };
+  // The checker loads the index itself (it must survive damaged index files), while the lock
+  // waits out its conflict check. Never through the local cache: check must read what the
+  // repository holds now.
+  let started: Promise<StartedCheck> | undefined;
   const result = await withRepository(
     { ...g, cache: false },
     "shared",
-    (repo) =>
-      checkRepository(repo, {
-        readData: f.readData,
-        readDataSubset: f.readDataSubset,
-        onProgress: (p) => progress.update({ files: p.done, totalFiles: p.total, bytes: p.bytes ?? 0, extra: p.phase }),
-      }),
-    { loadIndex: false },
+    async (repo) => (await (started ?? startCheck(repo, opts))).finish(),
+    { loadIndex: false, whileWaiting: (repo) => (started = startCheck(repo, opts)) },
   );
   progress.done();
   if (out.json) {
