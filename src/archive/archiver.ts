@@ -905,12 +905,13 @@ export class Archiver {
 
   private async saveTree(nodes: NodeJSON[]): Promise<string> {
     const data = encodeTree(nodes);
-    const r = await this.repo.saveBlob("tree", data);
-    if (r.added) {
-      this.stats.tree_blobs++;
-      this.progress.bytesAdded += r.storedSize;
-    }
-    const id = r.id.toString("hex");
+    const hash = sha256(data);
+    // Queued like data: a large folder's tree is compressed on the thread pool.
+    const added = await this.repo.queueBlob("tree", data, hash, (stored) => {
+      this.progress.bytesAdded += stored;
+    });
+    if (added) this.stats.tree_blobs++;
+    const id = hash.toString("hex");
     this.opts.memo?.trees.set(id, nodes);
     return id;
   }

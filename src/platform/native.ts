@@ -18,6 +18,8 @@ export interface NativeAddon {
   readfiles?(dir: PathLike, names: Buffer, limits: Float64Array): Promise<[Buffer, Float64Array]>;
   /** Present when the process has OpenSSL's SHA-256 (native/sitekeep_chunk.c). */
   chunkhash?(buf: Buffer, start: number, end: number, eof: boolean, params: Buffer): Promise<Buffer>;
+  /** SHA-256 on the thread pool, without a copy of `buf` (same condition as chunkhash). */
+  sha256?(buf: Uint8Array): Promise<Buffer>;
 }
 
 function findPackageRoot(start: string): string | undefined {

@@ -93,28 +93,52 @@ export function parsePackTail(key: MasterKey, tail: Buffer, packSize: number, pa
   return blobs;
 }
 
-/** Collects sealed blobs into one pack file in memory (packs are a few MiB). */
+/**
+ * Collects sealed blobs into one pack file in memory (packs are a few MiB). Each blob is copied in
+ * as it is added, so the caller's buffer is free at once and the pack is one buffer when it is
+ * finished (no second copy of it); the buffer may be one a stored pack no longer needs (`buffer`).
+ */
 export class PackBuilder {
-  private readonly parts: Buffer[] = [];
+  private buf: Buffer;
   readonly blobs: PackedBlob[] = [];
   size = 0;
 
-  constructor(readonly type: BlobType) {}
+  /** `buffer`: memory to build the pack in (grown when too small); `capacity`: else, how much to allocate. */
+  constructor(
+    readonly type: BlobType,
+    buffer?: Buffer,
+    capacity = 1024 * 1024,
+  ) {
+    this.buf = buffer ?? Buffer.allocUnsafeSlow(capacity);
+  }
 
-  add(id: Buffer, sealed: Buffer, uncompressedLength: number): PackedBlob {
+  add(id: Buffer, sealed: Uint8Array, uncompressedLength: number): PackedBlob {
     const entry: PackedBlob = { id, type: this.type, offset: this.size, length: sealed.length, uncompressedLength };
-    this.parts.push(sealed);
+    this.reserve(sealed.length);
+    this.buf.set(sealed, this.size);
     this.blobs.push(entry);
     this.size += sealed.length;
     return entry;
   }
 
-  /** The pack file's bytes. The blobs are dropped from the builder: an upload in flight holds only the one copy. */
+  /** The pack file's bytes: a view of the builder's buffer, valid until the buffer is reused. */
   finish(key: MasterKey): Buffer {
-    this.parts.push(encodeHeader(key, this.blobs));
-    const data = Buffer.concat(this.parts);
-    this.parts.length = 0;
-    return data;
+    const header = encodeHeader(key, this.blobs);
+    this.reserve(header.length);
+    header.copy(this.buf, this.size);
+    return this.buf.subarray(0, this.size + header.length);
+  }
+
+  /** The memory the pack was built in (to build another one in once this one is stored). */
+  get buffer(): Buffer {
+    return this.buf;
+  }
+
+  private reserve(more: number): void {
+    if (this.size + more <= this.buf.length) return;
+    const bigger = Buffer.allocUnsafeSlow(Math.max(this.size + more, 2 * this.buf.length));
+    this.buf.copy(bigger, 0, 0, this.size);
+    this.buf = bigger;
   }
 }
 

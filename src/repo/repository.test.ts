@@ -44,3 +44,25 @@ test("tree blobs are read a window of their pack at a time, and a damaged one is
     rmSync(tmp, { recursive: true, force: true });
   }
 });
+
+test("packs built one after another in the same reused memory each hold their own blobs", async () => {
+  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-pack-reuse-"));
+  try {
+    const dir = join(tmp, "repo");
+    // Small packs: 60 blobs make over 10; blobs of different sizes, one larger than a whole pack.
+    const repo = await Repository.init(new LocalBackend(dir), "pw", { kdf: { N: 1024, r: 8, p: 1 }, packSize: 64 * 1024 });
+    await repo.loadIndex();
+    const blobs = Array.from({ length: 60 }, (_, i) => randomBytes(i === 30 ? 3 * 1024 * 1024 : 5000 + ((i * 7919) % 20000)));
+    for (const b of blobs) await repo.queueBlob("data", b, sha256(b));
+    await repo.flush();
+    const packs = new Set(blobs.map((b) => repo.lookup("data", sha256(b))?.packId));
+    assert.ok(packs.size >= 10, `${packs.size} packs`);
+    const again = await Repository.open(new LocalBackend(dir), "pw");
+    await again.loadIndex();
+    for (const b of blobs) assert.deepEqual(await again.loadBlob("data", sha256(b)), b);
+    // Every pack file is named by the SHA-256 of its bytes.
+    for (const id of packs) assert.equal(sha256(readFileSync(join(dir, "data", id!.slice(0, 2), id!))).toString("hex"), id);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});

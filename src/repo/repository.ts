@@ -61,6 +61,8 @@ const INDEX_MAX_BLOBS = 50_000;
  * its compressed form, so this also bounds the memory of the backup pipeline.
  */
 const ENCODE_CONCURRENCY = 4;
+/** Room beyond the pack size in a new pack buffer: the blob that fills a pack and the header. */
+const PACK_SLACK = 1024 * 1024;
 /** Smaller blobs are compressed on the main thread: a thread pool round trip costs ~20 µs. */
 const BACKGROUND_MIN = 16 * 1024;
 const INDEX_EVERY_MS = 60_000;
@@ -75,6 +77,8 @@ export class Repository {
   private readonly uploadConcurrency: number;
   private readonly compression: "auto" | "off";
   private readonly builders: Record<BlobType, PackBuilder | undefined> = { data: undefined, tree: undefined };
+  /** Buffers of stored packs, to build the next packs in. */
+  private readonly packBuffers: Buffer[] = [];
   /** Blobs in open or uploading packs, keyed "type:hex", so a backup never stores one twice. */
   private readonly inflight = new Set<string>();
   private readonly uploads = new Set<Promise<void>>();
@@ -343,9 +347,8 @@ export class Repository {
     const key = type + ":" + id.toString("hex");
     if (this.index.has(id, type) || this.inflight.has(key)) return false;
     this.inflight.add(key);
-    // A copy: a view would keep the batch's whole sealed array alive until the pack is written
-    // (a pack of new blobs from batches that were mostly duplicates could pin a gigabyte).
-    await this.addToPack(type, Buffer.from(id), Buffer.from(sealed), uncompressedLength);
+    // (The pack builder copies the sealed bytes: no view keeps the batch's arrays alive.)
+    await this.addToPack(type, Buffer.from(id), sealed, uncompressedLength);
     return true;
   }
 
@@ -374,7 +377,7 @@ export class Repository {
   private async addToPack(type: BlobType, id: Buffer, sealed: Buffer, uncompressedLength: number): Promise<void> {
     if (this.abandoned) return;
     let b = this.builders[type];
-    if (!b) b = this.builders[type] = new PackBuilder(type);
+    if (!b) b = this.builders[type] = new PackBuilder(type, this.packBuffers.pop(), this.packSize + PACK_SLACK);
     b.add(id, sealed, uncompressedLength);
     if (b.size >= this.packSize) {
       this.builders[type] = undefined;
@@ -486,6 +489,9 @@ export class Repository {
       .then(async (packId) => {
         await this.backend.save({ type: "data", name: packId }, data);
         this.packDurable(packId, b.blobs);
+        // Stored: its memory builds a later pack (saves a fresh 16 MiB, and the allocator's
+        // fragmentation, per pack). Not after a failure: a failed request may still hold it.
+        if (this.packBuffers.length < this.uploadConcurrency + 2) this.packBuffers.push(b.buffer);
       })
       .catch((err: unknown) => {
         this.uploadError ??= err;
