@@ -82,6 +82,7 @@ static size_t cut(const sk_chunker *c, const uint8_t *d, size_t avail, bool eof)
 
 static void chunk_execute(napi_env env, void *arg) {
   sk_chunk_job *job = arg;
+  sk_batch_thread();
   size_t pos = 0, cap = 0;
   while (pos < job->avail) {
     size_t n = cut(&job->params, job->data + pos, job->avail - pos, job->eof);
@@ -198,6 +199,7 @@ typedef struct {
 
 static void sha_execute(napi_env env, void *arg) {
   sk_sha_job *job = arg;
+  sk_batch_thread();
   sk_sha256(job->data, job->len, job->md);
 }
 

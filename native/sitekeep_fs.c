@@ -5,9 +5,10 @@
  *   mknod      fifos and device nodes
  *   l*xattr    extended attributes, never following symlinks
  *
- * All functions but readfiles are synchronous: each is one cheap syscall and the
+ * lutimes, mknod and the xattr calls are synchronous: each is one cheap syscall and the
  * restore loop already runs them in order, so a thread-pool hop would only add cost.
- * readfiles reads a batch of small files on the thread pool (see there).
+ * lstatdirAsync and readfiles list a folder / read a batch of small files on the thread
+ * pool; lstatdir and readfilesSync do the same on the calling thread, for small ones.
  *
  * Paths and attribute names may be JS strings or Buffers (file names are bytes
  * on Unix and need not be valid UTF-8). Errors are thrown shaped like Node's own
@@ -36,7 +37,39 @@
 
 #include <node_api.h>
 
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
 #include "sk_napi.h"
+
+/* ---- helper threads yield to the main thread ------------------------------- */
+
+/*
+ * On many small files the main thread (the walk) is what bounds a backup, and each job it hands
+ * to the thread pool wakes a pool thread that the kernel may run at once in the main thread's
+ * place (wake-up preemption): on 2 cores, measured as most of the time the main thread spent in
+ * readfiles and lstatdir calls. SCHED_BATCH tells Linux that a thread is throughput work that
+ * should not preempt others on wake-up; it still gets all the CPU that is free. Our jobs mark the
+ * pool thread they run on (and blob worker threads mark themselves), once per thread.
+ */
+void sk_batch_thread(void) {
+#if defined(__linux__) && defined(SCHED_BATCH)
+  static __thread bool done = false;
+  if (done) return;
+  done = true;
+  const char *opt = getenv("SITEKEEP_HELPER_SCHEDULING"); /* "normal": leave every thread as it is */
+  if (opt != NULL && strcmp(opt, "normal") == 0) return;
+  struct sched_param param;
+  memset(&param, 0, sizeof param);
+  (void)sched_setscheduler(0, SCHED_BATCH, &param); /* refused (seccomp, policy): nothing changes */
+#endif
+}
+
+static napi_value sk_batch_this_thread(napi_env env, napi_callback_info info) {
+  sk_batch_thread();
+  return NULL;
+}
 
 /* ---- xattr calls, per platform ------------------------------------------ */
 
@@ -696,6 +729,7 @@ typedef struct {
 
 static void lstatdir_execute(napi_env env, void *arg) {
   sk_lstatdir_job *job = arg;
+  sk_batch_thread();
   list_dir(job->path, &job->list);
 }
 
@@ -711,6 +745,25 @@ static void lstatdir_complete(napi_env env, napi_status status, void *arg) {
   free_dirlist(&job->list);
   free(job->path);
   free(job);
+}
+
+/* lstatdir(path) -> [names, stats, simple]: the same listing on the calling thread. For a small
+ * folder it costs less than handing it to the thread pool (waking a pool thread costs the caller
+ * tens of microseconds on a virtual machine, more than listing a few entries). */
+static napi_value sk_lstatdir(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  char *path = get_cstr(env, argv[0], "path");
+  if (path == NULL) return NULL;
+  sk_dirlist list;
+  memset(&list, 0, sizeof list);
+  list_dir(path, &list);
+  napi_value result = NULL;
+  if (list.err) throw_errno(env, list.err, list.op, path);
+  else result = dirlist_value(env, &list);
+  free_dirlist(&list);
+  free(path);
+  return result;
 }
 
 static napi_value sk_lstatdir_async(napi_env env, napi_callback_info info) {
@@ -759,6 +812,7 @@ typedef struct {
 
 static void readfiles_execute(napi_env env, void *arg) {
   sk_readfiles_job *job = arg;
+  if (job->deferred != NULL) sk_batch_thread(); /* (readfilesSync runs this on the main thread) */
   job->data = malloc(job->cap ? job->cap : 1);
   job->res = calloc(job->count ? job->count : 1, SK_READ_FIELDS * sizeof(double));
   if (job->data == NULL || job->res == NULL) {
@@ -830,31 +884,38 @@ static void readfiles_execute(napi_env env, void *arg) {
   close(dfd);
 }
 
-static void readfiles_complete(napi_env env, napi_status status, void *arg) {
-  sk_readfiles_job *job = arg;
+/* [data, numbers] of a finished job, or NULL with an exception pending. */
+static napi_value readfiles_value(napi_env env, sk_readfiles_job *job) {
   napi_value result = NULL, buf, farr;
-  if (status == napi_ok) {
-    if (job->err) {
-      throw_errno(env, job->err, "open", job->dir);
-    } else if (bytes_and_numbers(env, job->data, job->dlen, job->res, job->count * SK_READ_FIELDS, &buf, &farr) &&
-               napi_create_array_with_length(env, 2, &result) == napi_ok) {
-      napi_set_element(env, result, 0, buf);
-      napi_set_element(env, result, 1, farr);
-    } else {
-      result = NULL;
-      napi_value ignored; /* whatever failed, it is reported as what it means here */
-      napi_get_and_clear_last_exception(env, &ignored);
-      napi_throw_error(env, NULL, "readfiles: out of memory");
-    }
+  if (job->err) {
+    throw_errno(env, job->err, "open", job->dir);
+  } else if (bytes_and_numbers(env, job->data, job->dlen, job->res, job->count * SK_READ_FIELDS, &buf, &farr) &&
+             napi_create_array_with_length(env, 2, &result) == napi_ok) {
+    napi_set_element(env, result, 0, buf);
+    napi_set_element(env, result, 1, farr);
+  } else {
+    result = NULL;
+    napi_value ignored; /* whatever failed, it is reported as what it means here */
+    napi_get_and_clear_last_exception(env, &ignored);
+    napi_throw_error(env, NULL, "readfiles: out of memory");
   }
-  settle_job(env, job->deferred, status, "readfiles", result);
-  napi_delete_async_work(env, job->work);
+  return result;
+}
+
+static void free_readfiles_job(sk_readfiles_job *job) {
   free(job->dir);
   free(job->names);
   free(job->limits);
   free(job->data);
   free(job->res);
   free(job);
+}
+
+static void readfiles_complete(napi_env env, napi_status status, void *arg) {
+  sk_readfiles_job *job = arg;
+  settle_job(env, job->deferred, status, "readfiles", status == napi_ok ? readfiles_value(env, job) : NULL);
+  napi_delete_async_work(env, job->work);
+  free_readfiles_job(job);
 }
 
 /*
@@ -866,7 +927,7 @@ static void readfiles_complete(napi_env env, napi_status status, void *arg) {
  * the size of the file's xattr name list (0: none). For the many small files of a site this moves
  * open, read, fstat and close off the main thread, four calls into Node per file saved.
  */
-static napi_value sk_readfiles(napi_env env, napi_callback_info info) {
+static sk_readfiles_job *readfiles_job(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   if (!get_args(env, info, 3, argv)) return NULL;
   char *dir = get_cstr(env, argv[0], "dir");
@@ -916,14 +977,28 @@ static napi_value sk_readfiles(napi_env env, napi_callback_info info) {
   memcpy(job->limits, lb, llen * sizeof(double));
   job->count = count;
   job->cap = cap;
+  return job;
+}
+
+static napi_value sk_readfiles(napi_env env, napi_callback_info info) {
+  sk_readfiles_job *job = readfiles_job(env, info);
+  if (job == NULL) return NULL;
   napi_value promise;
   if (!queue_job(env, "sitekeep.readfiles", readfiles_execute, readfiles_complete, job, &job->work, &job->deferred, &promise)) {
-    free(job->names);
-    free(job->limits);
-    free(job->dir);
-    free(job);
+    free_readfiles_job(job);
   }
   return promise;
+}
+
+/* readfilesSync(dir, names, limits) -> [data, numbers]: the same on the calling thread, for a few
+ * small files (see lstatdir for why). */
+static napi_value sk_readfiles_sync(napi_env env, napi_callback_info info) {
+  sk_readfiles_job *job = readfiles_job(env, info);
+  if (job == NULL) return NULL;
+  readfiles_execute(env, job);
+  napi_value result = readfiles_value(env, job);
+  free_readfiles_job(job);
+  return result;
 }
 
 /* ---- module ---------------------------------------------------------------- */
@@ -937,6 +1012,9 @@ NAPI_MODULE_INIT() {
       {"lsetxattr", NULL, sk_lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lstatdirAsync", NULL, sk_lstatdir_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"readfiles", NULL, sk_readfiles, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"readfilesSync", NULL, sk_readfiles_sync, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lstatdir", NULL, sk_lstatdir, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"batchThisThread", NULL, sk_batch_this_thread, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok ||
       !sk_chunk_define(env, exports)) {

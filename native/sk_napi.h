@@ -38,6 +38,12 @@ SK_HIDDEN bool queue_job(napi_env env, const char *name, napi_async_execute_call
  */
 SK_HIDDEN void settle_job(napi_env env, napi_deferred deferred, napi_status status, const char *what, napi_value result);
 
+/*
+ * Marks the calling thread (a thread-pool or worker thread) SCHED_BATCH, once: see sitekeep_fs.c.
+ * A no-op where that policy does not exist or is refused.
+ */
+SK_HIDDEN void sk_batch_thread(void);
+
 /* Adds chunkhash and sha256 (sitekeep_chunk.c) to the exports when SHA-256 is available in the process. */
 SK_HIDDEN bool sk_chunk_define(napi_env env, napi_value exports);
 

@@ -282,3 +282,24 @@ test("falls back to plain Node without the addon", () => {
   // Before 1970 it goes as a Date: milliseconds.
   assert.equal(out.mtimeNs, "-1500000000");
 });
+
+test("thread-pool threads that ran our jobs yield to the main thread (SCHED_BATCH), unless told not to", { skip: process.platform !== "linux" }, () => {
+  // In a child process: the policy sticks to the threads of the process that ran the jobs.
+  const script = `
+    import fs from "node:fs";
+    import * as fsx from ${JSON.stringify(new URL("./fsx.ts", import.meta.url).href)};
+    await Promise.all(Array.from({ length: 24 }, () => fsx.lstatDirAsync(Buffer.from("/"))));
+    const policy = (t) => Number(fs.readFileSync("/proc/self/task/" + t + "/stat", "utf8").replace(/^.*\\) /, "").split(" ")[38]);
+    const tasks = fs.readdirSync("/proc/self/task");
+    console.log(JSON.stringify({ main: policy(String(process.pid)), batch: tasks.filter((t) => policy(t) === 3).length }));
+  `;
+  const run = (env: NodeJS.ProcessEnv): { main: number; batch: number } => {
+    const res = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { encoding: "utf8", env: { ...process.env, ...env } });
+    assert.equal(res.status, 0, res.stderr);
+    return JSON.parse(res.stdout.trim().split("\n").pop() ?? "");
+  };
+  const batched = run({});
+  assert.equal(batched.main, 0, "the main thread keeps the normal policy");
+  assert.ok(batched.batch >= 1, "a pool thread is SCHED_BATCH");
+  assert.deepEqual(run({ SITEKEEP_HELPER_SCHEDULING: "normal" }), { main: 0, batch: 0 });
+});

@@ -1,6 +1,7 @@
 // Worker thread entry of the blob workers (blob-workers.ts): encodes batches of small blobs and
 // verifies whole packs, with the code the main thread would run (blob-codec.ts).
 import { parentPort } from "node:worker_threads";
+import { nativeAddon } from "../platform/native.js";
 import { type KeyBytes, type PackEntry, encodeBatch, keyFromBytes, verifyPack } from "./blob-codec.js";
 import type { MasterKey } from "./crypto.js";
 
@@ -8,6 +9,9 @@ export type BlobRequest = { seq: number; key: KeyBytes } & (
   | { kind: "encode"; compress: boolean; data: Uint8Array; offsets: Float64Array; lengths: Float64Array }
   | { kind: "verify"; pack: Uint8Array; entries: PackEntry[]; lend?: boolean }
 );
+
+// Throughput work: it should not take the main thread's core when it wakes (see sitekeep_fs.c).
+nativeAddon?.batchThisThread?.();
 
 /** The last key seen: a backup or a check sends the same one with every request. */
 let last: { bytes: KeyBytes; key: MasterKey } | undefined;
