@@ -8,7 +8,7 @@
  * lutimes, mknod and the xattr calls are synchronous: each is one cheap syscall and the
  * restore loop already runs them in order, so a thread-pool hop would only add cost.
  * lstatdirAsync and readfiles list a folder / read a batch of small files on the thread
- * pool; lstatdir and readfilesSync do the same on the calling thread, for small ones.
+ * pool (measured: cheaper for the main thread than doing either itself, whatever the size).
  *
  * Paths and attribute names may be JS strings or Buffers (file names are bytes
  * on Unix and need not be valid UTF-8). Errors are thrown shaped like Node's own
@@ -747,25 +747,6 @@ static void lstatdir_complete(napi_env env, napi_status status, void *arg) {
   free(job);
 }
 
-/* lstatdir(path) -> [names, stats, simple]: the same listing on the calling thread. For a small
- * folder it costs less than handing it to the thread pool (waking a pool thread costs the caller
- * tens of microseconds on a virtual machine, more than listing a few entries). */
-static napi_value sk_lstatdir(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  if (!get_args(env, info, 1, argv)) return NULL;
-  char *path = get_cstr(env, argv[0], "path");
-  if (path == NULL) return NULL;
-  sk_dirlist list;
-  memset(&list, 0, sizeof list);
-  list_dir(path, &list);
-  napi_value result = NULL;
-  if (list.err) throw_errno(env, list.err, list.op, path);
-  else result = dirlist_value(env, &list);
-  free_dirlist(&list);
-  free(path);
-  return result;
-}
-
 static napi_value sk_lstatdir_async(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (!get_args(env, info, 1, argv)) return NULL;
@@ -812,7 +793,7 @@ typedef struct {
 
 static void readfiles_execute(napi_env env, void *arg) {
   sk_readfiles_job *job = arg;
-  if (job->deferred != NULL) sk_batch_thread(); /* (readfilesSync runs this on the main thread) */
+  sk_batch_thread();
   job->data = malloc(job->cap ? job->cap : 1);
   job->res = calloc(job->count ? job->count : 1, SK_READ_FIELDS * sizeof(double));
   if (job->data == NULL || job->res == NULL) {
@@ -990,17 +971,6 @@ static napi_value sk_readfiles(napi_env env, napi_callback_info info) {
   return promise;
 }
 
-/* readfilesSync(dir, names, limits) -> [data, numbers]: the same on the calling thread, for a few
- * small files (see lstatdir for why). */
-static napi_value sk_readfiles_sync(napi_env env, napi_callback_info info) {
-  sk_readfiles_job *job = readfiles_job(env, info);
-  if (job == NULL) return NULL;
-  readfiles_execute(env, job);
-  napi_value result = readfiles_value(env, job);
-  free_readfiles_job(job);
-  return result;
-}
-
 /* ---- module ---------------------------------------------------------------- */
 
 NAPI_MODULE_INIT() {
@@ -1012,8 +982,6 @@ NAPI_MODULE_INIT() {
       {"lsetxattr", NULL, sk_lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lstatdirAsync", NULL, sk_lstatdir_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"readfiles", NULL, sk_readfiles, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"readfilesSync", NULL, sk_readfiles_sync, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"lstatdir", NULL, sk_lstatdir, NULL, NULL, NULL, napi_enumerable, NULL},
       {"batchThisThread", NULL, sk_batch_this_thread, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok ||

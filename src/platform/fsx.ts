@@ -80,16 +80,6 @@ export async function lstatDirAsync(dir: Buffer): Promise<DirStats | undefined> 
   return new DirStats(...(await native.lstatdirAsync(dir)));
 }
 
-/**
- * lstatDirAsync on this thread, for a folder expected to be small: handing a call to the thread
- * pool costs this thread tens of microseconds (waking a pool thread, on a virtual machine), more
- * than listing a few entries. Undefined without the addon.
- */
-export function lstatDirSync(dir: Buffer): DirStats | undefined {
-  if (!native?.lstatdir) return undefined;
-  return new DirStats(...native.lstatdir(dir));
-}
-
 /** Numbers per file of readFiles' result (see native/sitekeep_fs.c). */
 export const READ_FIELDS = 9;
 export const ReadField = {
@@ -122,13 +112,6 @@ export const canReadFiles = (): boolean => native?.readfiles !== undefined;
 export async function readFiles(dir: Buffer, names: Buffer[], limits: number[]): Promise<ReadFiles> {
   if (!native?.readfiles) throw errnoError("ENOSYS", "readfiles", dir, "function not implemented (native addon not built)");
   const [data, f] = await native.readfiles(dir, nulTerminated(names), Float64Array.from(limits));
-  return { data, f };
-}
-
-/** readFiles on this thread, for a few small files (see lstatDirSync). Throws where readFiles rejects. */
-export function readFilesSync(dir: Buffer, names: Buffer[], limits: number[]): ReadFiles {
-  if (!native?.readfilesSync) throw errnoError("ENOSYS", "readfiles", dir, "function not implemented (native addon not built)");
-  const [data, f] = native.readfilesSync(dir, nulTerminated(names), Float64Array.from(limits));
   return { data, f };
 }
 
