@@ -136,7 +136,9 @@ export class PackBuilder {
 
   private reserve(more: number): void {
     if (this.size + more <= this.buf.length) return;
-    const bigger = Buffer.allocUnsafeSlow(Math.max(this.size + more, 2 * this.buf.length));
+    // Grown to what is needed and a little more, not doubled: a pack stops growing soon after its
+    // target size, and a doubled buffer (kept for reuse) would hold twice the memory for good.
+    const bigger = Buffer.allocUnsafeSlow(this.size + more + Math.min(this.buf.length, 1024 * 1024));
     this.buf.copy(bigger, 0, 0, this.size);
     this.buf = bigger;
   }

@@ -377,7 +377,8 @@ export class Repository {
   private async addToPack(type: BlobType, id: Buffer, sealed: Buffer, uncompressedLength: number): Promise<void> {
     if (this.abandoned) return;
     let b = this.builders[type];
-    if (!b) b = this.builders[type] = new PackBuilder(type, this.packBuffers.pop(), this.packSize + PACK_SLACK);
+    // Data packs fill up to the pack size; tree packs usually stay small and start small.
+    if (!b) b = this.builders[type] = type === "data" ? new PackBuilder(type, this.packBuffers.pop(), this.packSize + PACK_SLACK) : new PackBuilder(type);
     b.add(id, sealed, uncompressedLength);
     if (b.size >= this.packSize) {
       this.builders[type] = undefined;
@@ -491,7 +492,7 @@ export class Repository {
         this.packDurable(packId, b.blobs);
         // Stored: its memory builds a later pack (saves a fresh 16 MiB, and the allocator's
         // fragmentation, per pack). Not after a failure: a failed request may still hold it.
-        if (this.packBuffers.length < this.uploadConcurrency + 2) this.packBuffers.push(b.buffer);
+        if (b.type === "data" && this.packBuffers.length < this.uploadConcurrency + 1) this.packBuffers.push(b.buffer);
       })
       .catch((err: unknown) => {
         this.uploadError ??= err;
