@@ -16,13 +16,14 @@
  *   params: a Buffer of 256 + 5 uint32 in host byte order: the gear table, then min, avg, max,
  *   maskS, maskL. Cuts chunks from buf[start..end) one after the other while the rest holds at least
  *   max bytes (or, with eof, while anything is left) and resolves with 36 bytes per chunk: its
- *   length (uint32, host order) and its SHA-256. `buf` must not change until the promise settles.
+ *   length (uint32, little-endian) and its SHA-256. `buf` must not change until the promise settles.
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
 #define _GNU_SOURCE
 #endif
 
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,12 @@
 typedef unsigned char *(*sha256_fn)(const unsigned char *data, size_t len, unsigned char *md);
 
 static sha256_fn sk_sha256;
+static pthread_once_t sk_sha256_once = PTHREAD_ONCE_INIT;
+
+/* Looked up once per process (the addon is loaded again in each worker thread). */
+static void find_sha256(void) {
+  sk_sha256 = (sha256_fn)dlsym(RTLD_DEFAULT, "SHA256");
+}
 
 typedef struct {
   uint32_t gear[256];
@@ -53,6 +60,7 @@ typedef struct {
   uint8_t *out;
   size_t count;
   bool oom;
+  bool failed; /* SHA256() returned NULL (OpenSSL could not set up the digest) */
 } sk_chunk_job;
 
 /* Length of the chunk at d[0], or 0 when more than `avail` bytes are needed to decide. */
@@ -102,7 +110,10 @@ static void chunk_execute(napi_env env, void *arg) {
     rec[1] = (uint8_t)(n >> 8);
     rec[2] = (uint8_t)(n >> 16);
     rec[3] = (uint8_t)(n >> 24);
-    sk_sha256(job->data + pos, n, rec + 4);
+    if (sk_sha256(job->data + pos, n, rec + 4) == NULL) {
+      job->failed = true;
+      return;
+    }
     job->count++;
     pos += n;
   }
@@ -113,6 +124,7 @@ static void chunk_complete(napi_env env, napi_status status, void *arg) {
   napi_value result = NULL;
   if (status == napi_ok) {
     if (job->oom) napi_throw_error(env, "ENOMEM", "chunkhash: out of memory");
+    else if (job->failed) napi_throw_error(env, NULL, "chunkhash: OpenSSL's SHA256 failed");
     else if (napi_create_buffer_copy(env, job->count * SK_CHUNK_RECORD, job->count ? (void *)job->out : (void *)"", NULL, &result) != napi_ok) result = NULL;
   }
   settle_job(env, job->deferred, status, "chunkhash", result);
@@ -195,18 +207,22 @@ typedef struct {
   const uint8_t *data;
   size_t len;
   uint8_t md[32];
+  bool failed;
 } sk_sha_job;
 
 static void sha_execute(napi_env env, void *arg) {
   sk_sha_job *job = arg;
   sk_batch_thread();
-  sk_sha256(job->data, job->len, job->md);
+  job->failed = sk_sha256(job->data, job->len, job->md) == NULL;
 }
 
 static void sha_complete(napi_env env, napi_status status, void *arg) {
   sk_sha_job *job = arg;
   napi_value result = NULL;
-  if (status == napi_ok && napi_create_buffer_copy(env, 32, job->md, NULL, &result) != napi_ok) result = NULL;
+  if (status == napi_ok) {
+    if (job->failed) napi_throw_error(env, NULL, "sha256: OpenSSL's SHA256 failed");
+    else if (napi_create_buffer_copy(env, 32, job->md, NULL, &result) != napi_ok) result = NULL;
+  }
   settle_job(env, job->deferred, status, "sha256", result);
   napi_delete_reference(env, job->buf_ref);
   napi_delete_async_work(env, job->work);
@@ -241,7 +257,7 @@ static napi_value sk_sha256_async(napi_env env, napi_callback_info info) {
 }
 
 bool sk_chunk_define(napi_env env, napi_value exports) {
-  sk_sha256 = (sha256_fn)dlsym(RTLD_DEFAULT, "SHA256");
+  pthread_once(&sk_sha256_once, find_sha256);
   if (sk_sha256 == NULL) return true; /* no OpenSSL in this process: the JavaScript path is used */
   napi_property_descriptor props[] = {
       {"chunkhash", NULL, sk_chunkhash, NULL, NULL, NULL, napi_enumerable, NULL},

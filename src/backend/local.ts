@@ -97,12 +97,7 @@ export class LocalBackend implements Backend {
           if (len === undefined) len = size - start;
         }
         const buf = Buffer.allocUnsafe(len);
-        let got = 0;
-        while (got < len) {
-          const { bytesRead } = await fh.read(buf, got, len - got, start + got);
-          if (bytesRead === 0) break;
-          got += bytesRead;
-        }
+        const got = await readFully(fh, buf, start);
         return got === len ? buf : buf.subarray(0, got);
       } finally {
         this.handles.release(entry);
@@ -116,12 +111,7 @@ export class LocalBackend implements Backend {
     try {
       const fh = await fsp.open(this.path(h), "r");
       try {
-        let got = 0;
-        while (got < into.length) {
-          const { bytesRead } = await fh.read(into, got, into.length - got, got);
-          if (bytesRead === 0) break;
-          got += bytesRead;
-        }
+        const got = await readFully(fh, into, 0);
         if (got < into.length || (await fh.read(Buffer.alloc(1), 0, 1, got)).bytesRead) {
           const { size } = await fh.stat();
           throw new Error(`it has ${size} bytes, not ${into.length}`);
@@ -328,6 +318,17 @@ async function readdirOrEmpty(dir: string): Promise<string[]> {
 
 function ignoreExists(err: unknown): void {
   if (!isErrnoError(err, "EEXIST")) throw err;
+}
+
+/** Reads into all of `buf` from `position` on, fewer bytes only at the end of the file; returns how many. */
+async function readFully(fh: fsp.FileHandle, buf: Uint8Array, position: number): Promise<number> {
+  let got = 0;
+  while (got < buf.length) {
+    const { bytesRead } = await fh.read(buf, got, buf.length - got, position + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return got;
 }
 
 export function wrapIoError(err: unknown, what: string, root: string): unknown {

@@ -76,6 +76,7 @@ export async function withRepository<T>(
       onReleaseError: (err: unknown) => printWarning(`could not remove the repository lock (run \`sitekeep unlock\` later): ${errorMessage(err)}`, json),
     };
     // The index is read while the lock waits out its conflict check (200 ms otherwise idle).
+    if (withIndex && opts.whileWaiting) throw new Error("internal: whileWaiting needs loadIndex: false (the index is read while waiting)");
     if (withIndex) return await withLockedIndex(repo, lock === "exclusive", () => fn(repo), lockOpts);
     const whileWaiting = opts.whileWaiting;
     return await withLock(repo, lock === "exclusive", () => fn(repo), { ...lockOpts, ...(whileWaiting ? { whileWaiting: () => whileWaiting(repo) } : {}) });

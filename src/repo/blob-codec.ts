@@ -78,10 +78,37 @@ export function batchBlob(b: EncodedBatch, i: number): { id: Buffer; sealed: Buf
 
 /** Verifies and decodes a sealed blob as stored in a pack: its content must match its ID. */
 export function decodeBlob(key: MasterKey, loc: { uncompressedLength: number }, sealed: Uint8Array, id: Uint8Array): Buffer {
+  return decodeBlobInto(key, loc, sealed, id, false);
+}
+
+/** Largest plaintext decompressed into the reused buffer (the index's length decides: it may be damaged). */
+const SCRATCH_MAX = 64 * 1024 * 1024;
+/** Output buffer of decodeBlobInto's decompression, reused from blob to blob. */
+let scratch = Buffer.alloc(0);
+
+/**
+ * decodeBlob; with `reuse`, the plaintext may be decompressed into a buffer that the next call
+ * overwrites (for check, which decodes every blob only to hash it: a pack's worth of plaintext
+ * then leaves no garbage behind).
+ */
+function decodeBlobInto(key: MasterKey, loc: { uncompressedLength: number }, sealed: Uint8Array, id: Uint8Array, reuse: boolean): Buffer {
   let plain = open(key, sealed);
-  if (loc.uncompressedLength) {
+  const expected = loc.uncompressedLength;
+  if (expected && reuse && expected < SCRATCH_MAX) {
+    // One byte more than expected: a blob that decompresses to more is found out, not cut short.
+    if (scratch.length < expected + 1) scratch = Buffer.allocUnsafeSlow(Math.min(SCRATCH_MAX, Math.max(expected + 1, 2 * scratch.length)));
+    let n: number;
+    try {
+      n = decompressInto(scratch.subarray(0, expected + 1), plain);
+    } catch (err) {
+      if (/too small/i.test(err instanceof Error ? err.message : "")) throw damagedBlob(id, "decompressed to the wrong length");
+      throw err;
+    }
+    if (n !== expected) throw damagedBlob(id, "decompressed to the wrong length");
+    plain = scratch.subarray(0, n);
+  } else if (expected) {
     plain = decompress(plain);
-    if (plain.length !== loc.uncompressedLength) throw damagedBlob(id, "decompressed to the wrong length");
+    if (plain.length !== expected) throw damagedBlob(id, "decompressed to the wrong length");
   }
   if (!sha256(plain).equals(id)) throw damagedBlob(id, "does not match its ID");
   return plain;
@@ -106,39 +133,13 @@ export interface PackVerdict {
   bad: { entry: number; message: string }[];
 }
 
-/** Output buffer of verifyBlob's decompression, reused from blob to blob (grows as needed). */
-let scratch = Buffer.alloc(0);
-
-/**
- * decodeBlob for a blob that is only checked: it is decompressed into a reused buffer, so that
- * checking a pack leaves (besides the decrypted blobs) no garbage of its size behind.
- */
-function verifyBlob(key: MasterKey, loc: { uncompressedLength: number }, sealed: Uint8Array, id: Uint8Array): void {
-  let plain: Uint8Array = open(key, sealed);
-  if (loc.uncompressedLength) {
-    // One byte more than expected: a blob that decompresses to more is found out, not cut short.
-    const want = loc.uncompressedLength + 1;
-    if (scratch.length < want) scratch = Buffer.allocUnsafeSlow(Math.max(want, 2 * scratch.length));
-    let n: number;
-    try {
-      n = decompressInto(scratch.subarray(0, want), plain);
-    } catch (err) {
-      if (/too small/i.test(err instanceof Error ? err.message : "")) throw damagedBlob(id, "decompressed to the wrong length");
-      throw err;
-    }
-    if (n !== loc.uncompressedLength) throw damagedBlob(id, "decompressed to the wrong length");
-    plain = scratch.subarray(0, n);
-  }
-  if (!sha256(plain).equals(id)) throw damagedBlob(id, "does not match its ID");
-}
-
 /** Hashes a pack file and decodes every entry in it (check --read-data). */
 export function verifyPack(key: MasterKey, pack: Uint8Array, entries: readonly PackEntry[]): PackVerdict {
   const bad: PackVerdict["bad"] = [];
   entries.forEach((e, i) => {
     try {
       if (e.offset + e.length > pack.length) throw new Error("it lies beyond the end of the file");
-      verifyBlob(key, e, pack.subarray(e.offset, e.offset + e.length), e.id);
+      decodeBlobInto(key, e, pack.subarray(e.offset, e.offset + e.length), e.id, true);
     } catch (err) {
       bad.push({ entry: i, message: err instanceof Error ? err.message : String(err) });
     }

@@ -136,9 +136,6 @@ export class Chunker {
   /** The gear table, sizes and masks as native/sitekeep_chunk.c takes them (built on first use). */
   private nativeParams?: Buffer;
 
-  /** True when cutAndHash runs on the thread pool (the native addon is loaded and has SHA-256). */
-  static readonly hashesInBackground: boolean = nativeChunkHash !== undefined;
-
   /**
    * Every chunk that starts at data[start] and follows, as cut() finds them while at least `max`
    * bytes remain (or, with eof, up to end), with their SHA-256. On the thread pool when the native

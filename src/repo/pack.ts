@@ -103,11 +103,15 @@ export class PackBuilder {
   readonly blobs: PackedBlob[] = [];
   size = 0;
 
-  /** `buffer`: memory to build the pack in (grown when too small); `capacity`: else, how much to allocate. */
+  /**
+   * `buffer`: memory to build the pack in (grown when too small); `capacity`: else, how much to
+   * allocate; `target`: the size at which the pack will be finished (how far growth may double).
+   */
   constructor(
     readonly type: BlobType,
     buffer?: Buffer,
     capacity = 1024 * 1024,
+    private readonly target = Infinity,
   ) {
     this.buf = buffer ?? Buffer.allocUnsafeSlow(capacity);
   }
@@ -135,10 +139,14 @@ export class PackBuilder {
   }
 
   private reserve(more: number): void {
-    if (this.size + more <= this.buf.length) return;
-    // Grown to what is needed and a little more, not doubled: a pack stops growing soon after its
-    // target size, and a doubled buffer (kept for reuse) would hold twice the memory for good.
-    const bigger = Buffer.allocUnsafeSlow(this.size + more + Math.min(this.buf.length, 1024 * 1024));
+    const needed = this.size + more;
+    if (needed <= this.buf.length) return;
+    // Doubled up to the target size (few copies while a pack fills), then grown only by what is
+    // needed and a little more: past its target a pack takes at most one more blob, and a doubled
+    // buffer (kept for reuse) would hold twice the memory for good.
+    const slack = 1024 * 1024;
+    const size = needed <= this.target ? Math.max(needed, Math.min(2 * this.buf.length, this.target + slack)) : needed + slack;
+    const bigger = Buffer.allocUnsafeSlow(size);
     this.buf.copy(bigger, 0, 0, this.size);
     this.buf = bigger;
   }

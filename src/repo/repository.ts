@@ -378,7 +378,10 @@ export class Repository {
     if (this.abandoned) return;
     let b = this.builders[type];
     // Data packs fill up to the pack size; tree packs usually stay small and start small.
-    if (!b) b = this.builders[type] = type === "data" ? new PackBuilder(type, this.packBuffers.pop(), this.packSize + PACK_SLACK) : new PackBuilder(type);
+    if (!b) {
+      const buffer = type === "data" ? this.packBuffers.pop() : undefined;
+      b = this.builders[type] = new PackBuilder(type, buffer, type === "data" ? this.packSize + PACK_SLACK : undefined, this.packSize);
+    }
     b.add(id, sealed, uncompressedLength);
     if (b.size >= this.packSize) {
       this.builders[type] = undefined;
