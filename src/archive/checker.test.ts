@@ -11,6 +11,7 @@ import { Repository } from "../repo/repository.js";
 import { Archiver } from "./archiver.js";
 import { checkRepository, formatProblem, parseSubset, startCheck, type CheckResult } from "./checker.js";
 import { loadTree } from "./tree.js";
+import { withLockPrepared } from "../repo/lock.js";
 import type { NodeJSON } from "./node.js";
 
 const run = promisify(execFile);
@@ -270,18 +271,34 @@ async function listPacks(dir: string): Promise<string[]> {
 
 test("a check started before a backup finished reads the index again when the list of index files changed", async () => {
   const f = await makeRepo();
-  const started = await startCheck(f.repo, { readData: true });
-  // A backup commits between the start (index read while the lock waits) and the rest.
-  const extra = join(srcDir, "late.bin");
-  await fsp.writeFile(extra, randomBytes(120 * 1024));
-  try {
-    const w = await Repository.open(new LocalBackend(f.dir), PW);
-    await w.loadIndex();
-    await new Archiver(w, { paths: [srcDir] }).run();
-  } finally {
-    await fsp.rm(extra);
-  }
-  const r = await started.finish();
+  // The index is read while the lock waits (withLockPrepared, as the CLI's check); a backup
+  // commits right after that first read, before the lock is held.
+  let starts = 0;
+  let changedSeen: boolean | undefined;
+  const r = await withLockPrepared(
+    f.repo,
+    false,
+    async () => {
+      const started = await startCheck(f.repo, { readData: true });
+      if (starts++ === 0) {
+        const extra = join(srcDir, "late.bin");
+        await fsp.writeFile(extra, randomBytes(120 * 1024));
+        try {
+          const w = await Repository.open(new LocalBackend(f.dir), PW);
+          await w.loadIndex();
+          await new Archiver(w, { paths: [srcDir] }).run();
+        } finally {
+          await fsp.rm(extra);
+        }
+      }
+      return started;
+    },
+    async (started) => (changedSeen ??= await started.indexChanged()),
+    (started) => started.finish(),
+    { checkDelayMs: 0 },
+  );
+  assert.equal(changedSeen, true, "the first read is seen as stale");
+  assert.equal(starts, 2, "the index was read again once the lock was held");
   // With the old index, the new packs would be "not named by any index" and the new snapshot's
   // file would name blobs missing from it.
   assert.deepEqual(r.errors.map(formatProblem), []);

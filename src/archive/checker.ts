@@ -106,26 +106,22 @@ export async function checkRepository(repo: Repository, opts: CheckOptions = {})
 
 /** A check whose index files are read: finish() checks the rest. */
 export interface StartedCheck {
+  /** True when the repository's list of index files is no longer the one read. */
+  indexChanged(): Promise<boolean>;
   finish(): Promise<CheckResult>;
 }
 
 /**
- * Reads and checks the index files, which may happen before the repository's lock is held (while
- * the lock waits out its conflict check): finish() reads them again if the repository's list of
- * index files has changed since (a backup or prune that finished in between).
+ * Reads and checks the index files. This may run before the repository's lock is held, while the
+ * lock waits out its conflict check: start again when indexChanged() says a backup or prune
+ * finished in between (withLockPrepared).
  */
 export async function startCheck(repo: Repository, opts: CheckOptions = {}): Promise<StartedCheck> {
-  let checker = new Checker(repo, opts);
+  const checker = new Checker(repo, opts);
   const read = await checker.checkIndex();
   return {
-    async finish() {
-      const now = (await repo.listIds("index")).sort();
-      if (now.join() !== read.join()) {
-        checker = new Checker(repo, opts);
-        await checker.checkIndex();
-      }
-      return checker.run();
-    },
+    indexChanged: async () => (await repo.listIds("index")).sort().join() !== read.join(),
+    finish: () => checker.run(),
   };
 }
 

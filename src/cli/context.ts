@@ -3,7 +3,7 @@
 import { openBackend } from "../backend/open.js";
 import { CachedBackend, cacheDirFor, defaultCacheDir } from "../backend/cache.js";
 import { Repository } from "../repo/repository.js";
-import { withLock, withLockedIndex } from "../repo/lock.js";
+import { indexFilesGone, withLockPrepared } from "../repo/lock.js";
 import { readPassword } from "./password.js";
 import { type OutputOptions, printWarning } from "./output.js";
 import { errorMessage } from "../errors.js";
@@ -56,30 +56,44 @@ export async function openRepository(g: GlobalOptions, opts: { loadIndex?: boole
   return repo;
 }
 
-/** Opens the repository, takes a lock and runs fn; the lock is always released. */
+/** Opens the repository, takes a lock and runs fn (the index loaded first unless told not to); the lock is always released. */
 export async function withRepository<T>(
   g: GlobalOptions,
   lock: "shared" | "exclusive" | "none",
   fn: (repo: Repository) => Promise<T>,
-  opts: { loadIndex?: boolean; whileWaiting?: (repo: Repository) => Promise<unknown> } = {},
+  opts: { loadIndex?: boolean } = {},
+): Promise<T> {
+  // The index is read while the lock waits out its conflict check (200 ms otherwise idle).
+  if (opts.loadIndex === false) return withPreparedRepository(g, lock, async () => undefined, async () => false, (repo) => fn(repo));
+  return withPreparedRepository(g, lock, (repo) => repo.loadIndex(), indexFilesGone, (repo) => fn(repo));
+}
+
+/**
+ * withRepository with read-only preparation done while the lock waits (see withLockPrepared):
+ * `prepare` again once the lock is held when `stale` says so; fn gets what was prepared.
+ */
+export async function withPreparedRepository<P, T>(
+  g: GlobalOptions,
+  lock: "shared" | "exclusive" | "none",
+  prepare: (repo: Repository) => Promise<P>,
+  stale: (repo: Repository, prepared: P) => Promise<boolean>,
+  fn: (repo: Repository, prepared: P) => Promise<T>,
 ): Promise<T> {
   const repo = await openRepository(g, { loadIndex: false });
-  const withIndex = opts.loadIndex !== false;
   const json = Boolean(g.json);
   try {
-    if (lock === "none") {
-      if (withIndex) await repo.loadIndex();
-      return await fn(repo);
-    }
-    const lockOpts = {
-      onRefreshError: (err: unknown) => printWarning(`could not refresh the repository lock: ${errorMessage(err)}`, json),
-      onReleaseError: (err: unknown) => printWarning(`could not remove the repository lock (run \`sitekeep unlock\` later): ${errorMessage(err)}`, json),
-    };
-    // The index is read while the lock waits out its conflict check (200 ms otherwise idle).
-    if (withIndex && opts.whileWaiting) throw new Error("internal: whileWaiting needs loadIndex: false (the index is read while waiting)");
-    if (withIndex) return await withLockedIndex(repo, lock === "exclusive", () => fn(repo), lockOpts);
-    const whileWaiting = opts.whileWaiting;
-    return await withLock(repo, lock === "exclusive", () => fn(repo), { ...lockOpts, ...(whileWaiting ? { whileWaiting: () => whileWaiting(repo) } : {}) });
+    if (lock === "none") return await fn(repo, await prepare(repo));
+    return await withLockPrepared(
+      repo,
+      lock === "exclusive",
+      () => prepare(repo),
+      (p) => stale(repo, p),
+      (p) => fn(repo, p),
+      {
+        onRefreshError: (err) => printWarning(`could not refresh the repository lock: ${errorMessage(err)}`, json),
+        onReleaseError: (err) => printWarning(`could not remove the repository lock (run \`sitekeep unlock\` later): ${errorMessage(err)}`, json),
+      },
+    );
   } finally {
     await repo.backend.close().catch(() => undefined); // open pack handles, S3 sockets
   }

@@ -320,6 +320,25 @@ export async function withLock<T>(
 }
 
 /**
+ * withLock with read-only preparation done while the lock waits out its conflict check: `prepare`
+ * runs then, and runs again once the lock is held if `stale` says that what it read may have
+ * changed in the meantime (a backup or a prune that finished before the check). fn gets what was
+ * prepared.
+ */
+export function withLockPrepared<P, T>(
+  repo: Repository,
+  exclusive: boolean,
+  prepare: () => Promise<P>,
+  stale: (prepared: P) => Promise<boolean>,
+  fn: (prepared: P) => Promise<T>,
+  opts: Omit<AcquireLockOptions, "exclusive" | "whileWaiting"> = {},
+): Promise<T> {
+  let prepared: P;
+  const body = async (): Promise<T> => fn((await stale(prepared)) ? await prepare() : prepared);
+  return withLock(repo, exclusive, body, { ...opts, whileWaiting: async () => (prepared = await prepare()) });
+}
+
+/**
  * withLock with the repository's index loaded: read while the lock waits out its conflict check,
  * then read again if an index file it read is gone by the time the lock is held (a prune that
  * started before our lock file was seen and finished before the check).
@@ -330,13 +349,13 @@ export function withLockedIndex<T>(
   fn: () => Promise<T>,
   opts: Omit<AcquireLockOptions, "exclusive" | "whileWaiting"> = {},
 ): Promise<T> {
-  let loaded: string[] = [];
-  const body = async (): Promise<T> => {
-    const now = new Set(await repo.listIds("index"));
-    if (loaded.some((id) => !now.has(id))) await repo.loadIndex();
-    return fn();
-  };
-  return withLock(repo, exclusive, body, { ...opts, whileWaiting: async () => (loaded = await repo.loadIndex()) });
+  return withLockPrepared(repo, exclusive, () => repo.loadIndex(), (read) => indexFilesGone(repo, read), () => fn(), opts);
+}
+
+/** True when an index file of `read` (IDs that Repository.loadIndex returned) is no longer there. */
+export async function indexFilesGone(repo: Repository, read: string[]): Promise<boolean> {
+  const now = new Set(await repo.listIds("index"));
+  return read.some((id) => !now.has(id));
 }
 
 // ---- helpers -----------------------------------------------------------------------------------

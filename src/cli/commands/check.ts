@@ -1,6 +1,6 @@
-import { type CheckOptions, type StartedCheck, formatProblem, startCheck } from "../../archive/checker.js";
+import { type CheckOptions, formatProblem, startCheck } from "../../archive/checker.js";
 import { SitekeepError } from "../../errors.js";
-import { type GlobalOptions, outputOptions, withRepository } from "../context.js";
+import { type GlobalOptions, outputOptions, withPreparedRepository } from "../context.js";
 import { ProgressLine, formatBytes, printJSON } from "../output.js";
 
 export async function checkCommand(g: GlobalOptions, f: { readData?: boolean; readDataSubset?: string }): Promise<number> {
@@ -19,12 +19,12 @@ export async function checkCommand(g: GlobalOptions, f: { readData?: boolean; re
   // The checker loads the index itself (it must survive damaged index files), while the lock
   // waits out its conflict check. Never through the local cache: check must read what the
   // repository holds now.
-  let started: Promise<StartedCheck> | undefined;
-  const result = await withRepository(
+  const result = await withPreparedRepository(
     { ...g, cache: false },
     "shared",
-    async (repo) => (await (started ?? startCheck(repo, opts))).finish(),
-    { loadIndex: false, whileWaiting: (repo) => (started = startCheck(repo, opts)) },
+    (repo) => startCheck(repo, opts),
+    (_repo, started) => started.indexChanged(),
+    (_repo, started) => started.finish(),
   );
   progress.done();
   if (out.json) {
