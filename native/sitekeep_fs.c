@@ -8,7 +8,8 @@
  * lutimes, mknod and the xattr calls are synchronous: each is one cheap syscall and the
  * restore loop already runs them in order, so a thread-pool hop would only add cost.
  * lstatdirAsync and readfiles list a folder / read a batch of small files on the thread
- * pool (measured: cheaper for the main thread than doing either itself, whatever the size).
+ * pool (measured: cheaper for the main thread than doing either itself, whatever the size);
+ * writefiles creates a batch of small files with their metadata there (restore).
  *
  * Paths and attribute names may be JS strings or Buffers (file names are bytes
  * on Unix and need not be valid UTF-8). Errors are thrown shaped like Node's own
@@ -649,11 +650,11 @@ static void free_dirlist(sk_dirlist *l) {
 }
 
 /* A Buffer copy of `bytes` and a Float64Array copy of `nums` (false with an exception pending). */
-static bool bytes_and_numbers(napi_env env, const void *bytes, size_t blen, const double *nums, size_t ncount, napi_value *buf, napi_value *arr) {
+/* A new Float64Array holding a copy of nums. */
+static bool numbers(napi_env env, const double *nums, size_t ncount, napi_value *arr) {
   napi_value ab;
   void *data = NULL;
-  if (napi_create_buffer_copy(env, blen, blen ? bytes : "", NULL, buf) != napi_ok ||
-      napi_create_arraybuffer(env, ncount * sizeof(double), &data, &ab) != napi_ok) {
+  if (napi_create_arraybuffer(env, ncount * sizeof(double), &data, &ab) != napi_ok) {
     ensure_thrown(env);
     return false;
   }
@@ -663,6 +664,14 @@ static bool bytes_and_numbers(napi_env env, const void *bytes, size_t blen, cons
     return false;
   }
   return true;
+}
+
+static bool bytes_and_numbers(napi_env env, const void *bytes, size_t blen, const double *nums, size_t ncount, napi_value *buf, napi_value *arr) {
+  if (napi_create_buffer_copy(env, blen, blen ? bytes : "", NULL, buf) != napi_ok) {
+    ensure_thrown(env);
+    return false;
+  }
+  return numbers(env, nums, ncount, arr);
 }
 
 /* [names, stats, simple] for a successful listing, or NULL with an exception pending. */
@@ -971,6 +980,207 @@ static napi_value sk_readfiles(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+/* ---- writefiles: a batch of small files of one folder, created on the thread pool ---------- */
+
+/* Numbers per file in writefiles' metadata: mode, uid, gid, atime s, atime ns, mtime s, mtime ns. */
+#define SK_WRITE_META 7
+/* Numbers per file in writefiles' result: errno (0: written), and the step that failed. */
+#define SK_WRITE_RESULT 2
+#define SK_WRITE_CHOWN 1
+enum { SK_STEP_OPEN = 1, SK_STEP_WRITE, SK_STEP_CHOWN, SK_STEP_CHMOD, SK_STEP_UTIMES, SK_STEP_CLOSE };
+#define SK_SPARSE_BLOCK 4096
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  char *dir;
+  char *names;    /* count NUL-terminated names, back to back */
+  uint8_t *data;  /* the files' bytes, back to back */
+  double *ends;   /* end of each file's bytes in data */
+  double *meta;   /* SK_WRITE_META per file; times NaN: leave them */
+  size_t count;
+  int flags;
+  double *res;    /* SK_WRITE_RESULT per file */
+  int err;        /* opening the folder failed */
+} sk_writefiles_job;
+
+static bool all_zero(const uint8_t *p, size_t n) {
+  for (size_t i = 0; i < n; i++) if (p[i]) return false;
+  return true;
+}
+
+/* Writes d[0..n) at offset 0 of fd, leaving aligned all-zero blocks as holes; errno or 0. */
+static int write_sparse(int fd, const uint8_t *d, size_t n) {
+  size_t i = 0, written_end = 0;
+  while (i < n) {
+    size_t end = i + SK_SPARSE_BLOCK < n ? i + SK_SPARSE_BLOCK : n;
+    if (all_zero(d + i, end - i)) {
+      i = end;
+      continue;
+    }
+    size_t j = end; /* extend over the non-zero blocks that follow: one call for them all */
+    while (j < n) {
+      size_t e = j + SK_SPARSE_BLOCK < n ? j + SK_SPARSE_BLOCK : n;
+      if (all_zero(d + j, e - j)) break;
+      j = e;
+    }
+    while (i < j) {
+      ssize_t w = pwrite(fd, d + i, j - i, (off_t)i);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        return errno;
+      }
+      i += (size_t)w;
+    }
+    written_end = j;
+  }
+  /* Holes at the end (and files that are all holes) get their length from truncate. */
+  if (written_end < n && ftruncate(fd, (off_t)n) != 0) return errno;
+  return 0;
+}
+
+static void writefiles_execute(napi_env env, void *arg) {
+  sk_writefiles_job *job = arg;
+  sk_batch_thread();
+  int dfd = open(job->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) {
+    job->err = errno;
+    return;
+  }
+  const char *name = job->names;
+  size_t start = 0;
+  for (size_t i = 0; i < job->count; i++, name += strlen(name) + 1) {
+    double *r = job->res + i * SK_WRITE_RESULT;
+    const double *m = job->meta + i * SK_WRITE_META;
+    size_t end = (size_t)job->ends[i];
+    const uint8_t *d = job->data + start;
+    size_t n = end - start;
+    start = end;
+    /* O_EXCL and O_NOFOLLOW: whatever already stands there (a planted symlink, say) is left to the
+     * caller, which replaces it; this never writes through it. */
+    int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      r[0] = errno, r[1] = SK_STEP_OPEN;
+      continue;
+    }
+    int err = write_sparse(fd, d, n);
+    if (err) {
+      close(fd);
+      unlinkat(dfd, name, 0); /* no half-written file is left behind */
+      r[0] = err, r[1] = SK_STEP_WRITE;
+      continue;
+    }
+    /* Ownership first: chown clears the set-user-ID and set-group-ID bits that chmod sets. */
+    int step = 0;
+    if ((job->flags & SK_WRITE_CHOWN) && fchown(fd, (uid_t)m[1], (gid_t)m[2]) != 0) step = SK_STEP_CHOWN;
+    else if (fchmod(fd, (mode_t)m[0]) != 0) step = SK_STEP_CHMOD;
+    else if (m[3] == m[3]) { /* not NaN */
+      struct timespec ts[2] = {{(time_t)m[3], (long)m[4]}, {(time_t)m[5], (long)m[6]}};
+      if (futimens(fd, ts) != 0) step = SK_STEP_UTIMES;
+    }
+    if (step) r[0] = errno, r[1] = step;
+    if (close(fd) != 0 && !step) r[0] = errno, r[1] = SK_STEP_CLOSE;
+  }
+  close(dfd);
+}
+
+static void free_writefiles_job(sk_writefiles_job *job) {
+  free(job->dir);
+  free(job->names);
+  free(job->data);
+  free(job->ends);
+  free(job->meta);
+  free(job->res);
+  free(job);
+}
+
+static void writefiles_complete(napi_env env, napi_status status, void *arg) {
+  sk_writefiles_job *job = arg;
+  napi_value result = NULL;
+  if (status == napi_ok) {
+    if (job->err) throw_errno(env, job->err, "open", job->dir);
+    else if (!numbers(env, job->res, job->count * SK_WRITE_RESULT, &result)) result = NULL;
+  }
+  settle_job(env, job->deferred, status, "writefiles", result);
+  napi_delete_async_work(env, job->work);
+  free_writefiles_job(job);
+}
+
+/* A Float64Array argument's numbers (not copied). */
+static bool get_f64s(napi_env env, napi_value v, const char *what, double **data, size_t *len) {
+  napi_typedarray_type t;
+  napi_value ab;
+  size_t off;
+  if (napi_get_typedarray_info(env, v, &t, len, (void **)data, &ab, &off) != napi_ok || t != napi_float64_array) {
+    throw_arg_type(env, what, "a Float64Array");
+    return false;
+  }
+  return true;
+}
+
+/*
+ * writefiles(dir, names, data, ends, meta, flags) -> Promise<Float64Array>: creates the files
+ * `names` (NUL-terminated, back to back) in folder `dir` on the thread pool, each new (O_EXCL, never
+ * through a symlink) with the bytes data[ends[i-1] .. ends[i]] (aligned zero blocks left as holes),
+ * then ownership (flags & 1), mode and times from meta (SK_WRITE_META numbers per file; times NaN:
+ * left as they are). The result has SK_WRITE_RESULT numbers per file: errno and the step that
+ * failed (1 open, 2 write: the file was removed again, 3 chown, 4 chmod, 5 utimes, 6 close), or
+ * 0, 0. A restore of many small files did nine calls into Node per file, each a syscall on the
+ * main thread or a hop to the thread pool; this is one hop per folder.
+ */
+static napi_value sk_writefiles(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  if (!get_args(env, info, 6, argv)) return NULL;
+  void *nb = NULL, *db = NULL;
+  size_t nlen = 0, dlen = 0, elen = 0, mlen = 0;
+  double *ends = NULL, *meta = NULL;
+  int32_t flags = 0;
+  if (!get_bytes(env, argv[1], "names", &nb, &nlen) || !get_bytes(env, argv[2], "data", &db, &dlen) ||
+      !get_f64s(env, argv[3], "ends", &ends, &elen) || !get_f64s(env, argv[4], "meta", &meta, &mlen))
+    return NULL;
+  if (napi_get_value_int32(env, argv[5], &flags) != napi_ok) {
+    throw_arg_type(env, "flags", "a number");
+    return NULL;
+  }
+  size_t count = 0;
+  for (size_t i = 0; i < nlen; i++) if (((char *)nb)[i] == 0) count++;
+  if (count != elen || mlen != count * SK_WRITE_META) {
+    throw_arg_range(env, "ends", "one end per name and SK_WRITE_META numbers of meta per name");
+    return NULL;
+  }
+  for (size_t i = 0; i < elen; i++) {
+    double e = ends[i], prev = i ? ends[i - 1] : 0;
+    if (!(e >= prev && e <= (double)dlen) || e != (double)(size_t)e) {
+      throw_arg_range(env, "ends", "whole, non-decreasing offsets within data");
+      return NULL;
+    }
+  }
+  char *dir = get_cstr(env, argv[0], "dir");
+  if (dir == NULL) return NULL;
+  sk_writefiles_job *job = calloc(1, sizeof *job);
+  if (job == NULL || (job->names = malloc(nlen ? nlen : 1)) == NULL || (job->data = malloc(dlen ? dlen : 1)) == NULL ||
+      (job->ends = malloc((elen ? elen : 1) * sizeof(double))) == NULL ||
+      (job->meta = malloc((mlen ? mlen : 1) * sizeof(double))) == NULL ||
+      (job->res = calloc(count ? count : 1, SK_WRITE_RESULT * sizeof(double))) == NULL) {
+    if (job) free_writefiles_job(job);
+    free(dir);
+    napi_throw_error(env, "ENOMEM", "writefiles: out of memory");
+    return NULL;
+  }
+  job->dir = dir;
+  memcpy(job->names, nb, nlen);
+  memcpy(job->data, db, dlen);
+  memcpy(job->ends, ends, elen * sizeof(double));
+  memcpy(job->meta, meta, mlen * sizeof(double));
+  job->count = count;
+  job->flags = flags;
+  napi_value promise;
+  if (!queue_job(env, "sitekeep.writefiles", writefiles_execute, writefiles_complete, job, &job->work, &job->deferred, &promise)) {
+    free_writefiles_job(job);
+  }
+  return promise;
+}
+
 /* ---- module ---------------------------------------------------------------- */
 
 NAPI_MODULE_INIT() {
@@ -982,6 +1192,7 @@ NAPI_MODULE_INIT() {
       {"lsetxattr", NULL, sk_lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lstatdirAsync", NULL, sk_lstatdir_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"readfiles", NULL, sk_readfiles, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"writefiles", NULL, sk_writefiles, NULL, NULL, NULL, napi_enumerable, NULL},
       {"batchThisThread", NULL, sk_batch_this_thread, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok ||

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { promises as fsp, appendFileSync, mkdtempSync, existsSync, lstatSync } from "node:fs";
+import { promises as fsp, appendFileSync, mkdtempSync, existsSync, lstatSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { LocalBackend } from "../backend/local.js";
@@ -8,7 +8,7 @@ import { Repository } from "../repo/repository.js";
 import { Archiver } from "./archiver.js";
 import { Restorer } from "./restorer.js";
 import { encodeTree } from "./tree.js";
-import type { NodeJSON } from "./node.js";
+import { type NodeJSON, goModeFromUnix } from "./node.js";
 
 const kdf = { N: 1024, r: 8, p: 1 };
 
@@ -135,6 +135,68 @@ test("files are written across folders at once, and hard links spread over folde
     }
     assert.equal(lstatSync(join(out, "shared")).nlink, 7);
     assert.equal(readFileSync(join(out, "shared"), "utf8"), "one inode\n");
+  } finally {
+    await fsp.rm(tmp, { recursive: true, force: true });
+  }
+});
+
+test("small files are written in batches with their metadata; what stands in their place is replaced; a damaged blob fails only its file", async () => {
+  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-restore-small-"));
+  try {
+    const dir = join(tmp, "repo");
+    const repo = await Repository.init(new LocalBackend(dir), "pw", { kdf });
+    const nodes: NodeJSON[] = [];
+    const bodies = new Map<string, Buffer>();
+    const modes = new Map<string, number>();
+    const add = async (name: string, body: Buffer, mode: number, mtime: string): Promise<void> => {
+      modes.set(name, mode);
+      const content = body.length ? [(await repo.saveBlob("data", body)).id.toString("hex")] : [];
+      nodes.push({ name, type: "file", mode: goModeFromUnix(mode), mtime, atime: mtime, uid: 0, gid: 0, size: body.length, content });
+      bodies.set(name, body);
+    };
+    // 150 files: three batches of one folder.
+    for (let i = 0; i < 150; i++) await add(`f${i}`, Buffer.from(`file ${i}\n`.repeat(i + 1)), i % 2 ? 0o644 : 0o4751, `2021-03-04T05:06:${String(i % 60).padStart(2, "0")}.${String(100000000 + i * 7)}Z`);
+    await add("empty", Buffer.alloc(0), 0o600, "1969-12-31T23:59:58.5Z");
+    await add("zeros", Buffer.alloc(8192), 0o444, "2038-02-01T00:00:00.000000001Z");
+    await add("bad", Buffer.from("a blob that will be damaged\n".repeat(50)), 0o644, "2021-01-01T00:00:00Z");
+    const rootId = await repo.saveBlob("tree", encodeTree(nodes));
+    await repo.flush();
+    const loc = repo.lookup("data", (await import("../repo/id.js")).sha256(bodies.get("bad")!));
+    assert.ok(loc);
+    const pack = join(dir, "data", loc.packId.slice(0, 2), loc.packId);
+    const bytes = readFileSync(pack);
+    bytes[loc.offset + 20] ^= 0xff;
+    writeFileSync(pack, bytes);
+
+    const target = join(tmp, "target");
+    await fsp.mkdir(target);
+    writeFileSync(join(tmp, "outside"), "keep\n");
+    await fsp.symlink(join(tmp, "outside"), join(target, "f3")); // planted: must be replaced, not followed
+    writeFileSync(join(target, "f4"), "an older file");
+    await fsp.mkdir(join(target, "f5")); // a folder where a file goes
+    writeFileSync(join(target, "f5", "inside"), "x");
+
+    const fresh = await Repository.open(new LocalBackend(dir), "pw");
+    await fresh.loadIndex();
+    const r = await new Restorer(fresh, { target }).restore(rootId.id.toString("hex"));
+    assert.deepEqual(r.errors.map((e) => e.path), ["/bad"], JSON.stringify(r.errors));
+    assert.match(r.errors[0].message, /damaged/);
+    assert.equal(existsSync(join(target, "bad")), false, "no file is left for a blob that could not be read");
+    assert.equal(r.files_restored, 152);
+    assert.equal(readFileSync(join(tmp, "outside"), "utf8"), "keep\n");
+    for (const n of nodes) {
+      if (n.name === "bad") continue;
+      const p = join(target, n.name);
+      const st = lstatSync(p, { bigint: true });
+      assert.ok(st.isFile(), n.name);
+      assert.equal(Number(st.mode) & 0o7777, modes.get(n.name), n.name);
+      // Whole seconds from Date, the fraction from the string: an independent reading of the time.
+      const [, whole, frac] = /^(.*?)(?:\.(\d+))?Z$/.exec(n.mtime!)!;
+      const ns = BigInt(Date.parse(`${whole}Z`)) * 1_000_000n + BigInt((frac ?? "").padEnd(9, "0"));
+      assert.deepEqual([st.atimeNs, st.mtimeNs], [ns, ns], n.name);
+      assert.deepEqual(readFileSync(p), bodies.get(n.name), n.name);
+    }
+    assert.equal(lstatSync(join(target, "zeros")).blocks, 0, "an all-zero file is a hole");
   } finally {
     await fsp.rm(tmp, { recursive: true, force: true });
   }

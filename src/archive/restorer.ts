@@ -9,7 +9,7 @@ import { chmodSync, closeSync, constants, ftruncateSync, lchownSync, lstatSync, 
 import { promisify } from "node:util";
 import { SitekeepError, errorMessage, isErrnoError } from "../errors.js";
 import type { Repository } from "../repo/repository.js";
-import { lutimesNs, mknod, setXattr, isUnsupportedXattrError } from "../platform/fsx.js";
+import { type NewFile, WriteStep, canWriteFiles, lutimesNs, mknod, setXattr, isUnsupportedXattrError, writeFiles } from "../platform/fsx.js";
 import { compileExcludes, type PathMatcher } from "./exclude.js";
 import { type NodeJSON, decodeName, linkTargetBytes, timeNs, unixPermFromGo, unixTypeBits } from "./node.js";
 import { joinPath, loadTree } from "./tree.js";
@@ -67,6 +67,11 @@ const WRITE_CONCURRENCY = 8;
 const BLOBS_AHEAD = 3;
 /** Blobs at least this large are written on the thread pool. */
 const ASYNC_WRITE_MIN = 64 * 1024;
+/** Files of at most this size, one blob and no more to them than content and metadata, are written in batches. */
+const SMALL_FILE_MAX = 256 * 1024;
+/** A batch of small files of one folder: created in one thread-pool job. */
+const BATCH_FILES = 64;
+const BATCH_BYTES = 2 * 1024 * 1024;
 /** Takes a written blob's place in the read-ahead list, so that its bytes can be freed. */
 const EMPTY: Promise<Buffer> = Promise.resolve(Buffer.alloc(0));
 const SPARSE_BLOCK = 4096;
@@ -146,7 +151,7 @@ export class Restorer {
     }
     let restoredAny = false;
     const dirsToFinish: { node: NodeJSON; at: Buffer }[] = [];
-    const leaves: { node: NodeJSON; at: Buffer; path: string }[] = [];
+    const leaves: Leaf[] = [];
     const subdirs: { node: NodeJSON; at: Buffer; path: string; subtree: string; all: boolean }[] = [];
     const seen = new Set<string>();
     for (const node of nodes) {
@@ -176,7 +181,7 @@ export class Restorer {
         continue;
       }
       restoredAny = true;
-      leaves.push({ node, at, path: childPath });
+      leaves.push({ node, name: raw, at, path: childPath });
     }
     const walkSubdirs = async (): Promise<void> => {
       for (const d of subdirs) {
@@ -199,7 +204,15 @@ export class Restorer {
         }
       }
     };
-    const restoreLeaves = (): Promise<void> => mapLimit(leaves, WRITE_CONCURRENCY, (l) => this.restoreLeaf(l.node, l.at, l.path));
+    const restoreLeaves = async (): Promise<void> => {
+      const batchable = !this.opts.dryRun && canWriteFiles();
+      const small = batchable ? leaves.filter((l) => isSmallFile(l.node)) : [];
+      const rest = small.length ? leaves.filter((l) => !isSmallFile(l.node)) : leaves;
+      await Promise.all([
+        mapLimit(rest, WRITE_CONCURRENCY, (l) => this.restoreLeaf(l.node, l.at, l.path)),
+        mapLimit(batches(small), WRITE_CONCURRENCY, (b) => this.restoreSmallFiles(dir, b)),
+      ]);
+    };
     if (this.opts.dryRun) {
       await walkSubdirs(); // a dry run lists the tree in its order
       await restoreLeaves();
@@ -238,12 +251,78 @@ export class Restorer {
   }
 
   private async restoreLeaf(node: NodeJSON, at: Buffer, path: string): Promise<void> {
+    this.countLeaf(node, path);
+    if (this.opts.dryRun) return;
+    await this.createLeaf(node, at, path);
+  }
+
+  private countLeaf(node: NodeJSON, path: string): void {
     if (node.type === "file") {
       this.progress.totalFiles++;
       this.progress.totalBytes += node.size ?? 0;
     }
     this.opts.onItem?.(path, node);
-    if (this.opts.dryRun) return;
+  }
+
+  /**
+   * Small files of one folder (see isSmallFile): their blobs read together, the files created,
+   * written and given their metadata in one thread-pool job. A file this cannot create (something
+   * already stands there, a blob is damaged...) goes the way of every other file, alone.
+   */
+  private async restoreSmallFiles(dir: Buffer, batch: Leaf[]): Promise<void> {
+    for (const l of batch) this.countLeaf(l.node, l.path);
+    // Outside the write slot: the files done alone take slots of their own.
+    const alone = await this.writeSlots.run(() => this.writeSmallFiles(dir, batch));
+    await mapLimit(alone, WRITE_CONCURRENCY, (l) => this.createLeaf(l.node, l.at, l.path));
+  }
+
+  /** Writes a batch of small files; returns those left to be done alone. */
+  private async writeSmallFiles(dir: Buffer, batch: Leaf[]): Promise<Leaf[]> {
+    const withData = batch.filter((l) => l.node.content?.length);
+    let blobs: Buffer[];
+    try {
+      blobs = await this.repo.loadBlobs("data", withData.map((l) => Buffer.from(l.node.content![0], "hex")));
+    } catch {
+      return batch; // each file then reports its own missing or damaged blob
+    }
+    const data = new Map(withData.map((l, i) => [l, blobs[i]]));
+    const files = batch.map((l): NewFile => {
+      const m = timeNs(l.node.mtime);
+      const a = timeNs(l.node.atime) ?? m;
+      return {
+        name: l.name,
+        data: data.get(l) ?? EMPTY_DATA,
+        mode: unixPermFromGo(l.node.mode ?? 0o600),
+        uid: l.node.uid,
+        gid: l.node.gid,
+        ...(m !== undefined && a !== undefined ? { atimeNs: a, mtimeNs: m } : {}),
+      };
+    });
+    let results: Awaited<ReturnType<typeof writeFiles>>;
+    try {
+      results = await writeFiles(dir, files, this.ownership);
+    } catch {
+      return batch; // the folder cannot be opened: each file reports why
+    }
+    const alone: Leaf[] = [];
+    batch.forEach((l, i) => {
+      const r = results[i];
+      if (r && (r.step === WriteStep.open || r.step === WriteStep.write)) {
+        alone.push(l); // not created, or removed again
+        return;
+      }
+      this.progress.files++;
+      this.progress.bytes += files[i].data.length;
+      if (r) this.fail(l.path, `metadata not restored: ${errorMessage(r.error)}`);
+      if (l.node.size !== undefined && files[i].data.length !== l.node.size) {
+        this.fail(l.path, `restored ${files[i].data.length} bytes but the snapshot records ${l.node.size}`);
+      }
+    });
+    this.report(false);
+    return alone;
+  }
+
+  private async createLeaf(node: NodeJSON, at: Buffer, path: string): Promise<void> {
     try {
       await removeExisting(at);
       switch (node.type) {
@@ -383,6 +462,49 @@ export class Restorer {
     this.lastProgress = now;
     cb({ ...this.progress, ...(this.planned ? { totalFiles: this.planned.files, totalBytes: this.planned.bytes } : {}) });
   }
+}
+
+interface Leaf {
+  node: NodeJSON;
+  /** The file's name as stored (bytes). */
+  name: Buffer;
+  at: Buffer;
+  path: string;
+}
+
+const EMPTY_DATA = Buffer.alloc(0);
+
+/**
+ * A regular file restored by content and metadata alone: one blob (or none) of at most
+ * SMALL_FILE_MAX bytes, not one of several hard links, no extended attributes.
+ */
+function isSmallFile(node: NodeJSON): boolean {
+  return (
+    node.type === "file" &&
+    (node.content?.length ?? 0) <= 1 &&
+    (node.size ?? 0) <= SMALL_FILE_MAX &&
+    !(node.links && node.links > 1 && node.inode) &&
+    !node.extended_attributes?.length
+  );
+}
+
+/** Consecutive batches of at most BATCH_FILES files and (unless one file is larger) BATCH_BYTES. */
+function batches(leaves: Leaf[]): Leaf[][] {
+  const out: Leaf[][] = [];
+  let cur: Leaf[] = [];
+  let bytes = 0;
+  for (const l of leaves) {
+    const size = l.node.size ?? 0;
+    if (cur.length && (cur.length >= BATCH_FILES || bytes + size > BATCH_BYTES)) {
+      out.push(cur);
+      cur = [];
+      bytes = 0;
+    }
+    cur.push(l);
+    bytes += size;
+  }
+  if (cur.length) out.push(cur);
+  return out;
 }
 
 async function removeExisting(at: Buffer): Promise<void> {

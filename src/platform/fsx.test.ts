@@ -19,6 +19,8 @@ import {
   ReadField,
   readFiles,
   setXattr,
+  WriteStep,
+  writeFiles,
 } from "./fsx.js";
 
 const { S_IFIFO, S_IFCHR } = fs.constants;
@@ -302,4 +304,67 @@ test("thread-pool threads that ran our jobs yield to the main thread (SCHED_BATC
   assert.equal(batched.main, 0, "the main thread keeps the normal policy");
   assert.ok(batched.batch >= 1, "a pool thread is SCHED_BATCH");
   assert.deepEqual(run({ SITEKEEP_HELPER_SCHEDULING: "normal" }), { main: 0, batch: 0 });
+});
+
+describe("writeFiles", () => {
+  test("creates new files with their bytes, holes, mode, owner and nanosecond times", async () => {
+    const at = fs.mkdtempSync(path.join(dir, "write-"));
+    const block = 4096;
+    const sparse = Buffer.concat([Buffer.alloc(block, 1), Buffer.alloc(2 * block), Buffer.from("tail")]);
+    const zeros = Buffer.alloc(3 * block);
+    const name = Buffer.from([0x6e, 0xff, 0x01]); // not UTF-8
+    const files = [
+      { name: Buffer.from("plain.txt"), data: Buffer.from("hello"), mode: 0o644, uid: 1234, gid: 5678, atimeNs: -1_500_000_001n, mtimeNs: 4_102_444_800_123_456_789n },
+      { name: Buffer.from("sparse"), data: sparse, mode: 0o4755, uid: 0, gid: 0, atimeNs: 1n, mtimeNs: 2n },
+      { name: Buffer.from("zeros"), data: zeros, mode: 0o400, uid: 0, gid: 0 },
+      { name: Buffer.from("empty"), data: Buffer.alloc(0), mode: 0o600, uid: 0, gid: 0, atimeNs: 0n, mtimeNs: 999_999_999n },
+      { name, data: Buffer.from("bytes"), mode: 0o640, uid: 0, gid: 0, atimeNs: 5n, mtimeNs: 6n },
+    ];
+    const r = await writeFiles(Buffer.from(at), files, isRoot);
+    assert.deepEqual(r, files.map(() => undefined));
+    for (const f of files) {
+      const p = Buffer.concat([Buffer.from(at + "/"), f.name]);
+      const st = fs.lstatSync(p, { bigint: true }); // before reading, which may set the atime
+      assert.deepEqual(fs.readFileSync(p), f.data, f.name.toString());
+      assert.equal(Number(st.mode) & 0o7777, f.mode, f.name.toString());
+      if (f.atimeNs !== undefined) assert.deepEqual([st.atimeNs, st.mtimeNs], [f.atimeNs, f.mtimeNs], f.name.toString());
+      if (isRoot) assert.deepEqual([Number(st.uid), Number(st.gid)], [f.uid, f.gid]);
+    }
+    // Aligned zero blocks are holes: fewer blocks allocated than the length needs.
+    const sp = fs.statSync(path.join(at, "sparse"));
+    assert.ok(sp.blocks * 512 < sparse.length, `sparse: ${sp.blocks} blocks for ${sparse.length} bytes`);
+    assert.equal(fs.statSync(path.join(at, "zeros")).blocks, 0);
+  });
+
+  test("leaves whatever already stands at a name alone, never writing through a symlink", async () => {
+    const at = fs.mkdtempSync(path.join(dir, "write-exists-"));
+    const outside = path.join(dir, "outside-target");
+    fs.writeFileSync(outside, "keep");
+    fs.symlinkSync(outside, path.join(at, "link"));
+    fs.writeFileSync(path.join(at, "old"), "old bytes");
+    const meta = { mode: 0o644, uid: 0, gid: 0 };
+    const r = await writeFiles(
+      Buffer.from(at),
+      [
+        { name: Buffer.from("link"), data: Buffer.from("new"), ...meta },
+        { name: Buffer.from("old"), data: Buffer.from("new"), ...meta },
+        { name: Buffer.from("fresh"), data: Buffer.from("new"), ...meta },
+      ],
+      false,
+    );
+    for (const i of [0, 1]) {
+      assert.equal(r[i]?.step, WriteStep.open);
+      assert.equal(r[i]?.error.code, "EEXIST");
+      assert.equal(r[i]?.error.syscall, "open");
+    }
+    assert.equal(r[2], undefined);
+    assert.equal(fs.readFileSync(outside, "utf8"), "keep");
+    assert.equal(fs.readlinkSync(path.join(at, "link")), outside);
+    assert.equal(fs.readFileSync(path.join(at, "old"), "utf8"), "old bytes");
+    assert.equal(fs.readFileSync(path.join(at, "fresh"), "utf8"), "new");
+  });
+
+  test("rejects when the folder cannot be opened", async () => {
+    await assert.rejects(writeFiles(Buffer.from(path.join(dir, "no-such-folder")), [{ name: Buffer.from("f"), data: Buffer.alloc(1), mode: 0o600, uid: 0, gid: 0 }], false), (err: NodeJS.ErrnoException) => err.code === "ENOENT");
+  });
 });

@@ -5,6 +5,7 @@
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
+import util from "node:util";
 import { nativeAddon } from "./native.js";
 
 export type PathLike = Buffer | string;
@@ -113,6 +114,69 @@ export async function readFiles(dir: Buffer, names: Buffer[], limits: number[]):
   if (!native?.readfiles) throw errnoError("ENOSYS", "readfiles", dir, "function not implemented (native addon not built)");
   const [data, f] = await native.readfiles(dir, nulTerminated(names), Float64Array.from(limits));
   return { data, f };
+}
+
+/** Numbers per file of writeFiles' metadata and result (see native/sitekeep_fs.c). */
+export const WRITE_META = 7;
+export const WRITE_RESULT = 2;
+/** The step of writeFiles that failed for a file. */
+export const WriteStep = { open: 1, write: 2, chown: 3, chmod: 4, utimes: 5, close: 6 } as const;
+const WRITE_SYSCALL = ["", "open", "write", "fchown", "fchmod", "futimens", "close"];
+
+export interface NewFile {
+  name: Buffer;
+  data: Buffer;
+  /** Permission bits (with set-user-ID, set-group-ID and sticky). */
+  mode: number;
+  uid: number;
+  gid: number;
+  /** Nanoseconds since the epoch; both or neither. */
+  atimeNs?: bigint;
+  mtimeNs?: bigint;
+}
+
+/** True when writeFiles is available (the addon is built). */
+export const canWriteFiles = (): boolean => native?.writefiles !== undefined;
+
+/**
+ * Creates new files in one folder on the thread pool: each with O_EXCL (never through whatever stands
+ * there), its bytes (aligned zero blocks left as holes), then ownership when `chown`, mode and times.
+ * Returns per file undefined when all of it was done, else the error and the step that failed (after
+ * a failed open or write nothing of the file is left); a folder that cannot be opened rejects.
+ */
+export async function writeFiles(dir: Buffer, files: readonly NewFile[], chown: boolean): Promise<({ step: number; error: NodeJS.ErrnoException } | undefined)[]> {
+  if (!native?.writefiles) throw errnoError("ENOSYS", "writefiles", dir, "function not implemented (native addon not built)");
+  const ends = new Float64Array(files.length);
+  const meta = new Float64Array(files.length * WRITE_META);
+  let end = 0;
+  files.forEach((f, i) => {
+    end += f.data.length;
+    ends[i] = end;
+    const m = i * WRITE_META;
+    meta[m] = f.mode;
+    meta[m + 1] = f.uid;
+    meta[m + 2] = f.gid;
+    if (f.atimeNs === undefined || f.mtimeNs === undefined) meta[m + 3] = NaN;
+    else [meta[m + 3], meta[m + 4], meta[m + 5], meta[m + 6]] = [...splitNs(f.atimeNs), ...splitNs(f.mtimeNs)].map(Number);
+  });
+  const r = await native.writefiles(dir, nulTerminated(files.map((f) => f.name)), Buffer.concat(files.map((f) => f.data), end), ends, meta, chown ? 1 : 0);
+  return files.map((f, i) => {
+    const errno = r[i * WRITE_RESULT];
+    if (!errno) return undefined;
+    const step = r[i * WRITE_RESULT + 1];
+    const code = errnoCode(errno);
+    const error = errnoError(code, WRITE_SYSCALL[step] ?? "write", Buffer.concat([dir, Buffer.from("/"), f.name]), describeErrno(errno));
+    return { step, error };
+  });
+}
+
+/** strerror-like text for an errno ("permission denied"), as Node's own fs errors say it. */
+function describeErrno(errno: number): string {
+  try {
+    return util.getSystemErrorMap().get(-errno)?.[1] ?? `error ${errno}`;
+  } catch {
+    return `error ${errno}`;
+  }
 }
 
 function nulTerminated(names: Buffer[]): Buffer {

@@ -66,3 +66,46 @@ test("packs built one after another in the same reused memory each hold their ow
     rmSync(tmp, { recursive: true, force: true });
   }
 });
+
+test("loadBlobs reads neighbouring blobs of a pack together and returns each in the order asked", async () => {
+  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-load-blobs-"));
+  try {
+    const dir = join(tmp, "repo");
+    const repo = await Repository.init(new LocalBackend(dir), "pw", { kdf: { N: 1024, r: 8, p: 1 }, packSize: 64 * 1024 });
+    await repo.loadIndex();
+    // 120 blobs over several packs, some compressible (stored shorter than their plaintext).
+    const blobs = Array.from({ length: 120 }, (_, i) => (i % 3 ? randomBytes(500 + ((i * 7919) % 9000)) : Buffer.alloc(3000 + i, i)));
+    for (const b of blobs) await repo.queueBlob("data", b, sha256(b));
+    await repo.flush();
+    const packs = new Set(blobs.map((b) => repo.lookup("data", sha256(b))?.packId));
+    assert.ok(packs.size >= 3, `${packs.size} packs`);
+
+    const faulty = new FaultyBackend(new LocalBackend(dir));
+    const again = await Repository.open(faulty, "pw");
+    await again.loadIndex();
+    // Shuffled, with one blob asked for twice.
+    const order = blobs.map((_, i) => i).sort(() => Math.random() - 0.5);
+    order.push(order[5]);
+    const got = await again.loadBlobs("data", order.map((i) => sha256(blobs[i])));
+    assert.equal(got.length, order.length);
+    order.forEach((i, k) => assert.deepEqual(got[k], blobs[i], `blob ${i} at position ${k}`));
+    const reads = faulty.log.filter((e) => e.op === "load" && e.type === "data").length;
+    assert.equal(reads, packs.size, "one read per pack: the blobs of a pack lie next to each other");
+
+    await assert.rejects(again.loadBlobs("data", [sha256(blobs[0]), sha256(Buffer.from("not stored"))]), (err) => err instanceof SitekeepError && err.code === "repo.noblob");
+
+    // A damaged blob fails the call with its pack named.
+    const loc = again.lookup("data", sha256(blobs[40]));
+    assert.ok(loc);
+    const file = join(dir, "data", loc.packId.slice(0, 2), loc.packId);
+    const bytes = readFileSync(file);
+    bytes[loc.offset + 20] ^= 0xff;
+    writeFileSync(file, bytes);
+    const fresh = await Repository.open(new LocalBackend(dir), "pw");
+    await fresh.loadIndex();
+    await assert.rejects(fresh.loadBlobs("data", [sha256(blobs[39]), sha256(blobs[40])]), (err) => err instanceof SitekeepError && err.code === "repo.damaged" && err.message.includes(loc.packId));
+    assert.deepEqual(await fresh.loadBlobs("data", [sha256(blobs[41])]), [blobs[41]]);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});
