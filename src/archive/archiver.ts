@@ -906,8 +906,7 @@ export class Archiver {
   private async saveTree(nodes: NodeJSON[]): Promise<string> {
     const data = encodeTree(nodes);
     const hash = sha256(data);
-    // Queued like data: a large folder's tree is compressed on the thread pool.
-    const added = await this.repo.queueBlob("tree", data, hash, (stored) => {
+    const added = await this.repo.queueTree(data, hash, (stored) => {
       this.progress.bytesAdded += stored;
     });
     if (added) this.stats.tree_blobs++;

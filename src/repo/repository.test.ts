@@ -109,3 +109,33 @@ test("loadBlobs reads neighbouring blobs of a pack together and returns each in 
     rmSync(tmp, { recursive: true, force: true });
   }
 });
+
+test("trees queued in batches are each stored once and read back by their ID; abandoned ones are never written", async () => {
+  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-tree-batch-"));
+  try {
+    const dir = join(tmp, "repo");
+    const repo = await Repository.init(new LocalBackend(dir), "pw", { kdf: { N: 1024, r: 8, p: 1 } });
+    await repo.loadIndex();
+    // 150 trees: two full batches and a last one that only flush sends; one large tree; repeats.
+    const trees = Array.from({ length: 150 }, (_, i) => Buffer.from(JSON.stringify({ nodes: [{ name: `f${i}`, pad: (i === 70 ? "y" : "x").repeat(i === 70 ? 2_000_000 : i) }] }) + "\n"));
+    let stored = 0;
+    let added = 0;
+    for (const t of [...trees, ...trees.slice(0, 10)]) if (await repo.queueTree(t, sha256(t), () => stored++)) added++;
+    assert.equal(added, 150, "a tree queued twice is stored once");
+    await repo.flush();
+    assert.equal(stored, 150);
+    const again = await Repository.open(new LocalBackend(dir), "pw");
+    await again.loadIndex();
+    for (const t of trees) assert.deepEqual(await again.loadBlob("tree", sha256(t)), t);
+
+    const dir2 = join(tmp, "repo2");
+    const other = await Repository.init(new LocalBackend(dir2), "pw", { kdf: { N: 1024, r: 8, p: 1 } });
+    await other.loadIndex();
+    for (const t of trees.slice(0, 10)) await other.queueTree(t, sha256(t));
+    await other.abandonWrites();
+    await assert.rejects(other.flush());
+    assert.deepEqual(await other.listIds("data"), [], "nothing of an abandoned batch reaches the repository");
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});
