@@ -307,8 +307,8 @@ export class Restorer {
     const alone: Leaf[] = [];
     batch.forEach((l, i) => {
       const r = results[i];
-      if (r && (r.step === WriteStep.open || r.step === WriteStep.write)) {
-        alone.push(l); // not created, or removed again
+      if (r && (r.step === WriteStep.open || r.step === WriteStep.write || r.step === WriteStep.close)) {
+        alone.push(l); // not created, removed again, or its bytes perhaps not written (close failed)
         return;
       }
       this.progress.files++;

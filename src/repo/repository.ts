@@ -364,11 +364,17 @@ export class Repository {
   }
 
   private async encodeTreeBatch(): Promise<void> {
+    if (!this.treeBatch.length) return;
+    // The trees stay in treeBatch (seen by pendingWrites and by a drain) until a slot is free; then
+    // they become a job in `encoding` without an await in between.
+    await this.treeSlots.acquire();
     const batch = this.treeBatch;
-    if (!batch.length) return;
+    if (!batch.length) {
+      this.treeSlots.release(); // taken meanwhile by another call
+      return;
+    }
     this.treeBatch = [];
     this.treeBatchBytes = 0;
-    await this.treeSlots.acquire();
     const offsets: number[] = [];
     let at = 0;
     for (const t of batch) {
