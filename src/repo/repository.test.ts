@@ -9,6 +9,22 @@ import { FaultyBackend } from "../backend/faulty.js";
 import { SitekeepError } from "../errors.js";
 import { Repository } from "./repository.js";
 import { sha256 } from "./id.js";
+import type { BlobLocation } from "./blob-index.js";
+
+/** Flips a byte inside a stored blob's bytes in its pack file. */
+function damageBlob(dir: string, loc: BlobLocation): void {
+  const file = join(dir, "data", loc.packId.slice(0, 2), loc.packId);
+  const bytes = readFileSync(file);
+  bytes[loc.offset + 20] ^= 0xff;
+  writeFileSync(file, bytes);
+}
+
+/** The repository at `dir` opened afresh (no cache of what was read before), index loaded. */
+async function reopen(dir: string): Promise<Repository> {
+  const repo = await Repository.open(new LocalBackend(dir), "pw");
+  await repo.loadIndex();
+  return repo;
+}
 
 test("tree blobs are read a window of their pack at a time, and a damaged one is still reported", async () => {
   const tmp = mkdtempSync(join(tmpdir(), "sitekeep-tree-window-"));
@@ -32,12 +48,8 @@ test("tree blobs are read a window of their pack at a time, and a damaged one is
     // Damage one blob: it fails with the pack named; its neighbour in the same window still loads.
     const loc = again.lookup("tree", sha256(trees[7]));
     assert.ok(loc);
-    const file = join(dir, "data", loc.packId.slice(0, 2), loc.packId);
-    const bytes = readFileSync(file);
-    bytes[loc.offset + 20] ^= 0xff;
-    writeFileSync(file, bytes);
-    const fresh = await Repository.open(new LocalBackend(dir), "pw");
-    await fresh.loadIndex();
+    damageBlob(dir, loc);
+    const fresh = await reopen(dir);
     await assert.rejects(fresh.loadBlob("tree", sha256(trees[7])), (err) => err instanceof SitekeepError && err.code === "repo.damaged" && err.message.includes(loc.packId));
     assert.deepEqual(await fresh.loadBlob("tree", sha256(trees[8])), trees[8]);
   } finally {
@@ -97,12 +109,8 @@ test("loadBlobs reads neighbouring blobs of a pack together and returns each in 
     // A damaged blob fails the call with its pack named.
     const loc = again.lookup("data", sha256(blobs[40]));
     assert.ok(loc);
-    const file = join(dir, "data", loc.packId.slice(0, 2), loc.packId);
-    const bytes = readFileSync(file);
-    bytes[loc.offset + 20] ^= 0xff;
-    writeFileSync(file, bytes);
-    const fresh = await Repository.open(new LocalBackend(dir), "pw");
-    await fresh.loadIndex();
+    damageBlob(dir, loc);
+    const fresh = await reopen(dir);
     await assert.rejects(fresh.loadBlobs("data", [sha256(blobs[39]), sha256(blobs[40])]), (err) => err instanceof SitekeepError && err.code === "repo.damaged" && err.message.includes(loc.packId));
     assert.deepEqual(await fresh.loadBlobs("data", [sha256(blobs[41])]), [blobs[41]]);
   } finally {
@@ -124,8 +132,7 @@ test("trees queued in batches are each stored once and read back by their ID; ab
     assert.equal(added, 150, "a tree queued twice is stored once");
     await repo.flush();
     assert.equal(stored, 150);
-    const again = await Repository.open(new LocalBackend(dir), "pw");
-    await again.loadIndex();
+    const again = await reopen(dir);
     for (const t of trees) assert.deepEqual(await again.loadBlob("tree", sha256(t)), t);
 
     const dir2 = join(tmp, "repo2");

@@ -331,20 +331,30 @@ export class Repository {
       return true;
     }
     await this.encodeSlots.acquire();
-    const job: Promise<void> = this.encodeBlobAsync(plain)
-      .then(async ({ sealed, uncompressedLength }) => {
+    this.trackEncode(
+      this.encodeBlobAsync(plain).then(async ({ sealed, uncompressedLength }) => {
         await this.addToPack(type, id, sealed, uncompressedLength);
         onStored?.(sealed.length);
-      })
+      }),
+      this.encodeSlots,
+    );
+    return true;
+  }
+
+  /**
+   * Keeps an encode that holds a slot of `slots` in `encoding` until it settles (drainEncodes and
+   * abandonWrites wait for it); its failure becomes the repository's upload error.
+   */
+  private trackEncode(work: Promise<void>, slots: Semaphore): void {
+    const job: Promise<void> = work
       .catch((err: unknown) => {
         this.uploadError ??= err;
       })
       .finally(() => {
-        this.encodeSlots.release();
+        slots.release();
         this.encoding.delete(job);
       });
     this.encoding.add(job);
-    return true;
   }
 
   /**
@@ -382,8 +392,8 @@ export class Repository {
       at += t.plain.length;
     }
     const data = Buffer.concat(batch.map((t) => t.plain), at);
-    const job: Promise<void> = this.encodeSmallBlobs(data, offsets, batch.map((t) => t.plain.length))
-      .then(async (encoded) => {
+    this.trackEncode(
+      this.encodeSmallBlobs(data, offsets, batch.map((t) => t.plain.length)).then(async (encoded) => {
         for (let i = 0; i < batch.length; i++) {
           const b = batchBlob(encoded, i);
           if (!b.id.equals(batch[i].id)) throw new SitekeepError("repo.encode", "a tree was encoded under another ID than it was queued with (a worker or memory fault)");
@@ -391,15 +401,9 @@ export class Repository {
           await this.addToPack("tree", batch[i].id, b.sealed, b.uncompressedLength);
           batch[i].onStored?.(b.sealed.length);
         }
-      })
-      .catch((err: unknown) => {
-        this.uploadError ??= err;
-      })
-      .finally(() => {
-        this.treeSlots.release();
-        this.encoding.delete(job);
-      });
-    this.encoding.add(job);
+      }),
+      this.treeSlots,
+    );
   }
 
   /**
