@@ -649,8 +649,7 @@ static void free_dirlist(sk_dirlist *l) {
   l->stats = NULL;
 }
 
-/* A Buffer copy of `bytes` and a Float64Array copy of `nums` (false with an exception pending). */
-/* A new Float64Array holding a copy of nums. */
+/* A new Float64Array holding a copy of nums (false with an exception pending). */
 static bool numbers(napi_env env, const double *nums, size_t ncount, napi_value *arr) {
   napi_value ab;
   void *data = NULL;
@@ -666,6 +665,7 @@ static bool numbers(napi_env env, const double *nums, size_t ncount, napi_value 
   return true;
 }
 
+/* A Buffer copy of `bytes` and a Float64Array copy of `nums` (false with an exception pending). */
 static bool bytes_and_numbers(napi_env env, const void *bytes, size_t blen, const double *nums, size_t ncount, napi_value *buf, napi_value *arr) {
   if (napi_create_buffer_copy(env, blen, blen ? bytes : "", NULL, buf) != napi_ok) {
     ensure_thrown(env);
@@ -1004,6 +1004,14 @@ typedef struct {
   int err;        /* opening the folder failed */
 } sk_writefiles_job;
 
+/* Times beyond ±2^40 s (~35,000 years) are refused rather than converted. */
+#define SK_SECONDS_MAX 1099511627776.0
+
+/* A whole number in [lo, hi] (false for NaN and fractions). */
+static bool in_range(double v, double lo, double hi) {
+  return v >= lo && v <= hi && v == (double)(long long)v;
+}
+
 static bool all_zero(const uint8_t *p, size_t n) {
   for (size_t i = 0; i < n; i++) if (p[i]) return false;
   return true;
@@ -1070,15 +1078,25 @@ static void writefiles_execute(napi_env env, void *arg) {
       r[0] = err, r[1] = SK_STEP_WRITE;
       continue;
     }
-    /* Ownership first: chown clears the set-user-ID and set-group-ID bits that chmod sets. */
+    /* Ownership first: chown clears the set-user-ID and set-group-ID bits that chmod sets. Numbers
+     * out of range (a damaged or crafted snapshot) fail their step with EINVAL, never reach a cast. */
     int step = 0;
-    if ((job->flags & SK_WRITE_CHOWN) && fchown(fd, (uid_t)m[1], (gid_t)m[2]) != 0) step = SK_STEP_CHOWN;
-    else if (fchmod(fd, (mode_t)m[0]) != 0) step = SK_STEP_CHMOD;
+    errno = 0;
+    if ((job->flags & SK_WRITE_CHOWN) && (!in_range(m[1], 0, 4294967295.0) || !in_range(m[2], 0, 4294967295.0) ||
+                                          fchown(fd, (uid_t)m[1], (gid_t)m[2]) != 0))
+      step = SK_STEP_CHOWN;
+    else if (!in_range(m[0], 0, 07777) || fchmod(fd, (mode_t)m[0]) != 0)
+      step = SK_STEP_CHMOD;
     else if (m[3] == m[3]) { /* not NaN */
-      struct timespec ts[2] = {{(time_t)m[3], (long)m[4]}, {(time_t)m[5], (long)m[6]}};
-      if (futimens(fd, ts) != 0) step = SK_STEP_UTIMES;
+      if (!in_range(m[3], -SK_SECONDS_MAX, SK_SECONDS_MAX) || !in_range(m[4], 0, 999999999) ||
+          !in_range(m[5], -SK_SECONDS_MAX, SK_SECONDS_MAX) || !in_range(m[6], 0, 999999999)) {
+        step = SK_STEP_UTIMES;
+      } else {
+        struct timespec ts[2] = {{(time_t)m[3], (long)m[4]}, {(time_t)m[5], (long)m[6]}};
+        if (futimens(fd, ts) != 0) step = SK_STEP_UTIMES;
+      }
     }
-    if (step) r[0] = errno, r[1] = step;
+    if (step) r[0] = errno ? errno : EINVAL, r[1] = step;
     if (close(fd) != 0 && !step) r[0] = errno, r[1] = SK_STEP_CLOSE;
   }
   close(dfd);

@@ -364,6 +364,22 @@ describe("writeFiles", () => {
     assert.equal(fs.readFileSync(path.join(at, "fresh"), "utf8"), "new");
   });
 
+  test("refuses metadata out of range (a damaged snapshot) with EINVAL at its step, keeping the file", async () => {
+    const at = fs.mkdtempSync(path.join(dir, "write-range-"));
+    const r = await writeFiles(
+      Buffer.from(at),
+      [
+        { name: Buffer.from("mode"), data: Buffer.from("a"), mode: 0o100644, uid: 0, gid: 0 },
+        { name: Buffer.from("time"), data: Buffer.from("b"), mode: 0o644, uid: 0, gid: 0, atimeNs: 0n, mtimeNs: 10n ** 28n },
+      ],
+      false,
+    );
+    // The owner is checked before any chown is tried, so this holds without root too.
+    r.push(...(await writeFiles(Buffer.from(at), [{ name: Buffer.from("owner"), data: Buffer.from("c"), mode: 0o644, uid: 2 ** 40, gid: 0 }], true)));
+    assert.deepEqual(r.map((x) => [x?.step, x?.error.code]), [[WriteStep.chmod, "EINVAL"], [WriteStep.utimes, "EINVAL"], [WriteStep.chown, "EINVAL"]]);
+    assert.deepEqual(["mode", "time", "owner"].map((n) => fs.readFileSync(path.join(at, n), "utf8")), ["a", "b", "c"]);
+  });
+
   test("rejects when the folder cannot be opened", async () => {
     await assert.rejects(writeFiles(Buffer.from(path.join(dir, "no-such-folder")), [{ name: Buffer.from("f"), data: Buffer.alloc(1), mode: 0o600, uid: 0, gid: 0 }], false), (err: NodeJS.ErrnoException) => err.code === "ENOENT");
   });
