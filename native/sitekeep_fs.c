@@ -917,27 +917,38 @@ static void readfiles_complete(napi_env env, napi_status status, void *arg) {
  * the size of the file's xattr name list (0: none). For the many small files of a site this moves
  * open, read, fstat and close off the main thread, four calls into Node per file saved.
  */
+/* A Float64Array argument's numbers (not copied). */
+static bool get_f64s(napi_env env, napi_value v, const char *what, double **data, size_t *len) {
+  napi_typedarray_type t;
+  napi_value ab;
+  size_t off;
+  if (napi_get_typedarray_info(env, v, &t, len, (void **)data, &ab, &off) != napi_ok || t != napi_float64_array) {
+    throw_arg_type(env, what, "a Float64Array");
+    return false;
+  }
+  return true;
+}
+
+/* The number of names in a buffer of NUL-terminated names. */
+static size_t count_names(const char *names, size_t len) {
+  size_t count = 0;
+  for (size_t i = 0; i < len; i++) if (names[i] == 0) count++;
+  return count;
+}
+
 static sk_readfiles_job *readfiles_job(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   if (!get_args(env, info, 3, argv)) return NULL;
   char *dir = get_cstr(env, argv[0], "dir");
   if (dir == NULL) return NULL;
-  void *nb = NULL, *lb = NULL;
+  void *nb = NULL;
+  double *lb = NULL;
   size_t nlen = 0, llen = 0;
-  napi_typedarray_type lt;
-  napi_value lab;
-  size_t loff;
-  if (!get_bytes(env, argv[1], "names", &nb, &nlen)) {
+  if (!get_bytes(env, argv[1], "names", &nb, &nlen) || !get_f64s(env, argv[2], "limits", &lb, &llen)) {
     free(dir);
     return NULL;
   }
-  if (napi_get_typedarray_info(env, argv[2], &lt, &llen, &lb, &lab, &loff) != napi_ok || lt != napi_float64_array) {
-    free(dir);
-    throw_arg_type(env, "limits", "a Float64Array");
-    return NULL;
-  }
-  size_t count = 0;
-  for (size_t i = 0; i < nlen; i++) if (((char *)nb)[i] == 0) count++;
+  size_t count = count_names(nb, nlen);
   if (count != llen) {
     free(dir);
     throw_arg_range(env, "limits", "one number per name");
@@ -946,7 +957,7 @@ static sk_readfiles_job *readfiles_job(napi_env env, napi_callback_info info) {
   /* Each limit a whole number of bytes up to 64 MiB: the buffer for all of them is allocated at once. */
   size_t cap = 0;
   for (size_t i = 0; i < llen; i++) {
-    double l = ((double *)lb)[i];
+    double l = lb[i];
     if (!(l >= 0 && l <= SK_READ_MAX) || l != (double)(size_t)l || cap > SIZE_MAX - (size_t)l - 1) {
       free(dir);
       throw_arg_range(env, "limits", "whole numbers from 0 to 67108864");
@@ -1124,18 +1135,6 @@ static void writefiles_complete(napi_env env, napi_status status, void *arg) {
   free_writefiles_job(job);
 }
 
-/* A Float64Array argument's numbers (not copied). */
-static bool get_f64s(napi_env env, napi_value v, const char *what, double **data, size_t *len) {
-  napi_typedarray_type t;
-  napi_value ab;
-  size_t off;
-  if (napi_get_typedarray_info(env, v, &t, len, (void **)data, &ab, &off) != napi_ok || t != napi_float64_array) {
-    throw_arg_type(env, what, "a Float64Array");
-    return false;
-  }
-  return true;
-}
-
 /*
  * writefiles(dir, names, data, ends, meta, flags) -> Promise<Float64Array>: creates the files
  * `names` (NUL-terminated, back to back) in folder `dir` on the thread pool, each new (O_EXCL, never
@@ -1160,8 +1159,7 @@ static napi_value sk_writefiles(napi_env env, napi_callback_info info) {
     throw_arg_type(env, "flags", "a number");
     return NULL;
   }
-  size_t count = 0;
-  for (size_t i = 0; i < nlen; i++) if (((char *)nb)[i] == 0) count++;
+  size_t count = count_names(nb, nlen);
   if (count != elen || mlen != count * SK_WRITE_META) {
     throw_arg_range(env, "ends", "one end per name and SK_WRITE_META numbers of meta per name");
     return NULL;

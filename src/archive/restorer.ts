@@ -206,8 +206,9 @@ export class Restorer {
     };
     const restoreLeaves = async (): Promise<void> => {
       const batchable = !this.opts.dryRun && canWriteFiles();
-      const small = batchable ? leaves.filter((l) => isSmallFile(l.node)) : [];
-      const rest = small.length ? leaves.filter((l) => !isSmallFile(l.node)) : leaves;
+      const small: Leaf[] = [];
+      const rest: Leaf[] = [];
+      for (const l of leaves) (batchable && isSmallFile(l.node) ? small : rest).push(l);
       await Promise.all([
         mapLimit(rest, WRITE_CONCURRENCY, (l) => this.restoreLeaf(l.node, l.at, l.path)),
         mapLimit(batches(small), WRITE_CONCURRENCY, (b) => this.restoreSmallFiles(dir, b)),

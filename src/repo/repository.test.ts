@@ -19,6 +19,19 @@ function damageBlob(dir: string, loc: BlobLocation): void {
   writeFileSync(file, bytes);
 }
 
+/** A new repository (index loaded) in a temp folder that is removed when `fn` ends. */
+async function withNewRepo(prefix: string, packSize: number | undefined, fn: (repo: Repository, dir: string) => Promise<void>): Promise<void> {
+  const tmp = mkdtempSync(join(tmpdir(), prefix));
+  try {
+    const dir = join(tmp, "repo");
+    const repo = await Repository.init(new LocalBackend(dir), "pw", { kdf: { N: 1024, r: 8, p: 1 }, ...(packSize ? { packSize } : {}) });
+    await repo.loadIndex();
+    await fn(repo, dir);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
 /** The repository at `dir` opened afresh (no cache of what was read before), index loaded. */
 async function reopen(dir: string): Promise<Repository> {
   const repo = await Repository.open(new LocalBackend(dir), "pw");
@@ -27,11 +40,7 @@ async function reopen(dir: string): Promise<Repository> {
 }
 
 test("tree blobs are read a window of their pack at a time, and a damaged one is still reported", async () => {
-  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-tree-window-"));
-  try {
-    const dir = join(tmp, "repo");
-    const repo = await Repository.init(new LocalBackend(dir), "pw", { kdf: { N: 1024, r: 8, p: 1 } });
-    await repo.loadIndex();
+  await withNewRepo("sitekeep-tree-window-", undefined, async (repo, dir) => {
     // Incompressible bodies, so the pack is as large as the blobs: ~600 KiB, three windows.
     const trees = Array.from({ length: 300 }, (_, i) => Buffer.from(JSON.stringify({ nodes: [{ name: `f${i}`, pad: randomBytes(1000).toString("base64") }] })));
     for (const t of trees) await repo.saveBlob("tree", t);
@@ -52,39 +61,26 @@ test("tree blobs are read a window of their pack at a time, and a damaged one is
     const fresh = await reopen(dir);
     await assert.rejects(fresh.loadBlob("tree", sha256(trees[7])), (err) => err instanceof SitekeepError && err.code === "repo.damaged" && err.message.includes(loc.packId));
     assert.deepEqual(await fresh.loadBlob("tree", sha256(trees[8])), trees[8]);
-  } finally {
-    rmSync(tmp, { recursive: true, force: true });
-  }
+  });
 });
 
 test("packs built one after another in the same reused memory each hold their own blobs", async () => {
-  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-pack-reuse-"));
-  try {
-    const dir = join(tmp, "repo");
+  await withNewRepo("sitekeep-pack-reuse-", 64 * 1024, async (repo, dir) => {
     // Small packs: 60 blobs make over 10; blobs of different sizes, one larger than a whole pack.
-    const repo = await Repository.init(new LocalBackend(dir), "pw", { kdf: { N: 1024, r: 8, p: 1 }, packSize: 64 * 1024 });
-    await repo.loadIndex();
     const blobs = Array.from({ length: 60 }, (_, i) => randomBytes(i === 30 ? 3 * 1024 * 1024 : 5000 + ((i * 7919) % 20000)));
     for (const b of blobs) await repo.queueBlob("data", b, sha256(b));
     await repo.flush();
     const packs = new Set(blobs.map((b) => repo.lookup("data", sha256(b))?.packId));
     assert.ok(packs.size >= 10, `${packs.size} packs`);
-    const again = await Repository.open(new LocalBackend(dir), "pw");
-    await again.loadIndex();
+    const again = await reopen(dir);
     for (const b of blobs) assert.deepEqual(await again.loadBlob("data", sha256(b)), b);
     // Every pack file is named by the SHA-256 of its bytes.
     for (const id of packs) assert.equal(sha256(readFileSync(join(dir, "data", id!.slice(0, 2), id!))).toString("hex"), id);
-  } finally {
-    rmSync(tmp, { recursive: true, force: true });
-  }
+  });
 });
 
 test("loadBlobs reads neighbouring blobs of a pack together and returns each in the order asked", async () => {
-  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-load-blobs-"));
-  try {
-    const dir = join(tmp, "repo");
-    const repo = await Repository.init(new LocalBackend(dir), "pw", { kdf: { N: 1024, r: 8, p: 1 }, packSize: 64 * 1024 });
-    await repo.loadIndex();
+  await withNewRepo("sitekeep-load-blobs-", 64 * 1024, async (repo, dir) => {
     // 120 blobs over several packs, some compressible (stored shorter than their plaintext).
     const blobs = Array.from({ length: 120 }, (_, i) => (i % 3 ? randomBytes(500 + ((i * 7919) % 9000)) : Buffer.alloc(3000 + i, i)));
     for (const b of blobs) await repo.queueBlob("data", b, sha256(b));
@@ -113,17 +109,11 @@ test("loadBlobs reads neighbouring blobs of a pack together and returns each in 
     const fresh = await reopen(dir);
     await assert.rejects(fresh.loadBlobs("data", [sha256(blobs[39]), sha256(blobs[40])]), (err) => err instanceof SitekeepError && err.code === "repo.damaged" && err.message.includes(loc.packId));
     assert.deepEqual(await fresh.loadBlobs("data", [sha256(blobs[41])]), [blobs[41]]);
-  } finally {
-    rmSync(tmp, { recursive: true, force: true });
-  }
+  });
 });
 
 test("trees queued in batches are each stored once and read back by their ID; abandoned ones are never written", async () => {
-  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-tree-batch-"));
-  try {
-    const dir = join(tmp, "repo");
-    const repo = await Repository.init(new LocalBackend(dir), "pw", { kdf: { N: 1024, r: 8, p: 1 } });
-    await repo.loadIndex();
+  await withNewRepo("sitekeep-tree-batch-", undefined, async (repo, dir) => {
     // 150 trees: two full batches and a last one that only flush sends; one large tree; repeats.
     const trees = Array.from({ length: 150 }, (_, i) => Buffer.from(JSON.stringify({ nodes: [{ name: `f${i}`, pad: (i === 70 ? "y" : "x").repeat(i === 70 ? 2_000_000 : i) }] }) + "\n"));
     let stored = 0;
@@ -135,14 +125,11 @@ test("trees queued in batches are each stored once and read back by their ID; ab
     const again = await reopen(dir);
     for (const t of trees) assert.deepEqual(await again.loadBlob("tree", sha256(t)), t);
 
-    const dir2 = join(tmp, "repo2");
-    const other = await Repository.init(new LocalBackend(dir2), "pw", { kdf: { N: 1024, r: 8, p: 1 } });
-    await other.loadIndex();
-    for (const t of trees.slice(0, 10)) await other.queueTree(t, sha256(t));
-    await other.abandonWrites();
-    await assert.rejects(other.flush());
-    assert.deepEqual(await other.listIds("data"), [], "nothing of an abandoned batch reaches the repository");
-  } finally {
-    rmSync(tmp, { recursive: true, force: true });
-  }
+    await withNewRepo("sitekeep-tree-abandon-", undefined, async (other) => {
+      for (const t of trees.slice(0, 10)) await other.queueTree(t, sha256(t));
+      await other.abandonWrites();
+      await assert.rejects(other.flush());
+      assert.deepEqual(await other.listIds("data"), [], "nothing of an abandoned batch reaches the repository");
+    });
+  });
 });
