@@ -918,7 +918,7 @@ static void readfiles_complete(napi_env env, napi_status status, void *arg) {
  * open, read, fstat and close off the main thread, four calls into Node per file saved.
  */
 /* A Float64Array argument's numbers (not copied). */
-static bool get_f64s(napi_env env, napi_value v, const char *what, double **data, size_t *len) {
+bool get_f64s(napi_env env, napi_value v, const char *what, double **data, size_t *len) {
   napi_typedarray_type t;
   napi_value ab;
   size_t off;
@@ -1212,7 +1212,7 @@ NAPI_MODULE_INIT() {
       {"batchThisThread", NULL, sk_batch_this_thread, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok ||
-      !sk_chunk_define(env, exports)) {
+      !sk_chunk_define(env, exports) || !sk_codec_define(env, exports)) {
     ensure_thrown(env);
     return NULL;
   }

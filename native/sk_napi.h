@@ -24,6 +24,8 @@ SK_HIDDEN void throw_arg_range(napi_env env, const char *what, const char *expec
 SK_HIDDEN bool get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv);
 /* Raw bytes of a Buffer argument (not copied). */
 SK_HIDDEN bool get_bytes(napi_env env, napi_value v, const char *what, void **data, size_t *len);
+/* The numbers of a Float64Array argument (not copied). */
+SK_HIDDEN bool get_f64s(napi_env env, napi_value v, const char *what, double **data, size_t *len);
 /*
  * Creates a promise and queues `job` (execute on the thread pool, complete back on the main
  * thread). Returns true when queued. Otherwise the caller frees the job and returns *promise: NULL
@@ -46,5 +48,8 @@ SK_HIDDEN void sk_batch_thread(void);
 
 /* Adds chunkhash and sha256 (sitekeep_chunk.c) to the exports when SHA-256 is available in the process. */
 SK_HIDDEN bool sk_chunk_define(napi_env env, napi_value exports);
+
+/* Adds encodeblobs and decodeblobs (sitekeep_codec.c) when OpenSSL and zstd are available. */
+SK_HIDDEN bool sk_codec_define(napi_env env, napi_value exports);
 
 #endif

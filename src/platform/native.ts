@@ -23,6 +23,9 @@ export interface NativeAddon {
   batchThisThread?(): void;
   /** SHA-256 on the thread pool, without a copy of `buf` (same condition as chunkhash). */
   sha256?(buf: Uint8Array): Promise<Buffer>;
+  /** restic's blob format for a batch of blobs (native/sitekeep_codec.c; present with OpenSSL and libzstd). */
+  encodeblobs?(key: Buffer, data: Buffer, spans: Float64Array, level: number): [Uint8Array, Uint8Array, Uint32Array, Uint32Array];
+  decodeblobs?(key: Buffer, src: Buffer, spans: Float64Array, ids: Buffer, keep: boolean): [Int32Array, Buffer | null, Float64Array | null];
 }
 
 function findPackageRoot(start: string): string | undefined {

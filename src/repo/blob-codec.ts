@@ -2,9 +2,12 @@
 // (blob-workers.ts) can run the same code as the main thread. Encoding takes a batch of small
 // blobs (the archiver reads the small files of a folder 64 at a time; per blob on the main thread
 // this was most of a backup's time); verifying takes a whole pack (check --read-data).
+// Two forms of the same codec: the native addon's (native/sitekeep_codec.c: one call per batch,
+// ~7 µs per small blob less) where it is built, and this file's JavaScript otherwise.
 import { SitekeepError } from "../errors.js";
-import { compress, decompress, decompressInto } from "./compression.js";
-import { type MasterKey, open, seal } from "./crypto.js";
+import { nativeAddon } from "../platform/native.js";
+import { ZSTD_LEVEL, compress, decompress, decompressInto } from "./compression.js";
+import { type MasterKey, macFailure, open, seal, tooShort } from "./crypto.js";
 import { ID_SIZE, hashHex, sha256 } from "./id.js";
 
 /** The blobs of a batch, in the order given: IDs, sealed bytes back to back, and their sizes. */
@@ -30,11 +33,7 @@ export function keyFromBytes(k: KeyBytes): MasterKey {
   return { encrypt: Buffer.from(k.encrypt), macK: Buffer.from(k.macK), macR: Buffer.from(k.macR) };
 }
 
-/**
- * Encodes the blobs data[offsets[i] .. offsets[i] + lengths[i]]. The results are in arrays of
- * their own (not Node's shared pool), so that a worker can hand them over without copying.
- */
-export function encodeBatch(key: MasterKey, compressBlobs: boolean, data: Uint8Array, offsets: ArrayLike<number>, lengths: ArrayLike<number>): EncodedBatch {
+function encodeBatchJS(key: MasterKey, compressBlobs: boolean, data: Uint8Array, offsets: ArrayLike<number>, lengths: ArrayLike<number>): EncodedBatch {
   const n = lengths.length;
   const ids = new Uint8Array(n * ID_SIZE);
   const ends = new Uint32Array(n);
@@ -76,8 +75,7 @@ export function batchBlob(b: EncodedBatch, i: number): { id: Buffer; sealed: Buf
   };
 }
 
-/** Verifies and decodes a sealed blob as stored in a pack: its content must match its ID. */
-export function decodeBlob(key: MasterKey, loc: { uncompressedLength: number }, sealed: Uint8Array, id: Uint8Array): Buffer {
+function decodeBlobJS(key: MasterKey, loc: { uncompressedLength: number }, sealed: Uint8Array, id: Uint8Array): Buffer {
   return decodeBlobInto(key, loc, sealed, id, false);
 }
 
@@ -97,25 +95,29 @@ function decodeBlobInto(key: MasterKey, loc: { uncompressedLength: number }, sea
   if (expected && reuse && expected < SCRATCH_MAX) {
     // One byte more than expected: a blob that decompresses to more is found out, not cut short.
     if (scratch.length < expected + 1) scratch = Buffer.allocUnsafeSlow(Math.min(SCRATCH_MAX, Math.max(expected + 1, 2 * scratch.length)));
-    let n: number;
-    try {
-      n = decompressInto(scratch.subarray(0, expected + 1), plain);
-    } catch (err) {
-      if (/too small/i.test(err instanceof Error ? err.message : "")) throw damagedBlob(id, "decompressed to the wrong length");
-      throw err;
-    }
+    const n = undamaged(id, () => decompressInto(scratch.subarray(0, expected + 1), plain));
     if (n !== expected) throw damagedBlob(id, "decompressed to the wrong length");
     plain = scratch.subarray(0, n);
   } else if (expected) {
-    plain = decompress(plain);
+    const body = plain;
+    plain = undamaged(id, () => decompress(body));
     if (plain.length !== expected) throw damagedBlob(id, "decompressed to the wrong length");
   }
   if (!sha256(plain).equals(id)) throw damagedBlob(id, "does not match its ID");
   return plain;
 }
 
+/** Runs a decompression; zstd's errors become the blob's (its output too long for the room, or not zstd at all). */
+function undamaged<T>(id: Uint8Array, decompression: () => T): T {
+  try {
+    return decompression();
+  } catch (err) {
+    throw damagedBlob(id, /too small/i.test(err instanceof Error ? err.message : "") ? "decompressed to the wrong length" : "could not be decompressed");
+  }
+}
+
 /** The error of a blob that decodes to something else than its ID promises. */
-export function damagedBlob(id: Uint8Array, why: "decompressed to the wrong length" | "does not match its ID"): SitekeepError {
+export function damagedBlob(id: Uint8Array, why: "decompressed to the wrong length" | "could not be decompressed" | "does not match its ID"): SitekeepError {
   return new SitekeepError("repo.damaged", `blob ${Buffer.from(id).toString("hex")} ${why}`);
 }
 
@@ -133,16 +135,137 @@ export interface PackVerdict {
   bad: { entry: number; message: string }[];
 }
 
-/** Hashes a pack file and decodes every entry in it (check --read-data). */
-export function verifyPack(key: MasterKey, pack: Uint8Array, entries: readonly PackEntry[]): PackVerdict {
+const BEYOND_END = "it lies beyond the end of the file";
+
+function verifyEntryJS(key: MasterKey, pack: Uint8Array, e: PackEntry): string | undefined {
+  try {
+    if (e.offset + e.length > pack.length) throw new Error(BEYOND_END);
+    decodeBlobInto(key, e, pack.subarray(e.offset, e.offset + e.length), e.id, true);
+    return undefined;
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  }
+}
+
+function verifyPackJS(key: MasterKey, pack: Uint8Array, entries: readonly PackEntry[]): PackVerdict {
   const bad: PackVerdict["bad"] = [];
   entries.forEach((e, i) => {
-    try {
-      if (e.offset + e.length > pack.length) throw new Error("it lies beyond the end of the file");
-      decodeBlobInto(key, e, pack.subarray(e.offset, e.offset + e.length), e.id, true);
-    } catch (err) {
-      bad.push({ entry: i, message: err instanceof Error ? err.message : String(err) });
-    }
+    const message = verifyEntryJS(key, pack, e);
+    if (message !== undefined) bad.push({ entry: i, message });
   });
   return { hash: hashHex(pack), bad };
 }
+
+/** One form of the codec: what the worker threads and the repository call. */
+export interface BlobCodec {
+  /** Hashes, compresses (when `compressBlobs` and it makes a blob shorter) and seals data[offsets[i] .. + lengths[i]]. */
+  encodeBatch(key: MasterKey, compressBlobs: boolean, data: Uint8Array, offsets: ArrayLike<number>, lengths: ArrayLike<number>): EncodedBatch;
+  /** Verifies and decodes a sealed blob as stored in a pack: its content must match its ID. */
+  decodeBlob(key: MasterKey, loc: { uncompressedLength: number }, sealed: Uint8Array, id: Uint8Array): Buffer;
+  /** Hashes a pack file and decodes every entry in it (check --read-data). */
+  verifyPack(key: MasterKey, pack: Uint8Array, entries: readonly PackEntry[]): PackVerdict;
+}
+
+export const jsBlobCodec: BlobCodec = { encodeBatch: encodeBatchJS, decodeBlob: decodeBlobJS, verifyPack: verifyPackJS };
+
+// ---- the native form -------------------------------------------------------------------------
+
+/** Status codes of the addon's decodeblobs, one per blob (native/sitekeep_codec.c, SK_DECODE_*). */
+const Decoded = {
+  Ok: 0,
+  BeyondEnd: 1,
+  Short: 2,
+  Mac: 3,
+  Length: 4,
+  Corrupt: 5,
+  Id: 6,
+  /** Larger than the addon decodes (64 MiB): the JavaScript form does it. */
+  TooLarge: 7,
+} as const;
+
+/** The error a blob's status stands for, with the messages of the JavaScript form. */
+function decodeError(status: number, id: Uint8Array, sealedLength: number): Error {
+  switch (status) {
+    case Decoded.BeyondEnd:
+      return new Error(BEYOND_END);
+    case Decoded.Short:
+      return tooShort(sealedLength);
+    case Decoded.Mac:
+      return macFailure();
+    case Decoded.Length:
+      return damagedBlob(id, "decompressed to the wrong length");
+    case Decoded.Corrupt:
+      return damagedBlob(id, "could not be decompressed");
+    case Decoded.Id:
+      return damagedBlob(id, "does not match its ID");
+    default:
+      return new Error(`blob codec: unknown status ${status}`);
+  }
+}
+
+function asBuffer(u: Uint8Array): Buffer {
+  return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+}
+
+/** The 64 bytes the addon takes for a key (AES key, then Poly1305-AES's k and r), made once per key. */
+const keyBytesOf = new WeakMap<MasterKey, Buffer>();
+
+function keyBytes(key: MasterKey): Buffer {
+  let b = keyBytesOf.get(key);
+  if (!b) {
+    b = Buffer.concat([key.encrypt, key.macK, key.macR]);
+    keyBytesOf.set(key, b);
+  }
+  return b;
+}
+
+function nativeForm(addon: Required<Pick<NonNullable<typeof nativeAddon>, "encodeblobs" | "decodeblobs">>): BlobCodec {
+  return {
+    encodeBatch(key, compressBlobs, data, offsets, lengths) {
+      const spans = new Float64Array(2 * lengths.length);
+      for (let i = 0; i < lengths.length; i++) {
+        spans[2 * i] = offsets[i];
+        spans[2 * i + 1] = lengths[i];
+      }
+      const [ids, sealed, ends, ulens] = addon.encodeblobs(keyBytes(key), asBuffer(data), spans, compressBlobs ? ZSTD_LEVEL : 0);
+      return { ids, sealed, ends, ulens };
+    },
+    decodeBlob(key, loc, sealed, id) {
+      const [status, out] = addon.decodeblobs(keyBytes(key), asBuffer(sealed), Float64Array.of(0, sealed.length, loc.uncompressedLength), asBuffer(id), true);
+      if (status[0] === Decoded.Ok && out) return out;
+      if (status[0] === Decoded.TooLarge) return decodeBlobJS(key, loc, sealed, id);
+      throw decodeError(status[0], id, sealed.length);
+    },
+    verifyPack(key, pack, entries) {
+      const spans = new Float64Array(3 * entries.length);
+      const ids = Buffer.allocUnsafe(ID_SIZE * entries.length);
+      entries.forEach((e, i) => {
+        spans.set([e.offset, e.length, e.uncompressedLength], 3 * i);
+        ids.set(e.id, ID_SIZE * i);
+      });
+      const [status] = addon.decodeblobs(keyBytes(key), asBuffer(pack), spans, ids, false);
+      const bad: PackVerdict["bad"] = [];
+      entries.forEach((e, i) => {
+        const message = status[i] === Decoded.TooLarge ? verifyEntryJS(key, pack, e) : status[i] === Decoded.Ok ? undefined : decodeError(status[i], e.id, e.length).message;
+        if (message !== undefined) bad.push({ entry: i, message });
+      });
+      return { hash: hashHex(pack), bad };
+    },
+  };
+}
+
+/** The addon's form, where it is built with OpenSSL and zstd at hand. */
+export const nativeBlobCodec: BlobCodec | undefined =
+  nativeAddon?.encodeblobs && nativeAddon.decodeblobs ? nativeForm({ encodeblobs: nativeAddon.encodeblobs, decodeblobs: nativeAddon.decodeblobs }) : undefined;
+
+const codec = nativeBlobCodec ?? jsBlobCodec;
+
+/**
+ * Encodes the blobs data[offsets[i] .. offsets[i] + lengths[i]]. The results are in arrays of
+ * their own (not Node's shared pool), so that a worker can hand them over without copying.
+ */
+export const encodeBatch: BlobCodec["encodeBatch"] = (...args) => codec.encodeBatch(...args);
+/** Verifies and decodes a sealed blob as stored in a pack: its content must match its ID. */
+export const decodeBlob: BlobCodec["decodeBlob"] = (...args) => codec.decodeBlob(...args);
+/** Hashes a pack file and decodes every entry in it (check --read-data). */
+export const verifyPack: BlobCodec["verifyPack"] = (...args) => codec.verifyPack(...args);

@@ -6,8 +6,11 @@
 import { createRequire } from "node:module";
 import { Compressor, Decompressor } from "zstd-napi";
 
+/** zstd's default level, as restic's "auto" compression uses it. */
+export const ZSTD_LEVEL = 3;
+
 const compressor = new Compressor();
-compressor.setParameters({ compressionLevel: 3 });
+compressor.setParameters({ compressionLevel: ZSTD_LEVEL });
 const decompressor = new Decompressor();
 
 export function compress(data: Uint8Array): Buffer {

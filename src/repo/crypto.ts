@@ -76,6 +76,16 @@ function asBuffer(u: Uint8Array): Buffer {
   return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 }
 
+/** The error of a sealed blob shorter than its IV and MAC. */
+export function tooShort(length: number): SitekeepError {
+  return new SitekeepError("crypto.short", `ciphertext too short (${length} bytes)`);
+}
+
+/** The error of a MAC that does not match. */
+export function macFailure(): SitekeepError {
+  return new SitekeepError("crypto.mac", "ciphertext verification failed (wrong key or damaged data)");
+}
+
 /** Encrypts plaintext into IV || ciphertext || MAC. */
 export function seal(key: MasterKey, plaintext: Uint8Array): Buffer {
   const out = Buffer.allocUnsafe(plaintext.length + EXTENSION);
@@ -125,12 +135,12 @@ export async function sealAsync(key: MasterKey, plaintext: Uint8Array): Promise<
 /** open() with the AES-CTR pass on the thread pool (the MAC is checked first, on this thread). */
 export async function openAsync(key: MasterKey, sealed: Uint8Array): Promise<Buffer> {
   if (sealed.length < EXTENSION) {
-    throw new SitekeepError("crypto.short", `ciphertext too short (${sealed.length} bytes)`);
+    throw tooShort(sealed.length);
   }
   const iv = sealed.subarray(0, IV_SIZE);
   const ct = sealed.subarray(IV_SIZE, sealed.length - MAC_SIZE);
   if (!timingSafeEqual(poly1305Aes(key, iv, ct), sealed.subarray(sealed.length - MAC_SIZE))) {
-    throw new SitekeepError("crypto.mac", "ciphertext verification failed (wrong key or damaged data)");
+    throw macFailure();
   }
   return Buffer.from(await webcrypto.subtle.decrypt({ name: "AES-CTR", counter: iv, length: 128 }, await ctrKey(key), ct));
 }
@@ -138,14 +148,14 @@ export async function openAsync(key: MasterKey, sealed: Uint8Array): Promise<Buf
 /** Verifies and decrypts IV || ciphertext || MAC; throws a `ciphertext verification failed` error. */
 export function open(key: MasterKey, sealed: Uint8Array): Buffer {
   if (sealed.length < EXTENSION) {
-    throw new SitekeepError("crypto.short", `ciphertext too short (${sealed.length} bytes)`);
+    throw tooShort(sealed.length);
   }
   const iv = sealed.subarray(0, IV_SIZE);
   const ct = sealed.subarray(IV_SIZE, sealed.length - MAC_SIZE);
   const mac = sealed.subarray(sealed.length - MAC_SIZE);
   const expected = poly1305Aes(key, iv, ct);
   if (!timingSafeEqual(expected, mac)) {
-    throw new SitekeepError("crypto.mac", "ciphertext verification failed (wrong key or damaged data)");
+    throw macFailure();
   }
   const decipher = createDecipheriv("aes-256-ctr", key.encrypt, iv);
   const a = decipher.update(ct);

@@ -1,0 +1,536 @@
+/*
+ * encodeblobs / decodeblobs: restic's blob format for a whole batch of blobs in one call.
+ *
+ * A blob is stored as IV || AES-256-CTR(body) || Poly1305-AES(ciphertext), where body is the
+ * plaintext or its zstd frame when that is shorter, and is named by the SHA-256 of its plaintext
+ * (src/repo/crypto.ts and blob-codec.ts are the JavaScript form, and say why each part is so). Done
+ * in JavaScript, a blob of a few hundred bytes costs ~7 µs: a new cipher object and hash object per
+ * blob and eight crossings into C++. Most blobs of a site are that small (one per small file, one
+ * tree per folder), and a backup encodes and a check decodes every one of them. Here a batch costs
+ * one call, with contexts made once per thread and reused.
+ *
+ * The calls are synchronous: the callers are the blob worker threads (encode the small files of a
+ * folder, verify a pack), already off the main thread, and the main thread for one small blob.
+ * Each thread (Node-API environment) keeps its own contexts, in the addon's instance data.
+ *
+ * Libraries: OpenSSL (AES, Poly1305, SHA-256, RAND_bytes) as Node exports it from its own binary,
+ * as sitekeep_chunk.c uses it, and the system's zstd (libzstd.so.1, part of every Debian system:
+ * dpkg needs it). Both are looked up when the addon loads; without them the functions are not
+ * defined and the JavaScript form runs.
+ *
+ * encodeblobs(key, data, spans, level) -> [ids, sealed, ends, ulens]
+ *   key: 64 bytes: the AES-256 key, then Poly1305-AES's k and r. spans: a Float64Array of
+ *   (offset, length) per blob in `data`. level: the zstd level, 0 to store every blob uncompressed.
+ *   ids: 32 bytes per blob; sealed: the sealed blobs back to back; ends: Uint32Array, the end of
+ *   each in `sealed`; ulens: Uint32Array, the plaintext length of a compressed blob, 0 otherwise.
+ *   All four have ArrayBuffers of their own (a worker hands them over without copying).
+ * decodeblobs(key, src, spans, ids, keep) -> [status, out, ends]
+ *   spans: (offset, length, uncompressed length or 0) per blob in `src`, as an index has them;
+ *   ids: 32 bytes per blob, what each must hash to. status: Int32Array, one SK_DECODE_* per blob.
+ *   With `keep`, out is a Buffer of the plaintexts back to back and ends (Float64Array) the end of
+ *   each (a blob that failed keeps its place, with undefined bytes); without, both are null.
+ */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE
+#endif
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sk_napi.h"
+
+#define SK_KEY_BYTES 64
+#define SK_IV 16
+#define SK_MAC 16
+#define SK_ID 32
+/* Larger blobs are left to JavaScript (status SK_DECODE_TOO_LARGE): a damaged index's length must
+ * not size a buffer, and no blob of ours comes near it (chunks are at most 8 MiB). */
+#define SK_DECODE_MAX (64u << 20)
+/* Scratch buffers grown past this are given back after the call. */
+#define SK_SCRATCH_KEEP (16u << 20)
+#define SK_ZSTD_DST_TOO_SMALL 70 /* ZSTD_error_dstSize_tooSmall, zstd_errors.h (a stable value) */
+
+enum {
+  SK_DECODE_OK = 0,
+  SK_DECODE_BEYOND_END = 1, /* offset + length past the end of src */
+  SK_DECODE_SHORT = 2,      /* shorter than IV + MAC */
+  SK_DECODE_MAC = 3,        /* the MAC does not match: wrong key or damaged bytes */
+  SK_DECODE_LENGTH = 4,     /* decompresses to another length than the index says */
+  SK_DECODE_CORRUPT = 5,    /* not a zstd frame zstd can decompress */
+  SK_DECODE_ID = 6,         /* the plaintext's SHA-256 is not its ID */
+  SK_DECODE_TOO_LARGE = 7,  /* not decoded here: left to the caller */
+};
+
+/* OpenSSL's and zstd's types, opaque here: their headers are not needed to call them. */
+typedef struct sk_opaque sk_opaque;
+
+static struct {
+  sk_opaque *(*cipher_ctx_new)(void);
+  void (*cipher_ctx_free)(sk_opaque *);
+  int (*encrypt_init)(sk_opaque *, const sk_opaque *, sk_opaque *, const uint8_t *, const uint8_t *);
+  int (*encrypt_update)(sk_opaque *, uint8_t *, int *, const uint8_t *, int);
+  int (*set_padding)(sk_opaque *, int);
+  const sk_opaque *(*aes_256_ctr)(void);
+  const sk_opaque *(*aes_128_ecb)(void);
+  sk_opaque *(*mac_fetch)(sk_opaque *, const char *, const char *);
+  sk_opaque *(*mac_ctx_new)(sk_opaque *);
+  void (*mac_ctx_free)(sk_opaque *);
+  int (*mac_init)(sk_opaque *, const uint8_t *, size_t, const void *);
+  int (*mac_update)(sk_opaque *, const uint8_t *, size_t);
+  int (*mac_final)(sk_opaque *, uint8_t *, size_t *, size_t);
+  sk_opaque *(*md_fetch)(sk_opaque *, const char *, const char *);
+  sk_opaque *(*md_ctx_new)(void);
+  void (*md_ctx_free)(sk_opaque *);
+  int (*digest_init)(sk_opaque *, const sk_opaque *, sk_opaque *);
+  int (*digest_update)(sk_opaque *, const void *, size_t);
+  int (*digest_final)(sk_opaque *, uint8_t *, unsigned int *);
+  int (*rand_bytes)(uint8_t *, int);
+  int (*memcmp)(const void *, const void *, size_t);
+  void (*cleanse)(void *, size_t);
+  sk_opaque *(*zstd_cctx_new)(void);
+  size_t (*zstd_cctx_free)(sk_opaque *);
+  sk_opaque *(*zstd_dctx_new)(void);
+  size_t (*zstd_dctx_free)(sk_opaque *);
+  size_t (*zstd_compress)(sk_opaque *, void *, size_t, const void *, size_t, int);
+  size_t (*zstd_decompress)(sk_opaque *, void *, size_t, const void *, size_t);
+  size_t (*zstd_bound)(size_t);
+  unsigned (*zstd_is_error)(size_t);
+  int (*zstd_error_code)(size_t);
+  sk_opaque *poly1305; /* EVP_MAC, fetched once per process */
+  sk_opaque *sha256;   /* EVP_MD, fetched once per process */
+  bool ready;
+} lib;
+
+static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
+
+#define FIND(handle, field, name) (*(void **)(&lib.field) = dlsym(handle, name)) != NULL
+
+static void *open_zstd(void) {
+#if defined(__APPLE__)
+  const char *names[] = {"libzstd.1.dylib", "/opt/homebrew/lib/libzstd.1.dylib", "/usr/local/lib/libzstd.1.dylib"};
+#else
+  const char *names[] = {"libzstd.so.1"};
+#endif
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    void *h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (h != NULL) return h;
+  }
+  return NULL;
+}
+
+static void find_lib(void) {
+  bool ssl = FIND(RTLD_DEFAULT, cipher_ctx_new, "EVP_CIPHER_CTX_new") && FIND(RTLD_DEFAULT, cipher_ctx_free, "EVP_CIPHER_CTX_free") &&
+             FIND(RTLD_DEFAULT, encrypt_init, "EVP_EncryptInit_ex") && FIND(RTLD_DEFAULT, encrypt_update, "EVP_EncryptUpdate") &&
+             FIND(RTLD_DEFAULT, set_padding, "EVP_CIPHER_CTX_set_padding") && FIND(RTLD_DEFAULT, aes_256_ctr, "EVP_aes_256_ctr") &&
+             FIND(RTLD_DEFAULT, aes_128_ecb, "EVP_aes_128_ecb") && FIND(RTLD_DEFAULT, mac_fetch, "EVP_MAC_fetch") &&
+             FIND(RTLD_DEFAULT, mac_ctx_new, "EVP_MAC_CTX_new") && FIND(RTLD_DEFAULT, mac_ctx_free, "EVP_MAC_CTX_free") &&
+             FIND(RTLD_DEFAULT, mac_init, "EVP_MAC_init") && FIND(RTLD_DEFAULT, mac_update, "EVP_MAC_update") &&
+             FIND(RTLD_DEFAULT, mac_final, "EVP_MAC_final") && FIND(RTLD_DEFAULT, md_fetch, "EVP_MD_fetch") &&
+             FIND(RTLD_DEFAULT, md_ctx_new, "EVP_MD_CTX_new") && FIND(RTLD_DEFAULT, md_ctx_free, "EVP_MD_CTX_free") &&
+             FIND(RTLD_DEFAULT, digest_init, "EVP_DigestInit_ex") && FIND(RTLD_DEFAULT, digest_update, "EVP_DigestUpdate") &&
+             FIND(RTLD_DEFAULT, digest_final, "EVP_DigestFinal_ex") && FIND(RTLD_DEFAULT, rand_bytes, "RAND_bytes") &&
+             FIND(RTLD_DEFAULT, memcmp, "CRYPTO_memcmp") && FIND(RTLD_DEFAULT, cleanse, "OPENSSL_cleanse");
+  if (!ssl) return;
+  void *z = open_zstd();
+  bool zstd = z != NULL && FIND(z, zstd_cctx_new, "ZSTD_createCCtx") && FIND(z, zstd_cctx_free, "ZSTD_freeCCtx") &&
+              FIND(z, zstd_dctx_new, "ZSTD_createDCtx") && FIND(z, zstd_dctx_free, "ZSTD_freeDCtx") &&
+              FIND(z, zstd_compress, "ZSTD_compressCCtx") && FIND(z, zstd_decompress, "ZSTD_decompressDCtx") &&
+              FIND(z, zstd_bound, "ZSTD_compressBound") && FIND(z, zstd_is_error, "ZSTD_isError") &&
+              FIND(z, zstd_error_code, "ZSTD_getErrorCode");
+  if (!zstd) return;
+  lib.poly1305 = lib.mac_fetch(NULL, "POLY1305", NULL);
+  lib.sha256 = lib.md_fetch(NULL, "SHA256", NULL);
+  lib.ready = lib.poly1305 != NULL && lib.sha256 != NULL;
+}
+
+/* ---- per-thread contexts --------------------------------------------------- */
+
+/* A growable scratch buffer. */
+typedef struct {
+  uint8_t *p;
+  size_t cap;
+} sk_scratch;
+
+typedef struct {
+  uint8_t key[SK_KEY_BYTES];
+  bool keyed;
+  sk_opaque *ctr;  /* AES-256-CTR under the key's first 32 bytes; each blob sets its IV */
+  sk_opaque *ecb;  /* AES-128 under k: turns a blob's IV into Poly1305's s */
+  sk_opaque *mac;  /* Poly1305, keyed per blob with r || s */
+  sk_opaque *md;   /* SHA-256 */
+  sk_opaque *cctx; /* zstd */
+  sk_opaque *dctx;
+  sk_scratch body;  /* encode: sealed output; decode: the decrypted body of a compressed blob */
+  sk_scratch extra; /* encode: a compressed body; decode: a plaintext that is not kept */
+  sk_scratch ivs;
+} sk_codec;
+
+static void scratch_release(sk_scratch *s, size_t keep) {
+  if (s->cap > keep) {
+    free(s->p);
+    s->p = NULL;
+    s->cap = 0;
+  }
+}
+
+static bool scratch_fit(sk_scratch *s, size_t need) {
+  if (s->cap >= need) return true;
+  size_t cap = s->cap ? s->cap : 64 * 1024;
+  while (cap < need) cap = cap > SIZE_MAX / 2 ? need : 2 * cap;
+  uint8_t *p = malloc(cap);
+  if (p == NULL) return false;
+  free(s->p);
+  s->p = p;
+  s->cap = cap;
+  return true;
+}
+
+static void codec_free(napi_env env, void *data, void *hint) {
+  sk_codec *c = data;
+  if (c == NULL) return;
+  lib.cleanse(c->key, sizeof c->key);
+  if (c->ctr) lib.cipher_ctx_free(c->ctr);
+  if (c->ecb) lib.cipher_ctx_free(c->ecb);
+  if (c->mac) lib.mac_ctx_free(c->mac);
+  if (c->md) lib.md_ctx_free(c->md);
+  if (c->cctx) lib.zstd_cctx_free(c->cctx);
+  if (c->dctx) lib.zstd_dctx_free(c->dctx);
+  free(c->body.p);
+  free(c->extra.p);
+  free(c->ivs.p);
+  free(c);
+}
+
+/* This thread's contexts, keyed with `key` (64 bytes). NULL with an exception pending. */
+static sk_codec *codec_for(napi_env env, const uint8_t *key) {
+  sk_codec *c = NULL;
+  if (napi_get_instance_data(env, (void **)&c) != napi_ok) c = NULL;
+  if (c == NULL) {
+    c = calloc(1, sizeof *c);
+    if (c == NULL || (c->ctr = lib.cipher_ctx_new()) == NULL || (c->ecb = lib.cipher_ctx_new()) == NULL ||
+        (c->mac = lib.mac_ctx_new(lib.poly1305)) == NULL || (c->md = lib.md_ctx_new()) == NULL ||
+        (c->cctx = lib.zstd_cctx_new()) == NULL || (c->dctx = lib.zstd_dctx_new()) == NULL ||
+        napi_set_instance_data(env, c, codec_free, NULL) != napi_ok) {
+      codec_free(env, c, NULL);
+      napi_throw_error(env, "ENOMEM", "blob codec: could not set up its contexts");
+      return NULL;
+    }
+  }
+  if (!c->keyed || lib.memcmp(c->key, key, SK_KEY_BYTES) != 0) {
+    c->keyed = false;
+    static const uint8_t zero_iv[SK_IV] = {0};
+    if (lib.encrypt_init(c->ctr, lib.aes_256_ctr(), NULL, key, zero_iv) != 1 ||
+        lib.encrypt_init(c->ecb, lib.aes_128_ecb(), NULL, key + 32, NULL) != 1 || lib.set_padding(c->ecb, 0) != 1) {
+      napi_throw_error(env, NULL, "blob codec: OpenSSL could not set up AES");
+      return NULL;
+    }
+    memcpy(c->key, key, SK_KEY_BYTES);
+    c->keyed = true;
+  }
+  return c;
+}
+
+/* ---- the format's primitives (each false when OpenSSL or zstd fails) ------- */
+
+static bool sha256(sk_codec *c, const uint8_t *d, size_t n, uint8_t *out) {
+  unsigned int len = 0;
+  return lib.digest_init(c->md, lib.sha256, NULL) == 1 && lib.digest_update(c->md, d, n) == 1 &&
+         lib.digest_final(c->md, out, &len) == 1 && len == SK_ID;
+}
+
+/* AES-256-CTR of n bytes under `iv` (the whole block counts, big-endian, as Go's CTR does). */
+static bool ctr(sk_codec *c, const uint8_t *iv, const uint8_t *in, size_t n, uint8_t *out) {
+  int len = 0;
+  if (n > INT_MAX || lib.encrypt_init(c->ctr, NULL, NULL, NULL, iv) != 1) return false;
+  return lib.encrypt_update(c->ctr, out, &len, in, (int)n) == 1 && (size_t)len == n;
+}
+
+/* Poly1305-AES: Poly1305 under r || AES-128_k(iv). */
+static bool poly1305_aes(sk_codec *c, const uint8_t *iv, const uint8_t *msg, size_t n, uint8_t *tag) {
+  uint8_t otk[32];
+  int len = 0;
+  size_t tlen = 0;
+  memcpy(otk, c->key + 48, 16);
+  bool ok = lib.encrypt_update(c->ecb, otk + 16, &len, iv, SK_IV) == 1 && len == SK_IV &&
+            lib.mac_init(c->mac, otk, sizeof otk, NULL) == 1 && lib.mac_update(c->mac, msg, n) == 1 &&
+            lib.mac_final(c->mac, tag, &tlen, SK_MAC) == 1 && tlen == SK_MAC;
+  lib.cleanse(otk, sizeof otk);
+  return ok;
+}
+
+/* ---- argument helpers ------------------------------------------------------- */
+
+static bool get_key(napi_env env, napi_value v, const uint8_t **key) {
+  void *p;
+  size_t len;
+  if (!get_bytes(env, v, "key", &p, &len)) return false;
+  if (len != SK_KEY_BYTES) {
+    throw_arg_range(env, "key", "64 bytes long");
+    return false;
+  }
+  *key = p;
+  return true;
+}
+
+/* spans[i*width + j] as a size: a whole number of bytes, at most `limit`. */
+static bool span_value(napi_env env, double v, double limit, size_t *out) {
+  if (!(v >= 0 && v <= limit && v == floor(v))) {
+    throw_arg_range(env, "spans", "whole numbers of bytes within the buffer");
+    return false;
+  }
+  *out = (size_t)v;
+  return true;
+}
+
+/* Creates a typed array of `count` elements over a new ArrayBuffer; *data points at its bytes. */
+static bool new_typed(napi_env env, napi_typedarray_type type, size_t count, size_t size, void **data, napi_value *out) {
+  napi_value ab;
+  if (napi_create_arraybuffer(env, count * size, data, &ab) != napi_ok ||
+      napi_create_typedarray(env, type, count, ab, 0, out) != napi_ok) {
+    ensure_thrown(env);
+    return false;
+  }
+  return true;
+}
+
+static napi_value array_of(napi_env env, napi_value *items, size_t n) {
+  napi_value arr;
+  if (napi_create_array_with_length(env, n, &arr) != napi_ok) {
+    ensure_thrown(env);
+    return NULL;
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (napi_set_element(env, arr, (uint32_t)i, items[i]) != napi_ok) {
+      ensure_thrown(env);
+      return NULL;
+    }
+  }
+  return arr;
+}
+
+/* ---- encodeblobs ------------------------------------------------------------ */
+
+/* Hashes, compresses and seals blob `plain` into out (its sealed length in *sealed). */
+static bool encode_one(sk_codec *c, const uint8_t *plain, size_t n, int level, const uint8_t *iv, uint8_t *id,
+                       uint8_t *out, size_t *sealed, uint32_t *ulen) {
+  if (!sha256(c, plain, n, id)) return false;
+  const uint8_t *body = plain;
+  size_t blen = n;
+  *ulen = 0;
+  if (level > 0 && n > 0) {
+    size_t z = lib.zstd_compress(c->cctx, c->extra.p, c->extra.cap, plain, n, level);
+    if (lib.zstd_is_error(z)) return false;
+    if (z < n) {
+      body = c->extra.p;
+      blen = z;
+      *ulen = (uint32_t)n;
+    }
+  }
+  memcpy(out, iv, SK_IV);
+  if (!ctr(c, iv, body, blen, out + SK_IV) || !poly1305_aes(c, iv, out + SK_IV, blen, out + SK_IV + blen)) return false;
+  *sealed = blen + SK_IV + SK_MAC;
+  return true;
+}
+
+static napi_value sk_encodeblobs(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  const uint8_t *key;
+  void *data;
+  double *spans;
+  size_t dlen, slen;
+  int32_t level;
+  if (!get_args(env, info, 4, argv) || !get_key(env, argv[0], &key) || !get_bytes(env, argv[1], "data", &data, &dlen) ||
+      !get_f64s(env, argv[2], "spans", &spans, &slen)) {
+    return NULL;
+  }
+  if (napi_get_value_int32(env, argv[3], &level) != napi_ok || level < 0 || level > 22) {
+    throw_arg_range(env, "level", "a zstd level from 0 to 22");
+    return NULL;
+  }
+  if (slen % 2 != 0) {
+    throw_arg_range(env, "spans", "(offset, length) pairs");
+    return NULL;
+  }
+  size_t n = slen / 2, worst = 0, largest = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t off, len;
+    if (!span_value(env, spans[2 * i], (double)dlen, &off) || !span_value(env, spans[2 * i + 1], (double)(dlen - off), &len)) return NULL;
+    worst += len + SK_IV + SK_MAC;
+    if (len > largest) largest = len;
+  }
+  /* ends and ulens are 32-bit, as the JavaScript form has them. */
+  if (worst > UINT32_MAX || largest > INT_MAX) {
+    throw_arg_range(env, "spans", "blobs of less than 4 GiB together");
+    return NULL;
+  }
+  sk_codec *c = codec_for(env, key);
+  if (c == NULL) return NULL;
+  napi_value result = NULL;
+  if (!scratch_fit(&c->body, worst > 0 ? worst : 1) || !scratch_fit(&c->extra, level > 0 ? lib.zstd_bound(largest) : 1) ||
+      !scratch_fit(&c->ivs, n > 0 ? n * SK_IV : 1)) {
+    napi_throw_error(env, "ENOMEM", "encodeblobs: out of memory");
+    goto done;
+  }
+  napi_value out[4];
+  uint8_t *ids;
+  uint32_t *ends, *ulens;
+  if (!new_typed(env, napi_uint8_array, n * SK_ID, 1, (void **)&ids, &out[0]) ||
+      !new_typed(env, napi_uint32_array, n, 4, (void **)&ends, &out[2]) || !new_typed(env, napi_uint32_array, n, 4, (void **)&ulens, &out[3])) {
+    goto done;
+  }
+  if (n > 0 && lib.rand_bytes(c->ivs.p, (int)(n * SK_IV)) != 1) {
+    napi_throw_error(env, NULL, "encodeblobs: OpenSSL's RAND_bytes failed");
+    goto done;
+  }
+  size_t pos = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t sealed;
+    const uint8_t *plain = (const uint8_t *)data + (size_t)spans[2 * i];
+    if (!encode_one(c, plain, (size_t)spans[2 * i + 1], level, c->ivs.p + i * SK_IV, ids + i * SK_ID, c->body.p + pos, &sealed, &ulens[i])) {
+      napi_throw_error(env, NULL, "encodeblobs: OpenSSL or zstd failed");
+      goto done;
+    }
+    pos += sealed;
+    ends[i] = (uint32_t)pos;
+  }
+  void *sp;
+  if (!new_typed(env, napi_uint8_array, pos, 1, &sp, &out[1])) goto done;
+  if (pos > 0) memcpy(sp, c->body.p, pos);
+  result = array_of(env, out, 4);
+done:
+  scratch_release(&c->body, SK_SCRATCH_KEEP);
+  scratch_release(&c->extra, SK_SCRATCH_KEEP);
+  scratch_release(&c->ivs, SK_SCRATCH_KEEP);
+  return result;
+}
+
+/* ---- decodeblobs ------------------------------------------------------------ */
+
+/* Whether a blob is decoded here; larger ones get SK_DECODE_TOO_LARGE (see SK_DECODE_MAX). */
+static bool within_limit(size_t len, size_t ulen) {
+  return ulen <= SK_DECODE_MAX && len <= SK_DECODE_MAX + SK_IV + SK_MAC;
+}
+
+/* The room a blob's plaintext takes in decodeblobs' output (none for one that is not decoded here). */
+static size_t plain_room(size_t len, size_t ulen) {
+  if (!within_limit(len, ulen)) return 0;
+  if (ulen > 0) return ulen;
+  return len >= SK_IV + SK_MAC ? len - SK_IV - SK_MAC : 0;
+}
+
+/* Verifies, decrypts, decompresses and hashes one blob; the plaintext goes to `dst` (plain_room bytes). */
+static int decode_one(sk_codec *c, const uint8_t *sealed, size_t len, size_t ulen, const uint8_t *id, uint8_t *dst, bool *failed) {
+  if (len < SK_IV + SK_MAC) return SK_DECODE_SHORT;
+  if (!within_limit(len, ulen)) return SK_DECODE_TOO_LARGE;
+  const uint8_t *iv = sealed, *ct = sealed + SK_IV;
+  size_t clen = len - SK_IV - SK_MAC;
+  uint8_t tag[SK_MAC], digest[SK_ID];
+  if (!poly1305_aes(c, iv, ct, clen, tag)) goto fail;
+  if (lib.memcmp(tag, ct + clen, SK_MAC) != 0) return SK_DECODE_MAC;
+  size_t plen = clen;
+  if (ulen == 0) {
+    if (!ctr(c, iv, ct, clen, dst)) goto fail;
+  } else {
+    if (!scratch_fit(&c->body, clen > 0 ? clen : 1) || !ctr(c, iv, ct, clen, c->body.p)) goto fail;
+    size_t r = lib.zstd_decompress(c->dctx, dst, ulen, c->body.p, clen);
+    if (lib.zstd_is_error(r)) return lib.zstd_error_code(r) == SK_ZSTD_DST_TOO_SMALL ? SK_DECODE_LENGTH : SK_DECODE_CORRUPT;
+    if (r != ulen) return SK_DECODE_LENGTH;
+    plen = ulen;
+  }
+  if (!sha256(c, dst, plen, digest)) goto fail;
+  return memcmp(digest, id, SK_ID) == 0 ? SK_DECODE_OK : SK_DECODE_ID;
+fail:
+  *failed = true;
+  return SK_DECODE_OK;
+}
+
+static napi_value sk_decodeblobs(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  const uint8_t *key;
+  void *src, *ids;
+  double *spans;
+  size_t srclen, idlen, slen;
+  bool keep;
+  if (!get_args(env, info, 5, argv) || !get_key(env, argv[0], &key) || !get_bytes(env, argv[1], "src", &src, &srclen) ||
+      !get_f64s(env, argv[2], "spans", &spans, &slen) || !get_bytes(env, argv[3], "ids", &ids, &idlen)) {
+    return NULL;
+  }
+  if (napi_get_value_bool(env, argv[4], &keep) != napi_ok) {
+    throw_arg_type(env, "keep", "a boolean");
+    return NULL;
+  }
+  if (slen % 3 != 0 || idlen != slen / 3 * SK_ID) {
+    throw_arg_range(env, "spans", "(offset, length, uncompressed length) per ID");
+    return NULL;
+  }
+  size_t n = slen / 3, total = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t off, len, ulen;
+    /* Offsets and lengths past the end are the blob's problem (SK_DECODE_BEYOND_END), not the call's. */
+    if (!span_value(env, spans[3 * i], 9007199254740991.0, &off) || !span_value(env, spans[3 * i + 1], 9007199254740991.0, &len) ||
+        !span_value(env, spans[3 * i + 2], 9007199254740991.0, &ulen)) {
+      return NULL;
+    }
+    if (keep) total += plain_room(len, ulen);
+  }
+  sk_codec *c = codec_for(env, key);
+  if (c == NULL) return NULL;
+  napi_value out[3];
+  int32_t *status;
+  double *ends = NULL;
+  uint8_t *plain = NULL;
+  napi_value result = NULL;
+  if (!new_typed(env, napi_int32_array, n, 4, (void **)&status, &out[0])) goto done;
+  if (keep) {
+    if (napi_create_buffer(env, total, (void **)&plain, &out[1]) != napi_ok) {
+      ensure_thrown(env);
+      goto done;
+    }
+    if (!new_typed(env, napi_float64_array, n, 8, (void **)&ends, &out[2])) goto done;
+  } else if (napi_get_null(env, &out[1]) != napi_ok || napi_get_null(env, &out[2]) != napi_ok) {
+    ensure_thrown(env);
+    goto done;
+  }
+  size_t pos = 0;
+  bool failed = false;
+  for (size_t i = 0; i < n && !failed; i++) {
+    size_t off = (size_t)spans[3 * i], len = (size_t)spans[3 * i + 1], ulen = (size_t)spans[3 * i + 2];
+    size_t plen = plain_room(len, ulen);
+    if (off > srclen || len > srclen - off) {
+      status[i] = SK_DECODE_BEYOND_END;
+    } else {
+      uint8_t *dst = plain + pos;
+      if (!keep) {
+        if (!scratch_fit(&c->extra, plen > 0 ? plen : 1)) failed = true;
+        dst = c->extra.p;
+      }
+      if (!failed) status[i] = decode_one(c, (const uint8_t *)src + off, len, ulen, (const uint8_t *)ids + i * SK_ID, dst, &failed);
+    }
+    pos += plen;
+    if (keep) ends[i] = (double)pos;
+  }
+  if (failed) {
+    napi_throw_error(env, NULL, "decodeblobs: OpenSSL failed, or out of memory");
+    goto done;
+  }
+  result = array_of(env, out, 3);
+done:
+  scratch_release(&c->body, SK_SCRATCH_KEEP);
+  scratch_release(&c->extra, SK_SCRATCH_KEEP);
+  return result;
+}
+
+bool sk_codec_define(napi_env env, napi_value exports) {
+  pthread_once(&lib_once, find_lib);
+  if (!lib.ready) return true; /* no OpenSSL or zstd in this process: the JavaScript form is used */
+  napi_property_descriptor props[] = {
+      {"encodeblobs", NULL, sk_encodeblobs, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"decodeblobs", NULL, sk_decodeblobs, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  return napi_define_properties(env, exports, sizeof props / sizeof props[0], props) == napi_ok;
+}

@@ -1,0 +1,156 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { type BlobCodec, type EncodedBatch, type PackEntry, batchBlob, jsBlobCodec, nativeBlobCodec } from "./blob-codec.js";
+import { compress } from "./compression.js";
+import { newRandomKey, seal } from "./crypto.js";
+import { sha256 } from "./id.js";
+import { nativeAddon } from "../platform/native.js";
+
+// Both forms of the codec, each against the other: what one writes the other must read, and both
+// must find the same damage with the same words. The JavaScript form is also what runs without the
+// addon (SITEKEEP_NO_NATIVE=1, or no OpenSSL or libzstd in the process).
+const forms: [string, BlobCodec][] = [["js", jsBlobCodec]];
+if (nativeBlobCodec) forms.push(["native", nativeBlobCodec]);
+
+test("the native codec is built where the addon is", () => {
+  if (process.env.SITEKEEP_NO_NATIVE !== "1") assert.ok(nativeBlobCodec, "native/sitekeep_codec.c did not load (OpenSSL or libzstd missing?)");
+});
+
+/** Text that compresses, random bytes that do not, an empty blob, one byte, odd sizes (the CTR stream restarts per blob). */
+function sampleBlobs(): Buffer[] {
+  return [
+    Buffer.from("hello ".repeat(200)),
+    randomBytes(3000),
+    Buffer.alloc(0),
+    Buffer.from("x"),
+    randomBytes(17),
+    Buffer.from("world ".repeat(60_000)),
+    randomBytes(400_000),
+    randomBytes(33),
+  ];
+}
+
+function layout(blobs: Buffer[]): { data: Buffer; offsets: number[]; lengths: number[] } {
+  const offsets: number[] = [];
+  let off = 0;
+  for (const b of blobs) {
+    offsets.push(off);
+    off += b.length;
+  }
+  // A batch need not start at 0 or use all of its buffer: a prefix and a tail around the blobs.
+  const data = Buffer.concat([Buffer.from("prefix"), ...blobs, Buffer.from("tail")]);
+  return { data, offsets: offsets.map((o) => o + 6), lengths: blobs.map((b) => b.length) };
+}
+
+function entriesOf(enc: EncodedBatch, n: number): PackEntry[] {
+  return Array.from({ length: n }, (_, i) => {
+    const b = batchBlob(enc, i);
+    return { id: b.id, offset: i === 0 ? 0 : enc.ends[i - 1], length: b.sealed.length, uncompressedLength: b.uncompressedLength };
+  });
+}
+
+for (const [writer, w] of forms) {
+  for (const [reader, r] of forms) {
+    test(`blobs encoded by the ${writer} codec are decoded and verified by the ${reader} codec`, () => {
+      const key = newRandomKey();
+      const blobs = sampleBlobs();
+      const { data, offsets, lengths } = layout(blobs);
+      for (const compressed of [true, false]) {
+        const enc = w.encodeBatch(key, compressed, data, offsets, lengths);
+        assert.equal(enc.ends.length, blobs.length);
+        blobs.forEach((plain, i) => {
+          const b = batchBlob(enc, i);
+          assert.deepEqual(b.id, sha256(plain), `ID of blob ${i}`);
+          assert.deepEqual(r.decodeBlob(key, b, b.sealed, b.id), plain, `blob ${i}`);
+        });
+        const ulens = Array.from(enc.ulens);
+        if (compressed) {
+          assert.equal(ulens[0], blobs[0].length, "text is stored compressed");
+          assert.equal(ulens[5], blobs[5].length);
+          assert.deepEqual([ulens[1], ulens[2], ulens[3], ulens[6]], [0, 0, 0, 0], "random bytes, an empty blob and one byte are stored as they are");
+        } else {
+          assert.ok(ulens.every((u) => u === 0), "nothing is compressed without compression");
+        }
+        // Sealed size: IV + MAC on top of the stored body.
+        assert.equal(enc.sealed.length, enc.ends[enc.ends.length - 1]);
+        assert.equal(batchBlob(enc, 1).sealed.length, 3000 + 32);
+        const pack = Buffer.from(enc.sealed);
+        const verdict = r.verifyPack(key, pack, entriesOf(enc, blobs.length));
+        assert.deepEqual(verdict, { hash: sha256(pack).toString("hex"), bad: [] });
+      }
+    });
+  }
+}
+
+for (const [name, codec] of forms) {
+  test(`the ${name} codec finds each kind of damage, blob by blob`, () => {
+    const key = newRandomKey();
+    const blobs = [Buffer.from("hello ".repeat(3000)), Buffer.from("world ".repeat(50_000)), randomBytes(2000)];
+    const { data, offsets, lengths } = layout(blobs);
+    const enc = codec.encodeBatch(key, true, data, offsets, lengths);
+    const entries = entriesOf(enc, blobs.length);
+    const pack = Buffer.from(enc.sealed);
+    assert.ok(entries[0].uncompressedLength && entries[1].uncompressedLength && !entries[2].uncompressedLength);
+    // A sealed blob whose MAC is right but whose body is not a zstd frame: written damaged.
+    const notZstd = seal(key, Buffer.from("this is not a zstd frame at all"));
+    // One whose body is zstd of other bytes than the ID names.
+    const otherText = seal(key, compress(Buffer.from("other ".repeat(100))));
+    const flipped = Buffer.from(pack);
+    flipped[entries[2].offset + 20] ^= 1;
+    const full = Buffer.concat([flipped, notZstd, otherText]);
+    const idOf = (s: string): Buffer => sha256(Buffer.from(s));
+    const cases: [PackEntry, string][] = [
+      [entries[0], ""],
+      [{ ...entries[0], uncompressedLength: entries[0].uncompressedLength + 1 }, "blob ID decompressed to the wrong length"],
+      [{ ...entries[1], uncompressedLength: entries[1].uncompressedLength - 1 }, "blob ID decompressed to the wrong length"],
+      [{ ...entries[1], uncompressedLength: 10 }, "blob ID decompressed to the wrong length"],
+      [{ ...entries[1], uncompressedLength: 3 * 1024 ** 3 }, "blob ID decompressed to the wrong length"], // a damaged index: no 3 GiB buffer for it
+      [{ ...entries[0], id: idOf("other") }, "blob ID does not match its ID"],
+      [entries[2], "ciphertext verification failed (wrong key or damaged data)"],
+      [{ ...entries[1], length: 31 }, "ciphertext too short (31 bytes)"],
+      [{ ...entries[1], offset: full.length - 10 }, "it lies beyond the end of the file"],
+      [{ id: idOf("x"), offset: pack.length, length: notZstd.length, uncompressedLength: 100 }, "blob ID could not be decompressed"],
+      [{ id: idOf("x"), offset: pack.length + notZstd.length, length: otherText.length, uncompressedLength: 600 }, "blob ID does not match its ID"],
+      [entries[1], ""],
+    ];
+    const verdict = codec.verifyPack(key, full, cases.map((c) => c[0]));
+    const found = verdict.bad.map((b) => [b.entry, b.message.replace(/[0-9a-f]{64}/, "ID")]);
+    const expected = cases.flatMap(([, message], i) => (message ? [[i, message]] : []));
+    assert.deepEqual(found, expected);
+    // decodeBlob throws the same (except for a place beyond the end, which only a pack has).
+    cases.forEach(([e, message], i) => {
+      if (e.offset + e.length > full.length) return;
+      const sealed = full.subarray(e.offset, e.offset + e.length);
+      if (!message) assert.deepEqual(codec.decodeBlob(key, e, sealed, e.id), blobs[i === 0 ? 0 : 1]);
+      else assert.throws(() => codec.decodeBlob(key, e, sealed, e.id), (err: Error) => err.message.replace(/[0-9a-f]{64}/, "ID") === message, `case ${i}`);
+    });
+    // Another key opens nothing.
+    assert.throws(() => codec.decodeBlob(newRandomKey(), entries[0], pack.subarray(0, entries[0].length), entries[0].id), /verification failed/);
+  });
+}
+
+test("the native codec keeps each key's contexts apart, and refuses bad arguments", (t) => {
+  if (!nativeBlobCodec || !nativeAddon?.encodeblobs || !nativeAddon.decodeblobs) return t.skip("no native codec");
+  const keys = [newRandomKey(), newRandomKey()];
+  const blobs = [Buffer.from("a ".repeat(500)), randomBytes(100)];
+  const { data, offsets, lengths } = layout(blobs);
+  // Alternating keys: each call must use its own (the addon keeps one keyed context per thread).
+  const encs = [0, 1, 0, 1].map((k) => nativeBlobCodec!.encodeBatch(keys[k], true, data, offsets, lengths));
+  encs.forEach((enc, j) => {
+    const b = batchBlob(enc, 0);
+    assert.deepEqual(jsBlobCodec.decodeBlob(keys[j % 2], b, b.sealed, b.id), blobs[0]);
+    assert.throws(() => nativeBlobCodec!.decodeBlob(keys[(j + 1) % 2], b, b.sealed, b.id), /verification failed/);
+  });
+  // IVs are fresh for every blob, also for the same bytes under the same key.
+  assert.notDeepEqual(batchBlob(encs[0], 0).sealed.subarray(0, 16), batchBlob(encs[2], 0).sealed.subarray(0, 16));
+
+  const key = Buffer.alloc(64);
+  assert.throws(() => nativeAddon!.encodeblobs!(Buffer.alloc(63), data, new Float64Array([0, 1]), 3), /key.*64 bytes/);
+  assert.throws(() => nativeAddon!.encodeblobs!(key, data, new Float64Array([0, data.length + 1]), 3), /spans/);
+  assert.throws(() => nativeAddon!.encodeblobs!(key, data, new Float64Array([0.5, 1]), 3), /spans/);
+  assert.throws(() => nativeAddon!.encodeblobs!(key, data, new Float64Array([0]), 3), /spans/);
+  assert.throws(() => nativeAddon!.encodeblobs!(key, data, new Float64Array([0, 1]), 23), /level/);
+  assert.throws(() => nativeAddon!.decodeblobs!(key, data, new Float64Array([0, 40, 0]), Buffer.alloc(31), false), /spans/);
+  assert.throws(() => nativeAddon!.decodeblobs!(key, data, new Float64Array([-1, 40, 0]), Buffer.alloc(32), false), /spans/);
+});
