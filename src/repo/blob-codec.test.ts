@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { type BlobCodec, type EncodedBatch, type PackEntry, batchBlob, jsBlobCodec, nativeBlobCodec } from "./blob-codec.js";
+import { type BlobCodec, type EncodedBatch, type PackEntry, batchBlob, jsBlobCodec, nativeBlobCodec, packEntries } from "./blob-codec.js";
 import { compress } from "./compression.js";
 import { newRandomKey, seal } from "./crypto.js";
 import { sha256 } from "./id.js";
@@ -76,7 +76,7 @@ for (const [writer, w] of forms) {
         assert.equal(enc.sealed.length, enc.ends[enc.ends.length - 1]);
         assert.equal(batchBlob(enc, 1).sealed.length, 3000 + 32);
         const pack = Buffer.from(enc.sealed);
-        const verdict = r.verifyPack(key, pack, entriesOf(enc, blobs.length));
+        const verdict = r.verifyPack(key, pack, packEntries(entriesOf(enc, blobs.length)));
         assert.deepEqual(verdict, { hash: sha256(pack).toString("hex"), bad: [] });
       }
     });
@@ -114,7 +114,7 @@ for (const [name, codec] of forms) {
       [{ id: idOf("x"), offset: pack.length + notZstd.length, length: otherText.length, uncompressedLength: 600 }, "blob ID does not match its ID"],
       [entries[1], ""],
     ];
-    const verdict = codec.verifyPack(key, full, cases.map((c) => c[0]));
+    const verdict = codec.verifyPack(key, full, packEntries(cases.map((c) => c[0])));
     const found = verdict.bad.map((b) => [b.entry, b.message.replace(/[0-9a-f]{64}/, "ID")]);
     const expected = cases.flatMap(([, message], i) => (message ? [[i, message]] : []));
     assert.deepEqual(found, expected);

@@ -147,12 +147,37 @@ function verifyEntryJS(key: MasterKey, pack: Uint8Array, e: PackEntry): string |
   }
 }
 
-function verifyPackJS(key: MasterKey, pack: Uint8Array, entries: readonly PackEntry[]): PackVerdict {
-  const bad: PackVerdict["bad"] = [];
+/** The blobs of a pack to verify, packed for a worker (one transfer, not one object per blob). */
+export interface PackEntries {
+  /** ID_SIZE bytes per blob: what it must hash to. */
+  ids: Uint8Array;
+  /** (offset, length, uncompressed length or 0) per blob, as the index has them. */
+  spans: Float64Array;
+}
+
+export function packEntries(entries: readonly PackEntry[]): PackEntries {
+  const ids = new Uint8Array(ID_SIZE * entries.length);
+  const spans = new Float64Array(3 * entries.length);
   entries.forEach((e, i) => {
-    const message = verifyEntryJS(key, pack, e);
-    if (message !== undefined) bad.push({ entry: i, message });
+    ids.set(e.id, ID_SIZE * i);
+    spans[3 * i] = e.offset;
+    spans[3 * i + 1] = e.length;
+    spans[3 * i + 2] = e.uncompressedLength;
   });
+  return { ids, spans };
+}
+
+/** Entry i of packed entries. */
+function entryAt(p: PackEntries, i: number): PackEntry {
+  return { id: p.ids.subarray(ID_SIZE * i, ID_SIZE * (i + 1)), offset: p.spans[3 * i], length: p.spans[3 * i + 1], uncompressedLength: p.spans[3 * i + 2] };
+}
+
+function verifyPackJS(key: MasterKey, pack: Uint8Array, entries: PackEntries): PackVerdict {
+  const bad: PackVerdict["bad"] = [];
+  for (let i = 0; i < entries.spans.length / 3; i++) {
+    const message = verifyEntryJS(key, pack, entryAt(entries, i));
+    if (message !== undefined) bad.push({ entry: i, message });
+  }
   return { hash: hashHex(pack), bad };
 }
 
@@ -163,7 +188,7 @@ export interface BlobCodec {
   /** Verifies and decodes a sealed blob as stored in a pack: its content must match its ID. */
   decodeBlob(key: MasterKey, loc: { uncompressedLength: number }, sealed: Uint8Array, id: Uint8Array): Buffer;
   /** Hashes a pack file and decodes every entry in it (check --read-data). */
-  verifyPack(key: MasterKey, pack: Uint8Array, entries: readonly PackEntry[]): PackVerdict;
+  verifyPack(key: MasterKey, pack: Uint8Array, entries: PackEntries): PackVerdict;
 }
 
 export const jsBlobCodec: BlobCodec = { encodeBatch: encodeBatchJS, decodeBlob: decodeBlobJS, verifyPack: verifyPackJS };
@@ -237,16 +262,12 @@ function nativeForm(addon: Required<Pick<NonNullable<typeof nativeAddon>, "encod
       throw decodeError(status[0], id, sealed.length);
     },
     verifyPack(key, pack, entries) {
-      const spans = new Float64Array(3 * entries.length);
-      const ids = Buffer.allocUnsafe(ID_SIZE * entries.length);
-      entries.forEach((e, i) => {
-        spans.set([e.offset, e.length, e.uncompressedLength], 3 * i);
-        ids.set(e.id, ID_SIZE * i);
-      });
-      const [status] = addon.decodeblobs(keyBytes(key), asBuffer(pack), spans, ids, false);
+      const [status] = addon.decodeblobs(keyBytes(key), asBuffer(pack), entries.spans, asBuffer(entries.ids), false);
       const bad: PackVerdict["bad"] = [];
-      entries.forEach((e, i) => {
-        const message = status[i] === Decoded.TooLarge ? verifyEntryJS(key, pack, e) : status[i] === Decoded.Ok ? undefined : decodeError(status[i], e.id, e.length).message;
+      status.forEach((s, i) => {
+        if (s === Decoded.Ok) return;
+        const e = entryAt(entries, i);
+        const message = s === Decoded.TooLarge ? verifyEntryJS(key, pack, e) : decodeError(s, e.id, e.length).message;
         if (message !== undefined) bad.push({ entry: i, message });
       });
       return { hash: hashHex(pack), bad };

@@ -2,12 +2,12 @@
 // verifies whole packs, with the code the main thread would run (blob-codec.ts).
 import { parentPort } from "node:worker_threads";
 import { nativeAddon } from "../platform/native.js";
-import { type KeyBytes, type PackEntry, encodeBatch, keyFromBytes, verifyPack } from "./blob-codec.js";
+import { type KeyBytes, type PackEntries, encodeBatch, keyFromBytes, verifyPack } from "./blob-codec.js";
 import type { MasterKey } from "./crypto.js";
 
 export type BlobRequest = { seq: number; key: KeyBytes } & (
   | { kind: "encode"; compress: boolean; data: Uint8Array; offsets: Float64Array; lengths: Float64Array }
-  | { kind: "verify"; pack: Uint8Array; entries: PackEntry[]; lend?: boolean }
+  | { kind: "verify"; pack: Uint8Array; entries: PackEntries; lend?: boolean }
 );
 
 // Throughput work: it should not take the main thread's core when it wakes (see sitekeep_fs.c).

@@ -5,7 +5,7 @@
 // thread with the same code (blob-codec.ts).
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import { type EncodedBatch, type KeyBytes, type PackEntry, type PackVerdict, encodeBatch, keyFromBytes, verifyPack } from "./blob-codec.js";
+import { type EncodedBatch, type KeyBytes, type PackEntry, type PackVerdict, encodeBatch, keyFromBytes, packEntries, verifyPack } from "./blob-codec.js";
 import type { BlobRequest } from "./blob-worker.js";
 
 interface Slot {
@@ -173,13 +173,14 @@ export async function verifyPackInWorker(
   if (w.usable) {
     const own = pack.byteOffset === 0 && pack.buffer instanceof ArrayBuffer && (lend || pack.byteLength === pack.buffer.byteLength);
     const sent = own ? pack : new Uint8Array(pack);
-    const plainEntries = entries.map((e) => ({ id: new Uint8Array(e.id), offset: e.offset, length: e.length, uncompressedLength: e.uncompressedLength }));
+    const packed = packEntries(entries);
     try {
-      const req: Request = { kind: "verify", key, pack: sent, entries: plainEntries, lend: lend && own };
-      return await w.run<PackVerdict & { buffer?: ArrayBuffer }>(req, availableParallelism(), [sent.buffer as ArrayBuffer]);
+      const req: Request = { kind: "verify", key, pack: sent, entries: packed, lend: lend && own };
+      const transfer = [sent.buffer, packed.ids.buffer, packed.spans.buffer] as ArrayBuffer[];
+      return await w.run<PackVerdict & { buffer?: ArrayBuffer }>(req, availableParallelism(), transfer);
     } catch {
       pack = await reload();
     }
   }
-  return verifyPack(keyFromBytes(key), pack, entries);
+  return verifyPack(keyFromBytes(key), pack, packEntries(entries));
 }
