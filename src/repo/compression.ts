@@ -81,7 +81,15 @@ export function decompressInto(into: Uint8Array, data: Uint8Array): number {
 
 /** v2 unpacked files: a version byte 2 followed by zstd data; a first byte of `{` or `[` is plain JSON. */
 export function packUnpacked(plain: Uint8Array): Buffer {
-  const z = compress(plain);
+  return framed(compress(plain));
+}
+
+/** packUnpacked with the compression on the thread pool (index files of a large site are tens of MB). */
+export async function packUnpackedAsync(plain: Buffer): Promise<Buffer> {
+  return framed(await compressAsync(plain));
+}
+
+function framed(z: Buffer): Buffer {
   const out = Buffer.allocUnsafe(z.length + 1);
   out[0] = 2;
   z.copy(out, 1);
@@ -90,5 +98,11 @@ export function packUnpacked(plain: Uint8Array): Buffer {
 
 export function unpackUnpacked(data: Buffer): Buffer {
   if (data.length > 0 && data[0] === 2) return decompress(data.subarray(1));
+  return data;
+}
+
+/** unpackUnpacked with the decompression on the thread pool. */
+export async function unpackUnpackedAsync(data: Buffer): Promise<Buffer> {
+  if (data.length > 0 && data[0] === 2) return decompressAsync(data.subarray(1));
   return data;
 }

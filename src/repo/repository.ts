@@ -10,7 +10,7 @@ import { ExitCode, SitekeepError, errorMessage } from "../errors.js";
 import { BlobIndex, type BlobLocation } from "./blob-index.js";
 import { type EncodedBatch, batchBlob, damagedBlob, decodeBlob } from "./blob-codec.js";
 import { encodeInWorker } from "./blob-workers.js";
-import { packUnpacked, unpackUnpacked, compress, compressAsync, compressesInBackground, decompressAsync } from "./compression.js";
+import { packUnpacked, packUnpackedAsync, unpackUnpacked, unpackUnpackedAsync, compress, compressAsync, compressesInBackground, decompressAsync } from "./compression.js";
 import { type RepoConfig, SUPPORTED_VERSIONS } from "./config.js";
 import { type MasterKey, newRandomKey, open, openAsync, seal, sealAsync } from "./crypto.js";
 import { hashHex, hashHexAsync, isIdHex, sha256, sha256Async } from "./id.js";
@@ -218,22 +218,28 @@ export class Repository {
 
   // ---- unpacked files -------------------------------------------------------------------------
 
+  // Unpacked files of BACKGROUND_MIN and more (the index files of a large site are tens of MB) are
+  // compressed, encrypted and hashed on the thread pool: on this thread they held up the walk.
+
   async saveUnpacked(type: Exclude<FileType, "data" | "config">, plain: Uint8Array): Promise<string> {
-    const body = this.version >= 2 ? packUnpacked(plain) : Buffer.from(plain);
-    const sealed = seal(this.key, body);
-    const id = hashHex(sealed);
+    const background = plain.length >= BACKGROUND_MIN;
+    let body = Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength);
+    if (this.version >= 2) body = background ? await packUnpackedAsync(body) : packUnpacked(body);
+    const sealed = background ? await sealAsync(this.key, body) : seal(this.key, body);
+    const id = background ? await hashHexAsync(sealed) : hashHex(sealed);
     await this.backend.save({ type, name: id }, sealed);
     return id;
   }
 
   async loadUnpacked(type: Exclude<FileType, "data" | "config">, id: string): Promise<Buffer> {
     const raw = await this.backend.load({ type, name: id });
-    if (hashHex(raw) !== id) {
+    const background = raw.length >= BACKGROUND_MIN;
+    if ((background ? await hashHexAsync(raw) : hashHex(raw)) !== id) {
       throw new SitekeepError("repo.damaged", `${type} file ${id} is damaged: its content does not match its name`, {
         hint: "run `sitekeep check` to see what it affects",
       });
     }
-    return unpackUnpacked(open(this.key, raw));
+    return background ? unpackUnpackedAsync(await openAsync(this.key, raw)) : unpackUnpacked(open(this.key, raw));
   }
 
   saveJSON(type: Exclude<FileType, "data" | "config">, obj: unknown): Promise<string> {
