@@ -63,26 +63,6 @@ typedef struct {
   bool failed; /* SHA256() returned NULL (OpenSSL could not set up the digest) */
 } sk_chunk_job;
 
-/*
- * queue_job for a job that reads the Buffer `buf` in place: a reference keeps it alive until the
- * complete callback deletes *ref. On failure the job (malloc'ed) is freed; returns the promise.
- */
-static napi_value queue_holding(napi_env env, const char *name, napi_value buf, napi_async_execute_callback execute,
-                                napi_async_complete_callback complete, void *job, napi_ref *ref, napi_async_work *work,
-                                napi_deferred *deferred) {
-  if (napi_create_reference(env, buf, 1, ref) != napi_ok) {
-    free(job);
-    ensure_thrown(env);
-    return NULL;
-  }
-  napi_value promise;
-  if (!queue_job(env, name, execute, complete, job, work, deferred, &promise)) {
-    napi_delete_reference(env, *ref);
-    free(job);
-  }
-  return promise;
-}
-
 /* Length of the chunk at d[0], or 0 when more than `avail` bytes are needed to decide. */
 static size_t cut(const sk_chunker *c, const uint8_t *d, size_t avail, bool eof) {
   size_t limit;
@@ -205,7 +185,7 @@ static napi_value sk_chunkhash(napi_env env, napi_callback_info info) {
   job->data = (const uint8_t *)data + start;
   job->avail = end - start;
   job->eof = eof;
-  return queue_holding(env, "sitekeep.chunkhash", argv[0], chunk_execute, chunk_complete, job, &job->buf_ref, &job->work, &job->deferred);
+  return queue_holding(env, "sitekeep.chunkhash", argv[0], chunk_execute, chunk_complete, job, free, &job->buf_ref, &job->work, &job->deferred);
 }
 
 /* ---- sha256 ---------------------------------------------------------------- */
@@ -253,7 +233,7 @@ static napi_value sk_sha256_async(napi_env env, napi_callback_info info) {
   }
   job->data = data;
   job->len = len;
-  return queue_holding(env, "sitekeep.sha256", argv[0], sha_execute, sha_complete, job, &job->buf_ref, &job->work, &job->deferred);
+  return queue_holding(env, "sitekeep.sha256", argv[0], sha_execute, sha_complete, job, free, &job->buf_ref, &job->work, &job->deferred);
 }
 
 bool sk_chunk_define(napi_env env, napi_value exports) {

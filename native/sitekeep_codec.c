@@ -190,7 +190,7 @@ static bool scratch_fit(sk_scratch *s, size_t need) {
   return true;
 }
 
-static void codec_free(napi_env env, void *data, void *hint) {
+static void codec_free(void *data) {
   sk_codec *c = data;
   if (c == NULL) return;
   lib.cleanse(c->key, sizeof c->key);
@@ -206,18 +206,26 @@ static void codec_free(napi_env env, void *data, void *hint) {
   free(c);
 }
 
-/* This thread's contexts, keyed with `key` (64 bytes). NULL with an exception pending. */
-static sk_codec *codec_for(napi_env env, const uint8_t *key) {
-  sk_codec *c = NULL;
-  if (napi_get_instance_data(env, (void **)&c) != napi_ok) c = NULL;
+/* Each thread's contexts (main, worker or thread-pool thread), freed when the thread ends. */
+static pthread_key_t codec_key;
+static pthread_once_t codec_key_once = PTHREAD_ONCE_INIT;
+static bool codec_key_made;
+
+static void make_codec_key(void) {
+  codec_key_made = pthread_key_create(&codec_key, codec_free) == 0;
+}
+
+/* This thread's contexts, keyed with `key` (64 bytes); NULL with *why set when they cannot be made. */
+static sk_codec *codec_for(const uint8_t *key, const char **why) {
+  sk_codec *c = pthread_getspecific(codec_key);
   if (c == NULL) {
     c = calloc(1, sizeof *c);
     if (c == NULL || (c->ctr = lib.cipher_ctx_new()) == NULL || (c->ecb = lib.cipher_ctx_new()) == NULL ||
         (c->mac = lib.mac_ctx_new(lib.poly1305)) == NULL || (c->md = lib.md_ctx_new()) == NULL ||
         (c->cctx = lib.zstd_cctx_new()) == NULL || (c->dctx = lib.zstd_dctx_new()) == NULL ||
-        napi_set_instance_data(env, c, codec_free, NULL) != napi_ok) {
-      codec_free(env, c, NULL);
-      napi_throw_error(env, "ENOMEM", "blob codec: could not set up its contexts");
+        pthread_setspecific(codec_key, c) != 0) {
+      codec_free(c);
+      *why = "blob codec: could not set up its contexts";
       return NULL;
     }
   }
@@ -226,13 +234,28 @@ static sk_codec *codec_for(napi_env env, const uint8_t *key) {
     static const uint8_t zero_iv[SK_IV] = {0};
     if (lib.encrypt_init(c->ctr, lib.aes_256_ctr(), NULL, key, zero_iv) != 1 ||
         lib.encrypt_init(c->ecb, lib.aes_128_ecb(), NULL, key + 32, NULL) != 1 || lib.set_padding(c->ecb, 0) != 1) {
-      napi_throw_error(env, NULL, "blob codec: OpenSSL could not set up AES");
+      *why = "blob codec: OpenSSL could not set up AES";
       return NULL;
     }
     memcpy(c->key, key, SK_KEY_BYTES);
     c->keyed = true;
   }
   return c;
+}
+
+/* codec_for on a thread that runs JavaScript: NULL with an exception pending. */
+static sk_codec *codec_here(napi_env env, const uint8_t *key) {
+  const char *why = NULL;
+  sk_codec *c = codec_for(key, &why);
+  if (c == NULL) napi_throw_error(env, NULL, why);
+  return c;
+}
+
+/* Gives back scratch buffers that one large call grew. */
+static void codec_trim(sk_codec *c) {
+  scratch_release(&c->body, SK_SCRATCH_KEEP);
+  scratch_release(&c->extra, SK_SCRATCH_KEEP);
+  scratch_release(&c->ivs, SK_SCRATCH_KEEP);
 }
 
 /* ---- the format's primitives (each false when OpenSSL or zstd fails) ------- */
@@ -368,7 +391,7 @@ static napi_value sk_encodeblobs(napi_env env, napi_callback_info info) {
     throw_arg_range(env, "spans", "blobs of less than 4 GiB together");
     return NULL;
   }
-  sk_codec *c = codec_for(env, key);
+  sk_codec *c = codec_here(env, key);
   if (c == NULL) return NULL;
   napi_value result = NULL;
   if (!scratch_fit(&c->body, worst > 0 ? worst : 1) || !scratch_fit(&c->extra, level > 0 ? lib.zstd_bound(largest) : 1) ||
@@ -403,9 +426,7 @@ static napi_value sk_encodeblobs(napi_env env, napi_callback_info info) {
   if (pos > 0) memcpy(sp, c->body.p, pos);
   result = array_of(env, out, 4);
 done:
-  scratch_release(&c->body, SK_SCRATCH_KEEP);
-  scratch_release(&c->extra, SK_SCRATCH_KEEP);
-  scratch_release(&c->ivs, SK_SCRATCH_KEEP);
+  codec_trim(c);
   return result;
 }
 
@@ -449,53 +470,10 @@ fail:
   return SK_DECODE_OK;
 }
 
-static napi_value sk_decodeblobs(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  const uint8_t *key;
-  void *src, *ids;
-  double *spans;
-  size_t srclen, idlen, slen;
-  bool keep;
-  if (!get_args(env, info, 5, argv) || !get_key(env, argv[0], &key) || !get_bytes(env, argv[1], "src", &src, &srclen) ||
-      !get_f64s(env, argv[2], "spans", &spans, &slen) || !get_bytes(env, argv[3], "ids", &ids, &idlen)) {
-    return NULL;
-  }
-  if (napi_get_value_bool(env, argv[4], &keep) != napi_ok) {
-    throw_arg_type(env, "keep", "a boolean");
-    return NULL;
-  }
-  if (slen % 3 != 0 || idlen != slen / 3 * SK_ID) {
-    throw_arg_range(env, "spans", "(offset, length, uncompressed length) per ID");
-    return NULL;
-  }
-  size_t n = slen / 3, total = 0;
-  for (size_t i = 0; i < n; i++) {
-    size_t off, len, ulen;
-    /* Offsets and lengths past the end are the blob's problem (SK_DECODE_BEYOND_END), not the call's. */
-    if (!span_value(env, spans[3 * i], 9007199254740991.0, &off) || !span_value(env, spans[3 * i + 1], 9007199254740991.0, &len) ||
-        !span_value(env, spans[3 * i + 2], 9007199254740991.0, &ulen)) {
-      return NULL;
-    }
-    if (keep) total += plain_room(len, ulen);
-  }
-  sk_codec *c = codec_for(env, key);
-  if (c == NULL) return NULL;
-  napi_value out[3];
-  int32_t *status;
-  double *ends = NULL;
-  uint8_t *plain = NULL;
-  napi_value result = NULL;
-  if (!new_typed(env, napi_int32_array, n, 4, (void **)&status, &out[0])) goto done;
-  if (keep) {
-    if (napi_create_buffer(env, total, (void **)&plain, &out[1]) != napi_ok) {
-      ensure_thrown(env);
-      goto done;
-    }
-    if (!new_typed(env, napi_float64_array, n, 8, (void **)&ends, &out[2])) goto done;
-  } else if (napi_get_null(env, &out[1]) != napi_ok || napi_get_null(env, &out[2]) != napi_ok) {
-    ensure_thrown(env);
-    goto done;
-  }
+/* Decodes blobs of src: a status per blob and, with `keep`, their plaintexts back to back in out (ends[i]
+ * the end of blob i's room). False when OpenSSL failed or memory ran out. */
+static bool decode_all(sk_codec *c, const uint8_t *src, size_t srclen, const double *spans, const uint8_t *ids, size_t n,
+                       bool keep, int32_t *status, uint8_t *out, double *ends) {
   size_t pos = 0;
   bool failed = false;
   for (size_t i = 0; i < n && !failed; i++) {
@@ -504,33 +482,201 @@ static napi_value sk_decodeblobs(napi_env env, napi_callback_info info) {
     if (off > srclen || len > srclen - off) {
       status[i] = SK_DECODE_BEYOND_END;
     } else {
-      uint8_t *dst = plain + pos;
+      uint8_t *dst = keep ? out + pos : NULL;
       if (!keep) {
-        if (!scratch_fit(&c->extra, plen > 0 ? plen : 1)) failed = true;
+        if (!scratch_fit(&c->extra, plen > 0 ? plen : 1)) return false;
         dst = c->extra.p;
       }
-      if (!failed) status[i] = decode_one(c, (const uint8_t *)src + off, len, ulen, (const uint8_t *)ids + i * SK_ID, dst, &failed);
+      status[i] = decode_one(c, src + off, len, ulen, ids + i * SK_ID, dst, &failed);
     }
     pos += plen;
     if (keep) ends[i] = (double)pos;
   }
-  if (failed) {
+  return !failed;
+}
+
+/* decodeblobs' arguments, checked. */
+typedef struct {
+  const uint8_t *key;
+  const uint8_t *src;
+  size_t srclen;
+  const double *spans;
+  const uint8_t *ids;
+  size_t n;
+  size_t total; /* room for the plaintexts */
+} sk_decode_args;
+
+static bool get_decode_args(napi_env env, napi_value *argv, sk_decode_args *a) {
+  void *src, *ids;
+  double *spans;
+  size_t slen, idlen;
+  if (!get_key(env, argv[0], &a->key) || !get_bytes(env, argv[1], "src", &src, &a->srclen) ||
+      !get_f64s(env, argv[2], "spans", &spans, &slen) || !get_bytes(env, argv[3], "ids", &ids, &idlen)) {
+    return false;
+  }
+  if (slen % 3 != 0 || idlen != slen / 3 * SK_ID) {
+    throw_arg_range(env, "spans", "(offset, length, uncompressed length) per ID");
+    return false;
+  }
+  a->src = src;
+  a->spans = spans;
+  a->ids = ids;
+  a->n = slen / 3;
+  a->total = 0;
+  for (size_t i = 0; i < a->n; i++) {
+    size_t off, len, ulen;
+    /* Offsets and lengths past the end are the blob's problem (SK_DECODE_BEYOND_END), not the call's. */
+    if (!span_value(env, spans[3 * i], 9007199254740991.0, &off) || !span_value(env, spans[3 * i + 1], 9007199254740991.0, &len) ||
+        !span_value(env, spans[3 * i + 2], 9007199254740991.0, &ulen)) {
+      return false;
+    }
+    a->total += plain_room(len, ulen);
+  }
+  return true;
+}
+
+static napi_value sk_decodeblobs(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  sk_decode_args a;
+  bool keep;
+  if (!get_args(env, info, 5, argv) || !get_decode_args(env, argv, &a)) return NULL;
+  if (napi_get_value_bool(env, argv[4], &keep) != napi_ok) {
+    throw_arg_type(env, "keep", "a boolean");
+    return NULL;
+  }
+  sk_codec *c = codec_here(env, a.key);
+  if (c == NULL) return NULL;
+  napi_value out[3];
+  int32_t *status;
+  double *ends = NULL;
+  uint8_t *plain = NULL;
+  napi_value result = NULL;
+  if (!new_typed(env, napi_int32_array, a.n, 4, (void **)&status, &out[0])) goto done;
+  if (keep) {
+    if (napi_create_buffer(env, a.total, (void **)&plain, &out[1]) != napi_ok) {
+      ensure_thrown(env);
+      goto done;
+    }
+    if (!new_typed(env, napi_float64_array, a.n, 8, (void **)&ends, &out[2])) goto done;
+  } else if (napi_get_null(env, &out[1]) != napi_ok || napi_get_null(env, &out[2]) != napi_ok) {
+    ensure_thrown(env);
+    goto done;
+  }
+  if (!decode_all(c, a.src, a.srclen, a.spans, a.ids, a.n, keep, status, plain, ends)) {
     napi_throw_error(env, NULL, "decodeblobs: OpenSSL failed, or out of memory");
     goto done;
   }
   result = array_of(env, out, 3);
 done:
-  scratch_release(&c->body, SK_SCRATCH_KEEP);
-  scratch_release(&c->extra, SK_SCRATCH_KEEP);
+  codec_trim(c);
   return result;
+}
+
+/* ---- decodeblobsAsync: decodeblobs with `keep`, on the thread pool ----------- */
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref src_ref;
+  uint8_t key[SK_KEY_BYTES];
+  const uint8_t *src;
+  size_t srclen;
+  double *spans; /* copied: the caller's arrays may change while the job runs */
+  uint8_t *ids;
+  size_t n;
+  size_t total;
+  int32_t *status;
+  double *ends;
+  uint8_t *out;
+  const char *failed; /* why the job failed, or NULL */
+} sk_decode_job;
+
+static void free_decode_job(void *arg) {
+  sk_decode_job *job = arg;
+  lib.cleanse(job->key, sizeof job->key);
+  free(job->spans);
+  free(job->ids);
+  free(job->status);
+  free(job->ends);
+  free(job->out);
+  free(job);
+}
+
+static void decode_execute(napi_env env, void *arg) {
+  sk_decode_job *job = arg;
+  sk_batch_thread();
+  sk_codec *c = codec_for(job->key, &job->failed);
+  if (c == NULL) return;
+  if (!decode_all(c, job->src, job->srclen, job->spans, job->ids, job->n, true, job->status, job->out, job->ends)) {
+    job->failed = "decodeblobsAsync: OpenSSL failed, or out of memory";
+  }
+  codec_trim(c);
+}
+
+static void free_plaintexts(napi_env env, void *data, void *hint) {
+  free(data);
+}
+
+static napi_value decode_result(napi_env env, sk_decode_job *job) {
+  napi_value out[3];
+  void *p;
+  if (!new_typed(env, napi_int32_array, job->n, 4, &p, &out[0])) return NULL;
+  memcpy(p, job->status, job->n * 4);
+  if (!new_typed(env, napi_float64_array, job->n, 8, &p, &out[2])) return NULL;
+  memcpy(p, job->ends, job->n * 8);
+  /* The plaintexts are handed over as they are (a restore's large blobs are MBs each). */
+  if (job->total > 0 && napi_create_external_buffer(env, job->total, job->out, free_plaintexts, NULL, &out[1]) == napi_ok) {
+    job->out = NULL;
+  } else if (napi_create_buffer_copy(env, job->total, job->total ? (void *)job->out : (void *)"", NULL, &out[1]) != napi_ok) {
+    ensure_thrown(env);
+    return NULL;
+  }
+  return array_of(env, out, 3);
+}
+
+static void decode_complete(napi_env env, napi_status status, void *arg) {
+  sk_decode_job *job = arg;
+  napi_value result = NULL;
+  if (status == napi_ok) {
+    if (job->failed) napi_throw_error(env, NULL, job->failed);
+    else result = decode_result(env, job);
+  }
+  settle_job(env, job->deferred, status, "decodeblobsAsync", result);
+  napi_delete_reference(env, job->src_ref);
+  napi_delete_async_work(env, job->work);
+  free_decode_job(job);
+}
+
+static napi_value sk_decodeblobs_async(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  sk_decode_args a;
+  if (!get_args(env, info, 4, argv) || !get_decode_args(env, argv, &a)) return NULL;
+  sk_decode_job *job = calloc(1, sizeof *job);
+  if (job == NULL || (job->spans = malloc(a.n * 3 * sizeof(double) + 1)) == NULL || (job->ids = malloc(a.n * SK_ID + 1)) == NULL ||
+      (job->status = malloc(a.n * 4 + 1)) == NULL || (job->ends = malloc(a.n * 8 + 1)) == NULL || (job->out = malloc(a.total + 1)) == NULL) {
+    if (job) free_decode_job(job);
+    napi_throw_error(env, "ENOMEM", "decodeblobsAsync: out of memory");
+    return NULL;
+  }
+  memcpy(job->key, a.key, SK_KEY_BYTES);
+  memcpy(job->spans, a.spans, a.n * 3 * sizeof(double));
+  memcpy(job->ids, a.ids, a.n * SK_ID);
+  job->src = a.src;
+  job->srclen = a.srclen;
+  job->n = a.n;
+  job->total = a.total;
+  return queue_holding(env, "sitekeep.decodeblobs", argv[1], decode_execute, decode_complete, job, free_decode_job, &job->src_ref,
+                       &job->work, &job->deferred);
 }
 
 bool sk_codec_define(napi_env env, napi_value exports) {
   pthread_once(&lib_once, find_lib);
-  if (!lib.ready) return true; /* no OpenSSL or zstd in this process: the JavaScript form is used */
+  pthread_once(&codec_key_once, make_codec_key);
+  if (!lib.ready || !codec_key_made) return true; /* no OpenSSL or zstd in this process: the JavaScript form is used */
   napi_property_descriptor props[] = {
       {"encodeblobs", NULL, sk_encodeblobs, NULL, NULL, NULL, napi_enumerable, NULL},
       {"decodeblobs", NULL, sk_decodeblobs, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"decodeblobsAsync", NULL, sk_decodeblobs_async, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   return napi_define_properties(env, exports, sizeof props / sizeof props[0], props) == napi_ok;
 }

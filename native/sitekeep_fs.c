@@ -711,6 +711,22 @@ bool queue_job(napi_env env, const char *name, napi_async_execute_callback execu
   return true;
 }
 
+napi_value queue_holding(napi_env env, const char *name, napi_value buf, napi_async_execute_callback execute,
+                         napi_async_complete_callback complete, void *job, void (*free_job)(void *), napi_ref *ref,
+                         napi_async_work *work, napi_deferred *deferred) {
+  if (napi_create_reference(env, buf, 1, ref) != napi_ok) {
+    free_job(job);
+    ensure_thrown(env);
+    return NULL;
+  }
+  napi_value promise;
+  if (!queue_job(env, name, execute, complete, job, work, deferred, &promise)) {
+    napi_delete_reference(env, *ref);
+    free_job(job);
+  }
+  return promise;
+}
+
 void settle_job(napi_env env, napi_deferred deferred, napi_status status, const char *what, napi_value result) {
   napi_value err = NULL;
   if (status != napi_ok) {

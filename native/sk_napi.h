@@ -35,6 +35,14 @@ SK_HIDDEN bool queue_job(napi_env env, const char *name, napi_async_execute_call
                          napi_async_complete_callback complete, void *job, napi_async_work *work,
                          napi_deferred *deferred, napi_value *promise);
 /*
+ * queue_job for a job that reads the Buffer `buf` in place: a reference keeps it alive until the
+ * complete callback deletes *ref. When it cannot be queued, free_job(job) runs. Returns the promise
+ * (as queue_job leaves it).
+ */
+SK_HIDDEN napi_value queue_holding(napi_env env, const char *name, napi_value buf, napi_async_execute_callback execute,
+                                   napi_async_complete_callback complete, void *job, void (*free_job)(void *),
+                                   napi_ref *ref, napi_async_work *work, napi_deferred *deferred);
+/*
  * Settles a job's promise in its complete callback: with `result`, or with the exception pending
  * when `result` is NULL; a cancelled job (status not ok) rejects with "<what> was cancelled".
  */

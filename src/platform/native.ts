@@ -26,6 +26,8 @@ export interface NativeAddon {
   /** restic's blob format for a batch of blobs (native/sitekeep_codec.c; present with OpenSSL and libzstd). */
   encodeblobs?(key: Buffer, data: Buffer, spans: Float64Array, level: number): [Uint8Array, Uint8Array, Uint32Array, Uint32Array];
   decodeblobs?(key: Buffer, src: Buffer, spans: Float64Array, ids: Buffer, keep: boolean): [Int32Array, Buffer | null, Float64Array | null];
+  /** decodeblobs with the plaintexts kept, on the thread pool. `src` must not change until it settles. */
+  decodeblobsAsync?(key: Buffer, src: Buffer, spans: Float64Array, ids: Buffer): Promise<[Int32Array, Buffer, Float64Array]>;
 }
 
 function findPackageRoot(start: string): string | undefined {

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { type BlobCodec, type EncodedBatch, type PackEntry, batchBlob, jsBlobCodec, nativeBlobCodec, packEntries } from "./blob-codec.js";
+import { type BlobCodec, type EncodedBatch, type PackEntry, batchBlob, decodeBlobsInBackground, jsBlobCodec, nativeBlobCodec, packEntries } from "./blob-codec.js";
 import { compress } from "./compression.js";
 import { newRandomKey, seal } from "./crypto.js";
 import { sha256 } from "./id.js";
@@ -14,7 +14,9 @@ const forms: [string, BlobCodec][] = [["js", jsBlobCodec]];
 if (nativeBlobCodec) forms.push(["native", nativeBlobCodec]);
 
 test("the native codec is built where the addon is", () => {
-  if (process.env.SITEKEEP_NO_NATIVE !== "1") assert.ok(nativeBlobCodec, "native/sitekeep_codec.c did not load (OpenSSL or libzstd missing?)");
+  if (process.env.SITEKEEP_NO_NATIVE === "1") return;
+  assert.ok(nativeBlobCodec, "native/sitekeep_codec.c did not load (OpenSSL or libzstd missing?)");
+  assert.ok(decodeBlobsInBackground, "decodeblobsAsync is missing");
 });
 
 /** Text that compresses, random bytes that do not, an empty blob, one byte, odd sizes (the CTR stream restarts per blob). */
@@ -81,10 +83,20 @@ for (const [writer, w] of forms) {
       }
     });
   }
+  test(`blobs encoded by the ${writer} codec are decoded on the thread pool`, async (t) => {
+    if (!decodeBlobsInBackground) return t.skip("no native codec");
+    const key = newRandomKey();
+    const blobs = sampleBlobs();
+    const { data, offsets, lengths } = layout(blobs);
+    const enc = w.encodeBatch(key, true, data, offsets, lengths);
+    // Two calls at once on the pool, each over its own copy of the pack.
+    const results = await Promise.all([1, 2].map(() => decodeBlobsInBackground!(key, Buffer.from(enc.sealed), packEntries(entriesOf(enc, blobs.length)))));
+    for (const decoded of results) assert.deepEqual(decoded, blobs);
+  });
 }
 
 for (const [name, codec] of forms) {
-  test(`the ${name} codec finds each kind of damage, blob by blob`, () => {
+  test(`the ${name} codec finds each kind of damage, blob by blob`, async () => {
     const key = newRandomKey();
     const blobs = [Buffer.from("hello ".repeat(3000)), Buffer.from("world ".repeat(50_000)), randomBytes(2000)];
     const { data, offsets, lengths } = layout(blobs);
@@ -127,6 +139,14 @@ for (const [name, codec] of forms) {
     });
     // Another key opens nothing.
     assert.throws(() => codec.decodeBlob(newRandomKey(), entries[0], pack.subarray(0, entries[0].length), entries[0].id), /verification failed/);
+    // On the thread pool: the same verdicts, and the plaintexts of the good ones.
+    if (name === "native" && decodeBlobsInBackground) {
+      const decoded = await decodeBlobsInBackground(key, full, packEntries(cases.map((c) => c[0])));
+      assert.deepEqual(
+        decoded.map((d) => (d instanceof Error ? d.message.replace(/[0-9a-f]{64}/, "ID") : d)),
+        cases.map(([, message], i) => message || blobs[i === 0 ? 0 : 1]),
+      );
+    }
   });
 }
 

@@ -282,6 +282,32 @@ export const nativeBlobCodec: BlobCodec | undefined =
 const codec = nativeBlobCodec ?? jsBlobCodec;
 
 /**
+ * Decodes blobs of `src` on the thread pool, in one job (the addon's form only: the JavaScript form
+ * decodes on the calling thread). Per entry, its plaintext or why it cannot be decoded. `src` must
+ * not change until it settles.
+ */
+export type BackgroundDecoder = (key: MasterKey, src: Buffer, entries: PackEntries) => Promise<(Buffer | Error)[]>;
+
+function backgroundDecoder(decodeblobsAsync: NonNullable<NonNullable<typeof nativeAddon>["decodeblobsAsync"]>): BackgroundDecoder {
+  return async (key, src, entries) => {
+    const [status, out, ends] = await decodeblobsAsync(keyBytes(key), src, entries.spans, asBuffer(entries.ids));
+    return Array.from(status, (s, i) => {
+      if (s === Decoded.Ok) return out.subarray(i === 0 ? 0 : ends[i - 1], ends[i]);
+      const e = entryAt(entries, i);
+      if (s !== Decoded.TooLarge) return decodeError(s, e.id, e.length);
+      try {
+        return decodeBlobJS(key, e, src.subarray(e.offset, e.offset + e.length), e.id);
+      } catch (err) {
+        return err instanceof Error ? err : new Error(String(err));
+      }
+    });
+  };
+}
+
+export const decodeBlobsInBackground: BackgroundDecoder | undefined =
+  nativeBlobCodec && nativeAddon?.decodeblobsAsync ? backgroundDecoder(nativeAddon.decodeblobsAsync) : undefined;
+
+/**
  * Encodes the blobs data[offsets[i] .. offsets[i] + lengths[i]]. The results are in arrays of
  * their own (not Node's shared pool), so that a worker can hand them over without copying.
  */
