@@ -339,9 +339,10 @@ static napi_value array_of(napi_env env, napi_value *items, size_t n) {
 /* ---- encodeblobs ------------------------------------------------------------ */
 
 /* Hashes, compresses and seals blob `plain` into out (its sealed length in *sealed). */
-static bool encode_one(sk_codec *c, const uint8_t *plain, size_t n, int level, const uint8_t *iv, uint8_t *id,
-                       uint8_t *out, size_t *sealed, uint32_t *ulen) {
-  if (!sha256(c, plain, n, id)) return false;
+/* Compresses (when it makes the blob shorter) and seals `plain` into out (room for n + IV + MAC);
+ * c->extra must hold zstd_bound(n) bytes when level > 0. */
+static bool seal_one(sk_codec *c, const uint8_t *plain, size_t n, int level, const uint8_t *iv, uint8_t *out, size_t *sealed,
+                     uint32_t *ulen) {
   const uint8_t *body = plain;
   size_t blen = n;
   *ulen = 0;
@@ -360,6 +361,20 @@ static bool encode_one(sk_codec *c, const uint8_t *plain, size_t n, int level, c
   return true;
 }
 
+/* Hashes, compresses and seals one blob of a batch. */
+static bool encode_one(sk_codec *c, const uint8_t *plain, size_t n, int level, const uint8_t *iv, uint8_t *id,
+                       uint8_t *out, size_t *sealed, uint32_t *ulen) {
+  return sha256(c, plain, n, id) && seal_one(c, plain, n, level, iv, out, sealed, ulen);
+}
+
+static bool get_level(napi_env env, napi_value v, int32_t *level) {
+  if (napi_get_value_int32(env, v, level) != napi_ok || *level < 0 || *level > 22) {
+    throw_arg_range(env, "level", "a zstd level from 0 to 22");
+    return false;
+  }
+  return true;
+}
+
 static napi_value sk_encodeblobs(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   const uint8_t *key;
@@ -371,10 +386,7 @@ static napi_value sk_encodeblobs(napi_env env, napi_callback_info info) {
       !get_f64s(env, argv[2], "spans", &spans, &slen)) {
     return NULL;
   }
-  if (napi_get_value_int32(env, argv[3], &level) != napi_ok || level < 0 || level > 22) {
-    throw_arg_range(env, "level", "a zstd level from 0 to 22");
-    return NULL;
-  }
+  if (!get_level(env, argv[3], &level)) return NULL;
   if (slen % 2 != 0) {
     throw_arg_range(env, "spans", "(offset, length) pairs");
     return NULL;
@@ -428,6 +440,94 @@ static napi_value sk_encodeblobs(napi_env env, napi_callback_info info) {
 done:
   codec_trim(c);
   return result;
+}
+
+/* Finalizer of an external Buffer over malloc'ed bytes. */
+static void free_external(napi_env env, void *data, void *hint) {
+  free(data);
+}
+
+/* ---- sealblobAsync: one large blob compressed and sealed on the thread pool ---- */
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref data_ref;
+  uint8_t key[SK_KEY_BYTES];
+  const uint8_t *data;
+  size_t len;
+  int level;
+  uint8_t *out; /* len + IV + MAC: the sealed blob is never longer */
+  size_t sealed;
+  uint32_t ulen;
+  const char *failed;
+} sk_seal_job;
+
+static void free_seal_job(void *arg) {
+  sk_seal_job *job = arg;
+  lib.cleanse(job->key, sizeof job->key);
+  free(job->out);
+  free(job);
+}
+
+static void seal_execute(napi_env env, void *arg) {
+  sk_seal_job *job = arg;
+  sk_batch_thread();
+  sk_codec *c = codec_for(job->key, &job->failed);
+  if (c == NULL) return;
+  uint8_t iv[SK_IV];
+  if (job->level > 0 && !scratch_fit(&c->extra, lib.zstd_bound(job->len))) job->failed = "sealblobAsync: out of memory";
+  else if (lib.rand_bytes(iv, SK_IV) != 1) job->failed = "sealblobAsync: OpenSSL's RAND_bytes failed";
+  else if (!seal_one(c, job->data, job->len, job->level, iv, job->out, &job->sealed, &job->ulen)) job->failed = "sealblobAsync: OpenSSL or zstd failed";
+  codec_trim(c);
+}
+
+static void seal_complete(napi_env env, napi_status status, void *arg) {
+  sk_seal_job *job = arg;
+  napi_value result = NULL;
+  if (status == napi_ok) {
+    napi_value out[2];
+    if (job->failed) napi_throw_error(env, NULL, job->failed);
+    else if (napi_create_external_buffer(env, job->sealed, job->out, free_external, NULL, &out[0]) != napi_ok) ensure_thrown(env);
+    else {
+      job->out = NULL; /* the Buffer's now */
+      if (napi_create_uint32(env, job->ulen, &out[1]) != napi_ok) ensure_thrown(env);
+      else result = array_of(env, out, 2);
+    }
+  }
+  settle_job(env, job->deferred, status, "sealblobAsync", result);
+  napi_delete_reference(env, job->data_ref);
+  napi_delete_async_work(env, job->work);
+  free_seal_job(job);
+}
+
+/* sealblobAsync(key, data, level) -> Promise<[sealed, uncompressed length or 0]>; `data` must not change until it settles. */
+static napi_value sk_sealblob_async(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  const uint8_t *key;
+  void *data;
+  size_t len;
+  int32_t level;
+  if (!get_args(env, info, 3, argv) || !get_key(env, argv[0], &key) || !get_bytes(env, argv[1], "data", &data, &len) ||
+      !get_level(env, argv[2], &level)) {
+    return NULL;
+  }
+  if (len > INT_MAX || len > UINT32_MAX) {
+    throw_arg_range(env, "data", "shorter than 2 GiB");
+    return NULL;
+  }
+  sk_seal_job *job = calloc(1, sizeof *job);
+  if (job == NULL || (job->out = malloc(len + SK_IV + SK_MAC)) == NULL) {
+    if (job) free_seal_job(job);
+    napi_throw_error(env, "ENOMEM", "sealblobAsync: out of memory");
+    return NULL;
+  }
+  memcpy(job->key, key, SK_KEY_BYTES);
+  job->data = data;
+  job->len = len;
+  job->level = level;
+  return queue_holding(env, "sitekeep.sealblob", argv[1], seal_execute, seal_complete, job, free_seal_job, &job->data_ref, &job->work,
+                       &job->deferred);
 }
 
 /* ---- decodeblobs ------------------------------------------------------------ */
@@ -613,10 +713,6 @@ static void decode_execute(napi_env env, void *arg) {
   codec_trim(c);
 }
 
-static void free_plaintexts(napi_env env, void *data, void *hint) {
-  free(data);
-}
-
 static napi_value decode_result(napi_env env, sk_decode_job *job) {
   napi_value out[3];
   void *p;
@@ -625,7 +721,7 @@ static napi_value decode_result(napi_env env, sk_decode_job *job) {
   if (!new_typed(env, napi_float64_array, job->n, 8, &p, &out[2])) return NULL;
   memcpy(p, job->ends, job->n * 8);
   /* The plaintexts are handed over as they are (a restore's large blobs are MBs each). */
-  if (job->total > 0 && napi_create_external_buffer(env, job->total, job->out, free_plaintexts, NULL, &out[1]) == napi_ok) {
+  if (job->total > 0 && napi_create_external_buffer(env, job->total, job->out, free_external, NULL, &out[1]) == napi_ok) {
     job->out = NULL;
   } else if (napi_create_buffer_copy(env, job->total, job->total ? (void *)job->out : (void *)"", NULL, &out[1]) != napi_ok) {
     ensure_thrown(env);
@@ -677,6 +773,7 @@ bool sk_codec_define(napi_env env, napi_value exports) {
       {"encodeblobs", NULL, sk_encodeblobs, NULL, NULL, NULL, napi_enumerable, NULL},
       {"decodeblobs", NULL, sk_decodeblobs, NULL, NULL, NULL, napi_enumerable, NULL},
       {"decodeblobsAsync", NULL, sk_decodeblobs_async, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sealblobAsync", NULL, sk_sealblob_async, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   return napi_define_properties(env, exports, sizeof props / sizeof props[0], props) == napi_ok;
 }

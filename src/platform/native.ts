@@ -28,6 +28,8 @@ export interface NativeAddon {
   decodeblobs?(key: Buffer, src: Buffer, spans: Float64Array, ids: Buffer, keep: boolean): [Int32Array, Buffer | null, Float64Array | null];
   /** decodeblobs with the plaintexts kept, on the thread pool. `src` must not change until it settles. */
   decodeblobsAsync?(key: Buffer, src: Buffer, spans: Float64Array, ids: Buffer): Promise<[Int32Array, Buffer, Float64Array]>;
+  /** One blob compressed (level > 0, when shorter) and sealed on the thread pool: [sealed, uncompressed length or 0]. */
+  sealblobAsync?(key: Buffer, data: Buffer, level: number): Promise<[Buffer, number]>;
 }
 
 function findPackageRoot(start: string): string | undefined {

@@ -1,9 +1,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { type BlobCodec, type EncodedBatch, type PackEntry, batchBlob, decodeBlobsInBackground, jsBlobCodec, nativeBlobCodec, packEntries } from "./blob-codec.js";
-import { compress } from "./compression.js";
-import { newRandomKey, seal } from "./crypto.js";
+import { type BlobCodec, type EncodedBatch, type PackEntry, batchBlob, decodeBlobsInBackground, jsBlobCodec, nativeBlobCodec, packEntries, sealInBackground } from "./blob-codec.js";
+import { compress, decompress } from "./compression.js";
+import { newRandomKey, open, seal } from "./crypto.js";
 import { sha256 } from "./id.js";
 import { nativeAddon } from "../platform/native.js";
 
@@ -17,6 +17,31 @@ test("the native codec is built where the addon is", () => {
   if (process.env.SITEKEEP_NO_NATIVE === "1") return;
   assert.ok(nativeBlobCodec, "native/sitekeep_codec.c did not load (OpenSSL or libzstd missing?)");
   assert.ok(decodeBlobsInBackground, "decodeblobsAsync is missing");
+  assert.ok(sealInBackground, "sealblobAsync is missing");
+});
+
+test("a large blob sealed on the thread pool opens with the JavaScript form", async (t) => {
+  if (!sealInBackground) return t.skip("no native codec");
+  const key = newRandomKey();
+  const text = Buffer.from("a large file's chunk of text ".repeat(40_000));
+  const random = randomBytes(1_000_000);
+  const [z, r, plain, again] = await Promise.all([
+    sealInBackground(key, text, true),
+    sealInBackground(key, random, true),
+    sealInBackground(key, text, false),
+    sealInBackground(key, text, true),
+  ]);
+  assert.equal(z.uncompressedLength, text.length, "text is stored compressed");
+  assert.ok(z.sealed.length < text.length / 10);
+  assert.deepEqual(decompress(open(key, z.sealed)), text);
+  assert.equal(r.uncompressedLength, 0, "random bytes are stored as they are");
+  assert.equal(r.sealed.length, random.length + 32);
+  assert.deepEqual(open(key, r.sealed), random);
+  assert.equal(plain.uncompressedLength, 0, "without compression, nothing is compressed");
+  assert.deepEqual(open(key, plain.sealed), text);
+  assert.notDeepEqual(z.sealed.subarray(0, 16), again.sealed.subarray(0, 16), "a fresh IV each time");
+  const empty = await sealInBackground(key, Buffer.alloc(0), true);
+  assert.deepEqual([empty.sealed.length, empty.uncompressedLength, open(key, empty.sealed).length], [32, 0, 0]);
 });
 
 /** Text that compresses, random bytes that do not, an empty blob, one byte, odd sizes (the CTR stream restarts per blob). */

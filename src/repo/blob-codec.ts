@@ -308,6 +308,21 @@ export const decodeBlobsInBackground: BackgroundDecoder | undefined =
   nativeBlobCodec && nativeAddon?.decodeblobsAsync ? backgroundDecoder(nativeAddon.decodeblobsAsync) : undefined;
 
 /**
+ * Compresses (when `compressBlob` and it makes the blob shorter) and seals one blob on the thread
+ * pool, in one job (the addon's form only). `plain` must not change until it settles.
+ */
+export type BackgroundSealer = (key: MasterKey, plain: Buffer, compressBlob: boolean) => Promise<{ sealed: Buffer; uncompressedLength: number }>;
+
+const sealblobAsync = nativeBlobCodec ? nativeAddon?.sealblobAsync : undefined;
+
+export const sealInBackground: BackgroundSealer | undefined = sealblobAsync
+  ? async (key, plain, compressBlob) => {
+      const [sealed, uncompressedLength] = await sealblobAsync(keyBytes(key), plain, compressBlob ? ZSTD_LEVEL : 0);
+      return { sealed, uncompressedLength };
+    }
+  : undefined;
+
+/**
  * Encodes the blobs data[offsets[i] .. offsets[i] + lengths[i]]. The results are in arrays of
  * their own (not Node's shared pool), so that a worker can hand them over without copying.
  */

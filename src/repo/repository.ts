@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import type { Backend, FileType } from "../backend/backend.js";
 import { ExitCode, SitekeepError, errorMessage } from "../errors.js";
 import { BlobIndex, type BlobLocation } from "./blob-index.js";
-import { type EncodedBatch, batchBlob, damagedBlob, decodeBlob, decodeBlobsInBackground, packEntries } from "./blob-codec.js";
+import { type EncodedBatch, batchBlob, damagedBlob, decodeBlob, decodeBlobsInBackground, packEntries, sealInBackground } from "./blob-codec.js";
 import { encodeInWorker } from "./blob-workers.js";
 import { packUnpacked, packUnpackedAsync, unpackUnpacked, unpackUnpackedAsync, compress, compressAsync, compressesInBackground, decompressAsync } from "./compression.js";
 import { type RepoConfig, SUPPORTED_VERSIONS } from "./config.js";
@@ -87,6 +87,11 @@ export class Repository {
   readonly appendOnly: boolean;
   private readonly uploadConcurrency: number;
   private readonly compression: "auto" | "off";
+
+  /** Blobs are compressed: repository version 2 and compression not turned off. */
+  private get compresses(): boolean {
+    return this.version >= 2 && this.compression === "auto";
+  }
   private readonly builders: Record<BlobType, PackBuilder | undefined> = { data: undefined, tree: undefined };
   /** Buffers of stored packs, to build the next packs in. */
   private readonly packBuffers: Buffer[] = [];
@@ -330,7 +335,7 @@ export class Repository {
     const key = type + ":" + id.toString("hex");
     if (this.index.has(id, type) || this.inflight.has(key)) return false;
     this.inflight.add(key);
-    if (plain.length < BACKGROUND_MIN || !compressesInBackground) {
+    if (plain.length < BACKGROUND_MIN || !(sealInBackground || compressesInBackground)) {
       const { sealed, uncompressedLength } = this.encodeBlob(plain);
       await this.addToPack(type, id, sealed, uncompressedLength);
       onStored?.(sealed.length);
@@ -418,7 +423,7 @@ export class Repository {
    * which costs less than hashing them here first.
    */
   encodeSmallBlobs(data: Uint8Array, offsets: number[], lengths: number[]): Promise<EncodedBatch> {
-    return encodeInWorker(this.key, this.version >= 2 && this.compression === "auto", data, offsets, lengths);
+    return encodeInWorker(this.key, this.compresses, data, offsets, lengths);
   }
 
   /** Stores one blob of an encodeSmallBlobs batch unless the repository has it (then false). */
@@ -479,9 +484,13 @@ export class Repository {
     await this.addToPack(type, id, sealed, uncompressedLength);
   }
 
-  /** encodeBlob with compression and AES on the thread pool (the main thread keeps the MAC). */
+  /**
+   * encodeBlob on the thread pool: in one native job where the addon has it, else compression and
+   * AES there and the MAC on this thread.
+   */
   private async encodeBlobAsync(plain: Buffer): Promise<{ sealed: Buffer; uncompressedLength: number }> {
-    if (this.version >= 2 && this.compression === "auto" && plain.length > 0) {
+    if (sealInBackground) return sealInBackground(this.key, plain, this.compresses);
+    if (this.compresses && plain.length > 0) {
       const z = await compressAsync(plain);
       if (z.length < plain.length) return { sealed: await sealAsync(this.key, z), uncompressedLength: plain.length };
     }
@@ -489,7 +498,7 @@ export class Repository {
   }
 
   private encodeBlob(plain: Buffer): { sealed: Buffer; uncompressedLength: number } {
-    if (this.version >= 2 && this.compression === "auto" && plain.length > 0) {
+    if (this.compresses && plain.length > 0) {
       const z = compress(plain);
       if (z.length < plain.length) return { sealed: seal(this.key, z), uncompressedLength: plain.length };
     }
