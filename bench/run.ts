@@ -482,6 +482,9 @@ export function ensureDataset(
   return { data, stats, seconds };
 }
 
+/** How long ext4 without a journal keeps a deleted inode from being reused, plus a margin. */
+const RECENT_DELETION_MS = 65_000;
+
 function main(): void {
   const args = parseArgs(process.argv.slice(2));
   mkdirSync(args.work, { recursive: true });
@@ -502,12 +505,28 @@ function main(): void {
   for (const t of tools) console.log(`${t.name}: ${t.version}`);
 
   const runs: RunResult[] = [];
+  // ext4 without a journal (this VM's disk) does not reuse an inode within 60 s of its deletion
+  // (300 s while its inode table block is unwritten, hence the sync), and scans past every such
+  // inode for each file it creates: a restore started right after tens of thousands of deletions
+  // took 2-3x the kernel time, and whichever tool restored first paid for it. Before the restore
+  // step the bench waits until its own deletions (the previous run's folder, the dataset it
+  // regenerated, the mutation's) are older than that; deletions made before the bench started
+  // are covered by counting from its start.
+  let lastDeletion = Date.now();
+  const waitForDeletionsToAge = (): void => {
+    spawnSync("sync");
+    const wait = lastDeletion + RECENT_DELETION_MS - Date.now();
+    if (wait <= 0) return;
+    console.log(`  waiting ${Math.ceil(wait / 1000)} s for deleted inodes to age (see bench/README.md, "Restore")`);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, wait);
+  };
   let datasetBefore: TreeStats | null = null;
   let datasetAfter: TreeStats | null = null;
   let mutation: MutationStats | null = null;
   const generation: (number | null)[] = [];
   for (let run = 0; run < args.runs; run++) {
     const ds = ensureDataset(datasetDir, opts);
+    if (ds.seconds !== null) lastDeletion = Date.now(); // the previous (mutated) tree was replaced
     generation.push(ds.seconds);
     datasetBefore = ds.stats;
     const source = ds.data;
@@ -566,9 +585,11 @@ function main(): void {
     step("rerun", (t) => t.backup(repo(t), source, labels.rerun!), sizeAfter);
     rmSync(join(datasetDir, "dataset.json"), { force: true }); // the tree is about to change
     mutation = mutateDataset(source, opts);
+    lastDeletion = Date.now();
     console.log(`[run ${run + 1}/${args.runs}] mutation: ${JSON.stringify(mutation)}`);
     datasetAfter = treeStats(source);
     step("mutated", (t) => t.backup(repo(t), source, labels.mutated!), sizeAfter);
+    waitForDeletionsToAge();
     step(
       "restore",
       (t) => {
@@ -584,15 +605,16 @@ function main(): void {
           m.error = `restore differs from the source: ${diff}`;
           m.wall = m.cpu = m.user = m.sys = m.rssMiB = null;
         }
-        // Not deleted until the run ends: on ext4 without a journal (this VM's disk), creating
-        // files within 30 s of deleting tens of thousands costs 2-3x more kernel time (the inode
-        // allocator skips "recently deleted" inodes, scanning inode tables to find them), so the
-        // tool restoring after another one's target was deleted would pay for it.
+        // Not deleted until the run ends: the tool restoring after another one's target was
+        // deleted would pay for it (see waitForDeletionsToAge).
       },
     );
     step("check", (t) => t.check(repo(t)));
     runs.push(result);
-    if (!args.keep) rmSync(runDir, { recursive: true, force: true });
+    if (!args.keep) {
+      rmSync(runDir, { recursive: true, force: true });
+      lastDeletion = Date.now();
+    }
   }
 
   const names = tools.map((t) => t.name);

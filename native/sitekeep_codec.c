@@ -1,5 +1,5 @@
 /*
- * encodeblobs / decodeblobs: restic's blob format for a whole batch of blobs in one call.
+ * encodeblobs, decodeblobs and their thread-pool forms: restic's blob format, a batch of blobs per call.
  *
  * A blob is stored as IV || AES-256-CTR(body) || Poly1305-AES(ciphertext), where body is the
  * plaintext or its zstd frame when that is shorter, and is named by the SHA-256 of its plaintext
@@ -9,9 +9,12 @@
  * tree per folder), and a backup encodes and a check decodes every one of them. Here a batch costs
  * one call, with contexts made once per thread and reused.
  *
- * The calls are synchronous: the callers are the blob worker threads (encode the small files of a
- * folder, verify a pack), already off the main thread, and the main thread for one small blob.
- * Each thread (Node-API environment) keeps its own contexts, in the addon's instance data.
+ * encodeblobs and decodeblobs are synchronous: their callers are the blob worker threads (encode the
+ * small files of a folder, verify a pack), already off the main thread, and the main thread for one
+ * small blob. decodeblobsAsync and sealblobAsync run on the thread pool: a restore's blobs, and a
+ * backup's large blobs, each in one job (in JavaScript, the MAC ran on the main thread and each
+ * other step was a hop of its own). Each thread keeps its own contexts (a pthread key: main,
+ * worker and pool threads alike), rekeyed when a call brings another key.
  *
  * Libraries: OpenSSL (AES, Poly1305, SHA-256, RAND_bytes) as Node exports it from its own binary,
  * as sitekeep_chunk.c uses it, and the system's zstd (libzstd.so.1, part of every Debian system:
@@ -29,6 +32,11 @@
  *   ids: 32 bytes per blob, what each must hash to. status: Int32Array, one SK_DECODE_* per blob.
  *   With `keep`, out is a Buffer of the plaintexts back to back and ends (Float64Array) the end of
  *   each (a blob that failed keeps its place, with undefined bytes); without, both are null.
+ * decodeblobsAsync(key, src, spans, ids) -> Promise<[status, out, ends]>: decodeblobs with `keep`,
+ *   on the thread pool. `src` must not change until it settles.
+ * sealblobAsync(key, data, level) -> Promise<[sealed, uncompressed length or 0]>: one blob
+ *   compressed (when that makes it shorter) and sealed on the thread pool, without its ID (a large
+ *   blob's ID is known before it is stored: chunkhash). `data` must not change until it settles.
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
 #define _GNU_SOURCE
@@ -338,7 +346,6 @@ static napi_value array_of(napi_env env, napi_value *items, size_t n) {
 
 /* ---- encodeblobs ------------------------------------------------------------ */
 
-/* Hashes, compresses and seals blob `plain` into out (its sealed length in *sealed). */
 /* Compresses (when it makes the blob shorter) and seals `plain` into out (room for n + IV + MAC);
  * c->extra must hold zstd_bound(n) bytes when level > 0. */
 static bool seal_one(sk_codec *c, const uint8_t *plain, size_t n, int level, const uint8_t *iv, uint8_t *out, size_t *sealed,
@@ -512,7 +519,7 @@ static napi_value sk_sealblob_async(napi_env env, napi_callback_info info) {
       !get_level(env, argv[2], &level)) {
     return NULL;
   }
-  if (len > INT_MAX || len > UINT32_MAX) {
+  if (len > INT_MAX) {
     throw_arg_range(env, "data", "shorter than 2 GiB");
     return NULL;
   }

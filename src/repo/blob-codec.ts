@@ -3,7 +3,9 @@
 // blobs (the archiver reads the small files of a folder 64 at a time; per blob on the main thread
 // this was most of a backup's time); verifying takes a whole pack (check --read-data).
 // Two forms of the same codec: the native addon's (native/sitekeep_codec.c: one call per batch,
-// ~7 µs per small blob less) where it is built, and this file's JavaScript otherwise.
+// ~7 µs per small blob less) where it is built, and this file's JavaScript otherwise. The native
+// form also decodes blobs and seals large ones on the thread pool, one job each
+// (decodeBlobsInBackground, sealInBackground).
 import { SitekeepError } from "../errors.js";
 import { nativeAddon } from "../platform/native.js";
 import { ZSTD_LEVEL, compress, decompress, decompressInto } from "./compression.js";
