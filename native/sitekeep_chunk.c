@@ -127,9 +127,7 @@ static void chunk_complete(napi_env env, napi_status status, void *arg) {
     else if (job->failed) napi_throw_error(env, NULL, "chunkhash: OpenSSL's SHA256 failed");
     else if (napi_create_buffer_copy(env, job->count * SK_CHUNK_RECORD, job->count ? (void *)job->out : (void *)"", NULL, &result) != napi_ok) result = NULL;
   }
-  settle_job(env, job->deferred, status, "chunkhash", result);
-  napi_delete_reference(env, job->buf_ref);
-  napi_delete_async_work(env, job->work);
+  settle_holding(env, job->deferred, status, "chunkhash", result, job->buf_ref, job->work);
   free(job->out);
   free(job);
 }
@@ -213,9 +211,7 @@ static void sha_complete(napi_env env, napi_status status, void *arg) {
     if (job->failed) napi_throw_error(env, NULL, "sha256: OpenSSL's SHA256 failed");
     else if (napi_create_buffer_copy(env, 32, job->md, NULL, &result) != napi_ok) result = NULL;
   }
-  settle_job(env, job->deferred, status, "sha256", result);
-  napi_delete_reference(env, job->buf_ref);
-  napi_delete_async_work(env, job->work);
+  settle_holding(env, job->deferred, status, "sha256", result, job->buf_ref, job->work);
   free(job);
 }
 

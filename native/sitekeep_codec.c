@@ -502,9 +502,7 @@ static void seal_complete(napi_env env, napi_status status, void *arg) {
       else result = array_of(env, out, 2);
     }
   }
-  settle_job(env, job->deferred, status, "sealblobAsync", result);
-  napi_delete_reference(env, job->data_ref);
-  napi_delete_async_work(env, job->work);
+  settle_holding(env, job->deferred, status, "sealblobAsync", result, job->data_ref, job->work);
   free_seal_job(job);
 }
 
@@ -744,9 +742,7 @@ static void decode_complete(napi_env env, napi_status status, void *arg) {
     if (job->failed) napi_throw_error(env, NULL, job->failed);
     else result = decode_result(env, job);
   }
-  settle_job(env, job->deferred, status, "decodeblobsAsync", result);
-  napi_delete_reference(env, job->src_ref);
-  napi_delete_async_work(env, job->work);
+  settle_holding(env, job->deferred, status, "decodeblobsAsync", result, job->src_ref, job->work);
   free_decode_job(job);
 }
 

@@ -727,6 +727,13 @@ napi_value queue_holding(napi_env env, const char *name, napi_value buf, napi_as
   return promise;
 }
 
+void settle_holding(napi_env env, napi_deferred deferred, napi_status status, const char *what, napi_value result,
+                    napi_ref ref, napi_async_work work) {
+  settle_job(env, deferred, status, what, result);
+  napi_delete_reference(env, ref);
+  napi_delete_async_work(env, work);
+}
+
 void settle_job(napi_env env, napi_deferred deferred, napi_status status, const char *what, napi_value result) {
   napi_value err = NULL;
   if (status != napi_ok) {

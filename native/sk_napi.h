@@ -42,6 +42,10 @@ SK_HIDDEN bool queue_job(napi_env env, const char *name, napi_async_execute_call
 SK_HIDDEN napi_value queue_holding(napi_env env, const char *name, napi_value buf, napi_async_execute_callback execute,
                                    napi_async_complete_callback complete, void *job, void (*free_job)(void *),
                                    napi_ref *ref, napi_async_work *work, napi_deferred *deferred);
+/* The end of a queue_holding job's complete callback: settle_job, then the reference and the work
+ * are deleted (the caller frees the job). */
+SK_HIDDEN void settle_holding(napi_env env, napi_deferred deferred, napi_status status, const char *what, napi_value result,
+                              napi_ref ref, napi_async_work work);
 /*
  * Settles a job's promise in its complete callback: with `result`, or with the exception pending
  * when `result` is NULL; a cancelled job (status not ok) rejects with "<what> was cancelled".
