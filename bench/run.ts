@@ -482,6 +482,18 @@ export function ensureDataset(
   return { data, stats, seconds };
 }
 
+const BACKUP_STEPS: ReadonlySet<Step> = new Set(["backup", "rerun", "mutated"]);
+
+/**
+ * Reads every file of the dataset (untimed) so that each backup starts from a warm page cache. borg
+ * drops the pages of every file it reads (posix_fadvise DONTNEED), and with the tools' order
+ * rotating, the same tool always came right after borg: in session 7's first many-files run,
+ * Sitekeep's backup after borg took 16 s with 10 s of system time, against 12 s and 5 s first.
+ */
+function warmDataset(dir: string): void {
+  spawnSync("sh", ["-c", 'find "$1" -type f -print0 | xargs -0 -r cat > /dev/null', "warm", dir], { stdio: "ignore" });
+}
+
 /** How long ext4 without a journal keeps a deleted inode from being reused, plus a margin. */
 const RECENT_DELETION_MS = 65_000;
 
@@ -563,6 +575,7 @@ function main(): void {
         if (broken.has(t.name)) continue;
         const log = join(runDir, t.name, name);
         const i = inv(t);
+        if (BACKUP_STEPS.has(name) && !args.dropCaches) warmDataset(source);
         const m = measure(i, envs.get(t.name)!, log, args.dropCaches);
         if (m.ok && after) after(t, m);
         if (!m.ok && name !== "restore" && name !== "check") broken.add(t.name);
