@@ -7,7 +7,8 @@
 // form also decodes blobs and seals large ones on the thread pool, one job each
 // (decodeBlobsInBackground, sealInBackground).
 import { SitekeepError } from "../errors.js";
-import { nativeAddon } from "../platform/native.js";
+import { type NativeAddon, nativeAddon } from "../platform/native.js";
+import { asBuffer } from "../util/bytes.js";
 import { ZSTD_LEVEL, compress, decompress, decompressInto } from "./compression.js";
 import { type MasterKey, macFailure, open, seal, tooShort } from "./crypto.js";
 import { ID_SIZE, hashHex, sha256 } from "./id.js";
@@ -230,10 +231,6 @@ function decodeError(status: number, id: Uint8Array, sealedLength: number): Erro
   }
 }
 
-function asBuffer(u: Uint8Array): Buffer {
-  return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
-}
-
 /** The 64 bytes the addon takes for a key (AES key, then Poly1305-AES's k and r), made once per key. */
 const keyBytesOf = new WeakMap<MasterKey, Buffer>();
 
@@ -246,7 +243,13 @@ function keyBytes(key: MasterKey): Buffer {
   return b;
 }
 
-function nativeForm(addon: Required<Pick<NonNullable<typeof nativeAddon>, "encodeblobs" | "decodeblobs">>): BlobCodec {
+/** The addon's codec functions: native/sitekeep_codec.c defines all four or none. */
+type CodecAddon = Required<Pick<NativeAddon, "encodeblobs" | "decodeblobs" | "decodeblobsAsync" | "sealblobAsync">>;
+
+const codecAddon: CodecAddon | undefined =
+  nativeAddon?.encodeblobs && nativeAddon.decodeblobs && nativeAddon.decodeblobsAsync && nativeAddon.sealblobAsync ? (nativeAddon as CodecAddon) : undefined;
+
+function nativeForm(addon: CodecAddon): BlobCodec {
   return {
     encodeBatch(key, compressBlobs, data, offsets, lengths) {
       const spans = new Float64Array(2 * lengths.length);
@@ -279,7 +282,7 @@ function nativeForm(addon: Required<Pick<NonNullable<typeof nativeAddon>, "encod
 
 /** The addon's form, where it is built with OpenSSL and zstd at hand. */
 export const nativeBlobCodec: BlobCodec | undefined =
-  nativeAddon?.encodeblobs && nativeAddon.decodeblobs ? nativeForm({ encodeblobs: nativeAddon.encodeblobs, decodeblobs: nativeAddon.decodeblobs }) : undefined;
+  codecAddon ? nativeForm(codecAddon) : undefined;
 
 const codec = nativeBlobCodec ?? jsBlobCodec;
 
@@ -290,9 +293,9 @@ const codec = nativeBlobCodec ?? jsBlobCodec;
  */
 export type BackgroundDecoder = (key: MasterKey, src: Buffer, entries: PackEntries) => Promise<(Buffer | Error)[]>;
 
-function backgroundDecoder(decodeblobsAsync: NonNullable<NonNullable<typeof nativeAddon>["decodeblobsAsync"]>): BackgroundDecoder {
+function backgroundDecoder(addon: CodecAddon): BackgroundDecoder {
   return async (key, src, entries) => {
-    const [status, out, ends] = await decodeblobsAsync(keyBytes(key), src, entries.spans, asBuffer(entries.ids));
+    const [status, out, ends] = await addon.decodeblobsAsync(keyBytes(key), src, entries.spans, asBuffer(entries.ids));
     return Array.from(status, (s, i) => {
       if (s === Decoded.Ok) return out.subarray(i === 0 ? 0 : ends[i - 1], ends[i]);
       const e = entryAt(entries, i);
@@ -307,7 +310,7 @@ function backgroundDecoder(decodeblobsAsync: NonNullable<NonNullable<typeof nati
 }
 
 export const decodeBlobsInBackground: BackgroundDecoder | undefined =
-  nativeBlobCodec && nativeAddon?.decodeblobsAsync ? backgroundDecoder(nativeAddon.decodeblobsAsync) : undefined;
+  codecAddon ? backgroundDecoder(codecAddon) : undefined;
 
 /**
  * Compresses (when `compressBlob` and it makes the blob shorter) and seals one blob on the thread
@@ -315,14 +318,14 @@ export const decodeBlobsInBackground: BackgroundDecoder | undefined =
  */
 export type BackgroundSealer = (key: MasterKey, plain: Buffer, compressBlob: boolean) => Promise<{ sealed: Buffer; uncompressedLength: number }>;
 
-const sealblobAsync = nativeBlobCodec ? nativeAddon?.sealblobAsync : undefined;
+function backgroundSealer(addon: CodecAddon): BackgroundSealer {
+  return async (key, plain, compressBlob) => {
+    const [sealed, uncompressedLength] = await addon.sealblobAsync(keyBytes(key), plain, compressBlob ? ZSTD_LEVEL : 0);
+    return { sealed, uncompressedLength };
+  };
+}
 
-export const sealInBackground: BackgroundSealer | undefined = sealblobAsync
-  ? async (key, plain, compressBlob) => {
-      const [sealed, uncompressedLength] = await sealblobAsync(keyBytes(key), plain, compressBlob ? ZSTD_LEVEL : 0);
-      return { sealed, uncompressedLength };
-    }
-  : undefined;
+export const sealInBackground: BackgroundSealer | undefined = codecAddon ? backgroundSealer(codecAddon) : undefined;
 
 /**
  * Encodes the blobs data[offsets[i] .. offsets[i] + lengths[i]]. The results are in arrays of

@@ -5,6 +5,7 @@
 import { type Cipher, createCipheriv, createDecipheriv, randomBytes, randomFillSync, timingSafeEqual, webcrypto } from "node:crypto";
 import sodium from "sodium-native";
 import { SitekeepError } from "../errors.js";
+import { asBuffer } from "../util/bytes.js";
 
 export const IV_SIZE = 16;
 export const MAC_SIZE = 16;
@@ -70,10 +71,6 @@ function nextIv(into: Buffer): void {
   }
   ivPool.copy(into, 0, ivNext, ivNext + IV_SIZE);
   ivNext += IV_SIZE;
-}
-
-function asBuffer(u: Uint8Array): Buffer {
-  return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 }
 
 /** The error of a sealed blob shorter than its IV and MAC. */

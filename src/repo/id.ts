@@ -1,6 +1,7 @@
 // IDs are SHA-256 digests: of a blob's plaintext, or of a file's stored bytes (its name).
 import { createHash, webcrypto } from "node:crypto";
 import { nativeAddon } from "../platform/native.js";
+import { asBuffer } from "../util/bytes.js";
 
 export const ID_SIZE = 32;
 
@@ -19,7 +20,7 @@ const nativeSha256 = nativeAddon?.sha256;
  * WebCrypto copies it on this thread first). `data` must not change until the promise settles.
  */
 export async function sha256Async(data: Uint8Array): Promise<Buffer> {
-  if (nativeSha256) return nativeSha256(Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+  if (nativeSha256) return nativeSha256(asBuffer(data));
   return Buffer.from(await webcrypto.subtle.digest("SHA-256", data));
 }
 

@@ -19,6 +19,7 @@ import { addKey, openWithPassword, type KdfParams } from "./keyfile.js";
 import { type BlobType, PackBuilder, type PackedBlob } from "./pack.js";
 import { formatPolynomial, parsePolynomial, randomPolynomial } from "./polynomial.js";
 import { type Snapshot, type SnapshotJSON, byTimeDesc } from "./snapshot.js";
+import { asBuffer } from "../util/bytes.js";
 import { Semaphore, mapLimit } from "../util/concurrency.js";
 
 export interface RepositoryOptions {
@@ -228,7 +229,7 @@ export class Repository {
 
   async saveUnpacked(type: Exclude<FileType, "data" | "config">, plain: Uint8Array): Promise<string> {
     const background = plain.length >= BACKGROUND_MIN;
-    let body = Buffer.from(plain.buffer, plain.byteOffset, plain.byteLength);
+    let body = asBuffer(plain);
     if (this.version >= 2) body = background ? await packUnpackedAsync(body) : packUnpacked(body);
     const sealed = background ? await sealAsync(this.key, body) : seal(this.key, body);
     const id = background ? await hashHexAsync(sealed) : hashHex(sealed);
