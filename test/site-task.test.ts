@@ -330,7 +330,9 @@ test("writers: a freeze running past the writer's timeout is killed and thawed (
 let termEvents: string[] | null = null;
 
 test("SIGTERM while freezing: exit 130, 5021, every frozen writer thawed in reverse, no snapshot", async () => {
-  const site = await makeSite("sigterm", { writers: (e) => [writer("a", e), writer("b", e, "kill -TERM $PPID"), writer("c", e)] });
+  // b's freeze signals the task and keeps running: the signal is then handled while b is freezing,
+  // whichever of the signal and the command's exit Node would otherwise see first.
+  const site = await makeSite("sigterm", { writers: (e) => [writer("a", e), writer("b", e, "kill -TERM $PPID; sleep 3"), writer("c", e)] });
   const { r, summary } = await backup(site);
   assert.equal(r.code, 130, describeRun(r));
   assert.equal(summary.status, "interrupted");
