@@ -8,6 +8,7 @@ import { LocalBackend } from "../backend/local.js";
 import { FaultyBackend } from "../backend/faulty.js";
 import { SitekeepError } from "../errors.js";
 import { Repository } from "./repository.js";
+import { PackBuilder } from "./pack.js";
 import { sha256 } from "./id.js";
 import type { BlobLocation } from "./blob-index.js";
 
@@ -132,4 +133,42 @@ test("trees queued in batches are each stored once and read back by their ID; ab
       assert.deepEqual(await other.listIds("data"), [], "nothing of an abandoned batch reaches the repository");
     });
   });
+});
+
+test("a backup faster than its storage holds at most uploadConcurrency + 1 data packs in memory, and loses none", async () => {
+  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-pack-slots-"));
+  // Packs in memory = packs started (a builder given its first blob) - packs written.
+  const started = new Set<PackBuilder>();
+  let written = 0;
+  let most = 0;
+  const add = PackBuilder.prototype.add;
+  PackBuilder.prototype.add = function (this: PackBuilder, ...a: Parameters<PackBuilder["add"]>) {
+    started.add(this);
+    most = Math.max(most, started.size - written);
+    return add.apply(this, a);
+  };
+  try {
+    const dir = join(tmp, "repo");
+    await Repository.init(new LocalBackend(dir), "pw", { kdf: { N: 1024, r: 8, p: 1 } });
+    // Slow pack writes; each 64 KiB blob fills a 32 KiB pack on its own.
+    const slow = new FaultyBackend(new LocalBackend(dir), [{ op: "save", type: "data", delayMs: 100 }]);
+    const save = slow.save.bind(slow);
+    slow.save = async (h, data) => {
+      await save(h, data);
+      if (h.type === "data") written++;
+    };
+    const repo = await Repository.open(slow, "pw", { packSize: 32 * 1024, uploadConcurrency: 2, compression: "off" });
+    await repo.loadIndex();
+    const blobs = Array.from({ length: 12 }, () => randomBytes(64 * 1024));
+    await Promise.all(blobs.map((b) => repo.saveBlob("data", b)));
+    await repo.flush();
+    assert.equal(started.size, 12);
+    assert.equal(written, 12);
+    assert.ok(most <= 3, `${most} data packs were in memory at once (at most 3: one filling, two being written)`);
+    const again = await reopen(dir);
+    for (const b of blobs) assert.deepEqual(await again.loadBlob("data", sha256(b)), b);
+  } finally {
+    PackBuilder.prototype.add = add;
+    rmSync(tmp, { recursive: true, force: true });
+  }
 });

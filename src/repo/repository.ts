@@ -96,6 +96,13 @@ export class Repository {
   private readonly builders: Record<BlobType, PackBuilder | undefined> = { data: undefined, tree: undefined };
   /** Buffers of stored packs, to build the next packs in. */
   private readonly packBuffers: Buffer[] = [];
+  /**
+   * Data packs in memory (filling, waiting for an upload slot or uploading), at most
+   * uploadConcurrency + 1 (set in the constructor). Without it every caller that found the pack
+   * full started another while the full ones waited for a slot: six 17 MiB packs at once in a
+   * backup of large files, a third of its memory.
+   */
+  private readonly packSlots: Semaphore;
   /** Blobs in open or uploading packs, keyed "type:hex", so a backup never stores one twice. */
   private readonly inflight = new Set<string>();
   private readonly uploads = new Set<Promise<void>>();
@@ -126,6 +133,7 @@ export class Repository {
   ) {
     this.packSize = opts.packSize ?? 16 * 1024 * 1024;
     this.uploadConcurrency = opts.uploadConcurrency ?? 2;
+    this.packSlots = new Semaphore(this.uploadConcurrency + 1);
     this.appendOnly = opts.appendOnly ?? false;
     this.compression = opts.compression ?? "auto";
     this.polynomial = parsePolynomial(config.chunker_polynomial);
@@ -447,6 +455,7 @@ export class Repository {
   async abandonWrites(): Promise<void> {
     if (!this.pendingWrites()) return; // nothing in flight: the repository stays usable (a failed read, say)
     this.abandoned = true;
+    if (this.builders.data) this.packSlots.release();
     this.builders.data = undefined;
     this.builders.tree = undefined;
     this.treeBatch = [];
@@ -466,6 +475,12 @@ export class Repository {
   private async addToPack(type: BlobType, id: Buffer, sealed: Buffer, uncompressedLength: number): Promise<void> {
     if (this.abandoned) return;
     let b = this.builders[type];
+    if (!b && type === "data") {
+      await this.packSlots.acquire();
+      b = this.builders.data; // started by another caller while this one waited
+      if (b || this.abandoned) this.packSlots.release();
+      if (this.abandoned) return;
+    }
     // Data packs fill up to the pack size; tree packs usually stay small and start small.
     if (!b) {
       const buffer = type === "data" ? this.packBuffers.pop() : undefined;
@@ -637,10 +652,17 @@ export class Repository {
   }
 
   private async upload(b: PackBuilder): Promise<void> {
-    // Back-pressure: never more than uploadConcurrency packs in memory waiting to be written.
+    // The pack's memory is given back (its slot released) once it is stored or given up.
+    const done = (): void => {
+      if (b.type === "data") this.packSlots.release();
+    };
+    // Back-pressure: never more than uploadConcurrency packs being written.
     while (this.uploads.size >= this.uploadConcurrency) await Promise.race(this.uploads);
-    if (this.uploadError) throw this.uploadError;
-    if (this.abandoned) return;
+    if (this.uploadError || this.abandoned) {
+      done();
+      if (this.uploadError) throw this.uploadError;
+      return;
+    }
     const data = b.finish(this.key);
     const p = hashHexAsync(data)
       .then(async (packId) => {
@@ -653,7 +675,10 @@ export class Repository {
       .catch((err: unknown) => {
         this.uploadError ??= err;
       })
-      .finally(() => this.uploads.delete(p));
+      .finally(() => {
+        this.uploads.delete(p);
+        done();
+      });
     this.uploads.add(p);
   }
 
