@@ -41,6 +41,9 @@
 #if defined(__linux__)
 #include <sched.h>
 #endif
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "sk_napi.h"
 
@@ -70,6 +73,33 @@ void sk_batch_thread(void) {
 static napi_value sk_batch_this_thread(napi_env env, napi_callback_info info) {
   sk_batch_thread();
   return NULL;
+}
+
+/* ---- the allocator's threshold for memory of its own --------------------- */
+
+/*
+ * mmapThreshold(bytes) -> boolean: blocks of `bytes` and more get memory of their own from the
+ * kernel, given back when they are freed. glibc starts at 128 KiB but raises the threshold to the
+ * size of each such block that is freed (up to 32 MiB), so after the first 16 MiB pack or read
+ * buffer was freed, every later one came from the heaps and arenas, where freed memory stays
+ * resident: a backup of large files kept ~100 MiB more. Setting it fixes it (and the trim
+ * threshold) for the process. False where the C library has no such setting.
+ */
+static napi_value sk_mmap_threshold(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int32_t bytes;
+  if (!get_args(env, info, 1, argv)) return NULL;
+  if (napi_get_value_int32(env, argv[0], &bytes) != napi_ok || bytes <= 0) {
+    throw_arg_type(env, "bytes", "a positive number");
+    return NULL;
+  }
+  bool set = false;
+#if defined(__GLIBC__)
+  set = mallopt(M_MMAP_THRESHOLD, bytes) == 1;
+#endif
+  napi_value result;
+  napi_get_boolean(env, set, &result);
+  return result;
 }
 
 /* ---- xattr calls, per platform ------------------------------------------ */
@@ -1233,6 +1263,7 @@ NAPI_MODULE_INIT() {
       {"readfiles", NULL, sk_readfiles, NULL, NULL, NULL, napi_enumerable, NULL},
       {"writefiles", NULL, sk_writefiles, NULL, NULL, NULL, napi_enumerable, NULL},
       {"batchThisThread", NULL, sk_batch_this_thread, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"mmapThreshold", NULL, sk_mmap_threshold, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok ||
       !sk_chunk_define(env, exports) || !sk_codec_define(env, exports)) {

@@ -2,6 +2,7 @@
 // thin; every error becomes one line (or a JSON object with --json) and restic's exit codes.
 import { Command, CommanderError, Option } from "commander";
 import { printError } from "./output.js";
+import { returnLargeBuffersToTheSystem } from "../platform/native.js";
 import type { GlobalOptions } from "./context.js";
 import { PROGRAM_VERSION } from "../version.js";
 
@@ -215,6 +216,7 @@ function program(): Command {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  returnLargeBuffersToTheSystem();
   const wantsJson = argv.includes("--json");
   try {
     await program().parseAsync(argv, { from: "user" });

@@ -306,6 +306,36 @@ test("thread-pool threads that ran our jobs yield to the main thread (SCHED_BATC
   assert.deepEqual(run({ SITEKEEP_HELPER_SCHEDULING: "normal" }), { main: 0, batch: 0 });
 });
 
+test("with returnLargeBuffersToTheSystem, a freed 8 MiB buffer goes back to the kernel even after a 16 MiB one was freed", { skip: process.platform !== "linux" }, () => {
+  // glibc raises its threshold to the size of each large block freed: without the setting, the
+  // 8 MiB buffer would come from (and stay in) the heap once the 16 MiB one was freed.
+  const script = `
+    import fs from "node:fs";
+    import { returnLargeBuffersToTheSystem } from ${JSON.stringify(new URL("./native.ts", import.meta.url).href)};
+    if (process.argv[1] === "set") returnLargeBuffersToTheSystem();
+    const mapped = () => fs.readFileSync("/proc/self/maps", "utf8").split("\\n").reduce((sum, l) => {
+      const m = /^([0-9a-f]+)-([0-9a-f]+) rw-p 00000000 00:00 0\\s*$/.exec(l);
+      return m ? sum + parseInt(m[2], 16) - parseInt(m[1], 16) : sum;
+    }, 0);
+    const settle = () => new Promise((r) => setTimeout(r, 200));
+    let big = Buffer.allocUnsafeSlow(16 << 20); big.fill(1); big = null; globalThis.gc(); await settle();
+    const before = mapped();
+    let b = Buffer.allocUnsafeSlow(8 << 20); b.fill(2);
+    const during = mapped();
+    b = null; globalThis.gc(); await settle();
+    console.log(JSON.stringify({ added: during - before, returned: during - mapped() }));
+  `;
+  const run = (arg: string): { added: number; returned: number } => {
+    const res = spawnSync(process.execPath, ["--expose-gc", "--import", "tsx", "--input-type=module", "-e", script, arg], { encoding: "utf8" });
+    assert.equal(res.status, 0, res.stderr);
+    return JSON.parse(res.stdout.trim().split("\n").pop() ?? "");
+  };
+  const set = run("set");
+  assert.ok(set.added >= 8 << 20 && set.returned >= 8 << 20, `mapped for the buffer: ${set.added} bytes, returned: ${set.returned}`);
+  const unset = run("none");
+  assert.ok(unset.added < 8 << 20, "without the setting the buffer came from the heap (else this test proves nothing)");
+});
+
 describe("writeFiles", () => {
   test("creates new files with their bytes, holes, mode, owner and nanosecond times", async () => {
     const at = fs.mkdtempSync(path.join(dir, "write-"));

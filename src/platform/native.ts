@@ -21,6 +21,8 @@ export interface NativeAddon {
   chunkhash?(buf: Buffer, start: number, end: number, eof: boolean, params: Buffer): Promise<Buffer>;
   /** Marks the calling thread SCHED_BATCH on Linux (helper threads yield to the main thread; see sitekeep_fs.c). */
   batchThisThread?(): void;
+  /** Sets glibc's M_MMAP_THRESHOLD (false elsewhere; see sitekeep_fs.c). */
+  mmapThreshold?(bytes: number): boolean;
   /** SHA-256 on the thread pool, without a copy of `buf` (same condition as chunkhash). */
   sha256?(buf: Uint8Array): Promise<Buffer>;
   /** restic's blob format for a batch of blobs (native/sitekeep_codec.c; present with OpenSSL and libzstd). */
@@ -56,3 +58,13 @@ function loadNative(): NativeAddon | undefined {
 }
 
 export const nativeAddon: NativeAddon | undefined = loadNative();
+
+/**
+ * Buffers of 4 MiB and more (packs, read buffers, the largest blobs) get memory of their own from the
+ * kernel, returned as soon as they are freed, instead of the allocator's heaps where it stayed
+ * resident (sitekeep_fs.c says why). For a process that backs up, restores or checks; a no-op
+ * without the addon or off glibc.
+ */
+export function returnLargeBuffersToTheSystem(): void {
+  nativeAddon?.mmapThreshold?.(4 * 1024 * 1024);
+}
