@@ -494,8 +494,12 @@ function warmDataset(dir: string): void {
   spawnSync("sh", ["-c", 'find "$1" -type f -print0 | xargs -0 -r cat > /dev/null', "warm", dir], { stdio: "ignore" });
 }
 
-/** How long ext4 without a journal keeps a deleted inode from being reused, plus a margin. */
-const RECENT_DELETION_MS = 65_000;
+/**
+ * How long ext4 without a journal may keep a deleted inode from being reused, plus a margin: 60 s
+ * after its deletion, 360 s while the block of the inode table that holds it is dirty, and a
+ * restore dirties those blocks itself as it creates inodes next to the deleted ones.
+ */
+const RECENT_DELETION_MS = 365_000;
 
 function main(): void {
   const args = parseArgs(process.argv.slice(2));
@@ -517,13 +521,14 @@ function main(): void {
   for (const t of tools) console.log(`${t.name}: ${t.version}`);
 
   const runs: RunResult[] = [];
-  // ext4 without a journal (this VM's disk) does not reuse an inode within 60 s of its deletion
-  // (300 s while its inode table block is unwritten, hence the sync), and scans past every such
-  // inode for each file it creates: a restore started right after tens of thousands of deletions
-  // took 2-3x the kernel time, and whichever tool restored first paid for it. Before the restore
-  // step the bench waits until its own deletions (the previous run's folder, the dataset it
-  // regenerated, the mutation's) are older than that; deletions made before the bench started
-  // are covered by counting from its start.
+  // ext4 without a journal (this VM's disk) does not reuse an inode within 60 s of its deletion,
+  // 360 s while the inode table block holding it is dirty, and scans past every such inode for
+  // each file it creates: a restore within minutes of tens of thousands of deletions took 2-4x the
+  // kernel time, and it dirties the blocks it allocates in, so a sync before it does not help. So
+  // the bench deletes nothing while it runs: runs after the first generate their dataset in their
+  // own folder, and every run's folder stays until the last run is over. Before the first restore
+  // it waits until deletions made before it started (or by regenerating the dataset) are old
+  // enough. The mutation's 0.5 % of deleted files are not counted.
   let lastDeletion = Date.now();
   const waitForDeletionsToAge = (): void => {
     spawnSync("sync");
@@ -536,14 +541,21 @@ function main(): void {
   let datasetAfter: TreeStats | null = null;
   let mutation: MutationStats | null = null;
   const generation: (number | null)[] = [];
+  const runDirs: string[] = [];
   for (let run = 0; run < args.runs; run++) {
-    const ds = ensureDataset(datasetDir, opts);
-    if (ds.seconds !== null) lastDeletion = Date.now(); // the previous (mutated) tree was replaced
+    const runDir = join(args.work, `run-${run + 1}`);
+    if (existsSync(runDir)) {
+      rmSync(runDir, { recursive: true, force: true }); // left by an earlier bench run with --keep
+      lastDeletion = Date.now();
+    }
+    runDirs.push(runDir);
+    // The first run reuses the dataset of an earlier invocation when it is unchanged; later runs
+    // make a fresh one of their own instead of replacing the mutated tree (see lastDeletion).
+    const ds = ensureDataset(run === 0 ? datasetDir : join(runDir, "dataset"), opts);
+    if (run === 0 && ds.seconds !== null) lastDeletion = Date.now(); // a mutated tree was replaced
     generation.push(ds.seconds);
     datasetBefore = ds.stats;
     const source = ds.data;
-    const runDir = join(args.work, `run-${run + 1}`);
-    rmSync(runDir, { recursive: true, force: true });
     const order = tools.map((_, i) => tools[(i + run) % tools.length]);
     const result = Object.fromEntries(STEPS.map((s) => [s, {}])) as RunResult;
     const broken = new Set<string>();
@@ -596,9 +608,8 @@ function main(): void {
     step("init", (t) => t.init(repo(t)));
     step("backup", (t) => t.backup(repo(t), source, labels.backup!), sizeAfter);
     step("rerun", (t) => t.backup(repo(t), source, labels.rerun!), sizeAfter);
-    rmSync(join(datasetDir, "dataset.json"), { force: true }); // the tree is about to change
+    rmSync(join(dirname(source), "dataset.json"), { force: true }); // the tree is about to change
     mutation = mutateDataset(source, opts);
-    lastDeletion = Date.now();
     console.log(`[run ${run + 1}/${args.runs}] mutation: ${JSON.stringify(mutation)}`);
     datasetAfter = treeStats(source);
     step("mutated", (t) => t.backup(repo(t), source, labels.mutated!), sizeAfter);
@@ -618,17 +629,14 @@ function main(): void {
           m.error = `restore differs from the source: ${diff}`;
           m.wall = m.cpu = m.user = m.sys = m.rssMiB = null;
         }
-        // Not deleted until the run ends: the tool restoring after another one's target was
-        // deleted would pay for it (see waitForDeletionsToAge).
+        // Not deleted until the bench ends: the tool restoring after another one's target was
+        // deleted would pay for it (see lastDeletion).
       },
     );
     step("check", (t) => t.check(repo(t)));
     runs.push(result);
-    if (!args.keep) {
-      rmSync(runDir, { recursive: true, force: true });
-      lastDeletion = Date.now();
-    }
   }
+  if (!args.keep) for (const d of runDirs) rmSync(d, { recursive: true, force: true });
 
   const names = tools.map((t) => t.name);
   const med = medians(runs, names);
