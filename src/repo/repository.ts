@@ -669,8 +669,9 @@ export class Repository {
         await this.backend.save({ type: "data", name: packId }, data);
         this.packDurable(packId, b.blobs);
         // Stored: its memory builds a later pack (saves a fresh 16 MiB, and the allocator's
-        // fragmentation, per pack). Not after a failure: a failed request may still hold it.
-        if (b.type === "data" && this.packBuffers.length < this.uploadConcurrency + 1) this.packBuffers.push(b.buffer);
+        // fragmentation, per pack). Not after a failure: a failed request may still hold it. The
+        // pool stays within packSlots: a buffer comes back only as its pack's slot is given back.
+        if (b.type === "data") this.packBuffers.push(b.buffer);
       })
       .catch((err: unknown) => {
         this.uploadError ??= err;
