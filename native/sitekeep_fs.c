@@ -829,7 +829,7 @@ static napi_value sk_lstatdir_async(napi_env env, napi_callback_info info) {
   return promise;
 }
 
-/* ---- readfiles: a batch of small files of one folder, read on the thread pool ------------- */
+/* ---- readfiles: a batch of small files, read on the thread pool -------------------------- */
 
 /* Numbers per file in readfiles' result. */
 #define SK_READ_FIELDS 9
@@ -963,7 +963,8 @@ static void readfiles_complete(napi_env env, napi_status status, void *arg) {
 
 /*
  * readfiles(dir, names, limits) -> Promise<[data, numbers]>: reads the files `names` (a Buffer of
- * NUL-terminated names) of folder `dir` on the thread pool, each up to limits[i] + 1 bytes (a file
+ * NUL-terminated paths, relative to folder `dir` or absolute: the archiver passes "/" and the
+ * absolute paths of many folders' files) on the thread pool, each up to limits[i] + 1 bytes (a file
  * that reached limit + 1 has grown since it was listed). data holds the bytes back to back;
  * numbers has SK_READ_FIELDS per file: offset in data, length, errno (0 or why the file could not
  * be read), then the fstat taken after reading: size, mtime s, mtime ns, ctime s, ctime ns, and

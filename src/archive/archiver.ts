@@ -12,10 +12,11 @@ import { Chunker } from "../repo/chunker.js";
 import { sha256 } from "../repo/id.js";
 import type { Snapshot, SnapshotJSON } from "../repo/snapshot.js";
 import { formatTimeNs, nowNs, formatDate } from "../util/gotime.js";
-import { type DirStats, type ReadFiles, READ_FIELDS, ReadField, STAT_FIELDS, StatField, canReadFiles, errnoCode, listXattrs, getXattr, isUnsupportedXattrError, lstatDirAsync, readFiles } from "../platform/fsx.js";
+import { type DirStats, type ReadFiles, READ_FIELDS, ReadField, STAT_FIELDS, StatField, canReadFiles, errnoCode, listXattrs, getXattr, isUnsupportedXattrError, lstatDirAsync } from "../platform/fsx.js";
 import { forEachChunk, streamReader, type ReadFn } from "./chunk-reader.js";
 import { type PathMatcher, compileExcludes } from "./exclude.js";
 import { type ScanTotals, startScan } from "./scanner.js";
+import { type SmallFilesShare, SmallFileReader } from "./small-file-reader.js";
 import { copyOf } from "../util/bytes.js";
 import { Semaphore, mapLimit } from "../util/concurrency.js";
 import { type NodeJSON, decodeName, encodeName, fileNodeFromNumbers, goModeFromUnix, nodeFromStat, sameNode } from "./node.js";
@@ -37,6 +38,11 @@ const BATCH_BYTES = 4 * 1024 * 1024;
  * (3 -> 16: 18.6 -> 15.7 s for 320k files in 32k folders).
  */
 const BATCH_CONCURRENCY = 16;
+/**
+ * Below this many batches being read or encoded, a folder's small files leave at once; above it
+ * they wait to share a batch with other folders' (SmallFileReader).
+ */
+const BATCH_EAGER = 2;
 
 export interface BackupOptions {
   paths: string[];
@@ -186,7 +192,7 @@ export class Archiver {
   /** Reusable read buffers for files that need chunking (two maximum chunks each). */
   private readonly buffers: Buffer[] = [];
   private readonly fileSlots = new Semaphore(FILE_CONCURRENCY);
-  private readonly batchSlots = new Semaphore(BATCH_CONCURRENCY);
+  private readonly smallFiles: SmallFileReader;
   private readonly warnings: BackupWarning[] = [];
   private readonly progress: BackupProgress = { files: 0, dirs: 0, bytes: 0, bytesAdded: 0 };
   private readonly stats = {
@@ -210,6 +216,12 @@ export class Archiver {
     private readonly opts: BackupOptions,
   ) {
     this.chunker = new Chunker(repo.polynomial);
+    this.smallFiles = new SmallFileReader((data, offsets, lengths) => repo.encodeSmallBlobs(data, offsets, lengths), {
+      maxFiles: BATCH_FILES,
+      maxBytes: BATCH_BYTES,
+      slots: BATCH_CONCURRENCY,
+      eager: BATCH_EAGER,
+    });
     this.exclude = compileExcludes(opts.excludes ?? []);
     this.hasExcludes = (opts.excludes ?? []).some((p) => p.trim() && !p.trim().startsWith("#"));
   }
@@ -500,10 +512,10 @@ export class Archiver {
   }
 
   /**
-   * Reads the small files `idx` of a folder in groups on the thread pool, has each group encoded
-   * on a worker thread and makes their nodes. A group's slot is held until its blobs are queued
-   * for packing, which bounds the bytes read ahead (the packs then keep views of the group's
-   * sealed bytes until they are written).
+   * Reads the small files `idx` of a folder in groups, with other folders' files where several are
+   * being walked (SmallFileReader), has them encoded on a worker thread and makes their nodes. A
+   * group's share of its batch is released once its blobs are queued for packing, which bounds the
+   * bytes read ahead (the packs copy the sealed bytes they take).
    */
   private async readSmallFiles(absDir: Buffer, sep: Buffer, fast: DirStats, idx: number[], parent: Map<string, NodeJSON> | undefined, nodes: NodeJSON[]): Promise<void> {
     const f = fast.stats;
@@ -521,30 +533,25 @@ export class Archiver {
       }
       const group = todo.slice(start, end);
       start = end;
-      await this.batchSlots.acquire();
+      let share: SmallFilesShare;
       try {
-        let r: ReadFiles;
-        try {
-          r = await readFiles(absDir, group.map((i) => fast.names[i]), group.map((i) => f[i * STAT_FIELDS + StatField.size]));
-        } catch (err) {
-          for (const i of group) this.warn(Buffer.concat([absDir, sep, fast.names[i]]).toString("utf8"), `cannot read file: ${errorMessage(err)}`);
-          continue;
-        }
-        // Hashed, compressed and sealed on a worker thread, all at once.
-        const offsets: number[] = [];
-        const lengths: number[] = [];
+        share = await this.smallFiles.read(
+          absDir,
+          sep,
+          group.map((i) => fast.names[i]),
+          group.map((i) => f[i * STAT_FIELDS + StatField.size]),
+        );
+      } catch (err) {
+        for (const i of group) this.warn(Buffer.concat([absDir, sep, fast.names[i]]).toString("utf8"), `cannot read file: ${errorMessage(err)}`);
+        continue;
+      }
+      try {
         for (let k = 0; k < group.length; k++) {
-          const rb = k * READ_FIELDS;
-          offsets.push(r.f[rb + ReadField.offset]);
-          lengths.push(r.f[rb + ReadField.errno] ? 0 : r.f[rb + ReadField.length]);
-        }
-        const enc = await this.repo.encodeSmallBlobs(r.data, offsets, lengths);
-        for (let k = 0; k < group.length; k++) {
-          const node = await this.smallFileNode(absDir, sep, fast, group[k], r, k, enc, parent);
+          const node = await this.smallFileNode(absDir, sep, fast, group[k], share.r, share.first + k, share.enc, parent);
           if (node) nodes.push(node);
         }
       } finally {
-        this.batchSlots.release();
+        share.release();
       }
     }
   }

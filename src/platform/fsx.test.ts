@@ -180,7 +180,7 @@ describe("xattrs", () => {
   });
 });
 
-test("readFiles reads a folder's small files on the thread pool, reporting each one's failure", async () => {
+test("readFiles reads small files on the thread pool, reporting each one's failure", async () => {
   const d = fs.mkdtempSync(path.join(dir, "batch-"));
   fs.writeFileSync(path.join(d, "a.txt"), "alpha");
   fs.writeFileSync(path.join(d, "empty"), "");
@@ -197,7 +197,8 @@ test("readFiles reads a folder's small files on the thread pool, reporting each 
   }
   mknod(path.join(d, "fifo"), S_IFIFO | 0o600, 0n);
   const names = ["a.txt", "empty", "grew", "link", "missing"].map((n) => Buffer.from(n)).concat([weird, Buffer.from("fifo")]);
-  const r = await readFiles(Buffer.from(d), names, [5, 0, 4, 1, 3, 5, 10]);
+  const paths = (ds: string[], ns: Buffer[]): Buffer => Buffer.concat(ns.flatMap((n, i) => [Buffer.from(ds[i] + "/"), n, Buffer.alloc(1)]));
+  const r = await readFiles(paths(names.map(() => d), names), Float64Array.from([5, 0, 4, 1, 3, 5, 10]));
   const at = (k: number, field: number): number => r.f[k * READ_FIELDS + field];
   const bytes = (k: number): string => r.data.subarray(at(k, ReadField.offset), at(k, ReadField.offset) + at(k, ReadField.length)).toString();
   assert.equal(bytes(0), "alpha");
@@ -217,9 +218,17 @@ test("readFiles reads a folder's small files on the thread pool, reporting each 
   assert.equal(bytes(5), "bytes");
   assert.equal(at(6, ReadField.errno), os.constants.errno.EINVAL, "a FIFO is refused, not waited on");
   for (const bad of [-1, 1.5, Number.NaN, Infinity, 2 ** 40]) {
-    await assert.rejects(readFiles(Buffer.from(d), [Buffer.from("a.txt")], [bad]), /whole numbers from 0 to 67108864/, String(bad));
+    await assert.rejects(readFiles(paths([d], [Buffer.from("a.txt")]), Float64Array.from([bad])), /whole numbers from 0 to 67108864/, String(bad));
   }
-  await assert.rejects(readFiles(Buffer.from(path.join(d, "nope")), [Buffer.from("x")], [1]), (err: NodeJS.ErrnoException) => err.code === "ENOENT");
+  // Files of several folders in one call; a folder that is gone fails its files only.
+  const e = fs.mkdtempSync(path.join(dir, "batch-"));
+  fs.writeFileSync(path.join(e, "b.txt"), "beta");
+  const mixed = await readFiles(paths([e, path.join(d, "nope"), d], [Buffer.from("b.txt"), Buffer.from("x"), Buffer.from("a.txt")]), Float64Array.from([4, 1, 5]));
+  const text = (k: number): string => mixed.data.subarray(mixed.f[k * READ_FIELDS + ReadField.offset], mixed.f[k * READ_FIELDS + ReadField.offset] + mixed.f[k * READ_FIELDS + ReadField.length]).toString();
+  assert.equal(text(0), "beta");
+  assert.equal(mixed.f[1 * READ_FIELDS + ReadField.errno], os.constants.errno.ENOENT);
+  assert.equal(text(2), "alpha");
+  await assert.rejects(readFiles(paths([d], [Buffer.from("a.txt")]), Float64Array.from([1, 2])), /one number per name/);
 });
 
 test("accepts a non-UTF-8 file name as a Buffer", (t) => {

@@ -106,13 +106,15 @@ export interface ReadFiles {
 export const canReadFiles = (): boolean => native?.readfiles !== undefined;
 
 /**
- * Reads small files of one folder on the thread pool, each up to limits[i] + 1 bytes (a file that
- * reached limits[i] + 1 grew since it was listed), with an fstat and an xattr probe after reading.
- * A file that cannot be read has a non-zero errno entry; a folder that cannot be opened rejects.
+ * Reads small files of any folders on the thread pool (`paths`: absolute paths, each followed by a
+ * NUL), each up to limits[i] + 1 bytes (a file that reached limits[i] + 1 grew since it was
+ * listed), with an fstat and an xattr probe after reading. A file that cannot be read, its folder
+ * gone included, has a non-zero errno entry; bad arguments reject.
  */
-export async function readFiles(dir: Buffer, names: Buffer[], limits: number[]): Promise<ReadFiles> {
-  if (!native?.readfiles) throw errnoError("ENOSYS", "readfiles", dir, "function not implemented (native addon not built)");
-  const [data, f] = await native.readfiles(dir, nulTerminated(names), Float64Array.from(limits));
+export async function readFiles(paths: Buffer, limits: Float64Array): Promise<ReadFiles> {
+  if (!native?.readfiles) throw errnoError("ENOSYS", "readfiles", paths.subarray(0, Math.max(0, paths.indexOf(0))), "function not implemented (native addon not built)");
+  // openat() ignores the folder it is given for an absolute path: "/" only has to open.
+  const [data, f] = await native.readfiles("/", paths, limits);
   return { data, f };
 }
 
