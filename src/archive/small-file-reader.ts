@@ -3,11 +3,11 @@
 // tiny folders (320k files in 32k folders, ~10 per folder) paid both hand-overs per folder: most
 // of the main thread's time in those calls was waiting for a core after waking another thread.
 //
-// No timers: a folder's files leave at once while few batches are out (nothing to wait for), and
-// otherwise join the open batch, which leaves when one that is out comes back or when it is full.
+// Batches are gathered without timers (util/gather.ts); a batch's slot bounds the bytes read ahead.
 import type { EncodedBatch } from "../repo/blob-codec.js";
 import { type ReadFiles, READ_FIELDS, ReadField, readFiles } from "../platform/fsx.js";
 import { Semaphore } from "../util/concurrency.js";
+import { Gatherer } from "../util/gather.js";
 
 export type EncodeFn = (data: Uint8Array, offsets: number[], lengths: number[]) => Promise<EncodedBatch>;
 
@@ -29,86 +29,69 @@ export interface SmallFileReaderOptions {
   maxBytes: number;
   /** Batches read, encoded or not yet released at once. */
   slots: number;
-  /** Below this many batches being read or encoded, a request leaves at once (at least 1). */
+  /** Below this many batches out (waiting for a slot, read or encoded), a request leaves at once. */
   eager: number;
 }
 
 interface Request {
-  first: number;
-  resolve: (s: SmallFilesShare) => void;
-  reject: (err: unknown) => void;
-}
-
-interface OpenBatch {
-  /** NUL-terminated absolute paths, in parts (folder, separator, name, NUL). */
-  paths: Buffer[];
+  dir: Buffer;
+  sep: Buffer;
+  names: Buffer[];
   limits: number[];
+  /** Bytes the request may read: its limits plus one per file. */
   bytes: number;
-  requests: Request[];
 }
 
 const NUL = Buffer.alloc(1);
 
 export class SmallFileReader {
-  private open: OpenBatch | undefined;
-  /** Batches between leaving and their shares being handed out. */
-  private out = 0;
+  private readonly gatherer: Gatherer<Request, SmallFilesShare>;
   private readonly slots: Semaphore;
-  private readonly eager: number;
 
   constructor(
     private readonly encode: EncodeFn,
-    private readonly opts: SmallFileReaderOptions,
+    opts: SmallFileReaderOptions,
   ) {
     this.slots = new Semaphore(opts.slots);
-    // With none out, nothing else would ever send the open batch.
-    this.eager = Math.max(1, opts.eager);
+    const files = (b: readonly Request[]): number => b.reduce((n, q) => n + q.names.length, 0);
+    const bytes = (b: readonly Request[]): number => b.reduce((n, q) => n + q.bytes, 0);
+    this.gatherer = new Gatherer((batch) => this.run(batch), {
+      eager: opts.eager,
+      fits: (b, q) => files(b) + q.names.length <= opts.maxFiles && bytes(b) + q.bytes <= opts.maxBytes,
+      full: (b) => files(b) >= opts.maxFiles || bytes(b) >= opts.maxBytes,
+    });
   }
 
   /**
-   * Reads the files `names` of the folder `dir` (absolute) up to limits[i] + 1 bytes each, and
-   * encodes them as blobs. At most opts.maxFiles names per call. Rejects when the batch could not
-   * be read or encoded at all (a file that cannot be read has its errno in the share instead).
+   * Reads the files `names` of the folder `dir` (absolute; `sep` goes between the two) up to
+   * limits[i] + 1 bytes each, and encodes them as blobs. At most opts.maxFiles names per call.
+   * Rejects when the batch could not be read or encoded at all (a file that cannot be read has its
+   * errno in the share instead).
    */
   read(dir: Buffer, sep: Buffer, names: Buffer[], limits: number[]): Promise<SmallFilesShare> {
     let bytes = 0;
     for (const l of limits) bytes += l + 1;
-    let b = this.open;
-    if (b && (b.limits.length + names.length > this.opts.maxFiles || b.bytes + bytes > this.opts.maxBytes)) {
-      this.launch();
-      b = undefined;
-    }
-    if (!b) b = this.open = { paths: [], limits: [], bytes: 0, requests: [] };
-    const first = b.limits.length;
-    for (let i = 0; i < names.length; i++) b.paths.push(dir, sep, names[i], NUL);
-    b.limits.push(...limits);
-    b.bytes += bytes;
-    const share = new Promise<SmallFilesShare>((resolve, reject) => b.requests.push({ first, resolve, reject }));
-    if (this.out < this.eager || b.limits.length >= this.opts.maxFiles || b.bytes >= this.opts.maxBytes) this.launch();
-    return share;
+    return this.gatherer.add({ dir, sep, names, limits, bytes });
   }
 
-  /** Sends the open batch on its way: a slot, the read, the encode, then its shares. */
-  private launch(): void {
-    const b = this.open;
-    if (!b) return;
-    this.open = undefined;
-    this.out++;
-    void this.run(b).finally(() => {
-      this.out--;
-      this.launch(); // what gathered meanwhile
-    });
-  }
-
-  private async run(b: OpenBatch): Promise<void> {
+  /** A batch: a slot, one read, one encode, then a share per request. */
+  private async run(batch: Request[]): Promise<SmallFilesShare[]> {
     await this.slots.acquire();
+    const paths: Buffer[] = [];
+    const limits: number[] = [];
+    const firsts: number[] = [];
+    for (const q of batch) {
+      firsts.push(limits.length);
+      for (let i = 0; i < q.names.length; i++) paths.push(q.dir, q.sep, q.names[i], NUL);
+      limits.push(...q.limits);
+    }
     let r: ReadFiles;
     let enc: EncodedBatch;
     try {
-      r = await readFiles(Buffer.concat(b.paths), Float64Array.from(b.limits));
+      r = await readFiles(Buffer.concat(paths), Float64Array.from(limits));
       const offsets: number[] = [];
       const lengths: number[] = [];
-      for (let k = 0; k < b.limits.length; k++) {
+      for (let k = 0; k < limits.length; k++) {
         const rb = k * READ_FIELDS;
         offsets.push(r.f[rb + ReadField.offset]);
         lengths.push(r.f[rb + ReadField.errno] ? 0 : r.f[rb + ReadField.length]);
@@ -116,26 +99,21 @@ export class SmallFileReader {
       enc = await this.encode(r.data, offsets, lengths);
     } catch (err) {
       this.slots.release();
-      for (const q of b.requests) q.reject(err);
-      return;
+      throw err;
     }
-    let unreleased = b.requests.length;
-    const release = (): void => {
-      if (--unreleased === 0) this.slots.release();
-    };
-    for (const q of b.requests) {
+    let unreleased = batch.length;
+    return firsts.map((first) => {
       let released = false;
-      q.resolve({
+      return {
         r,
         enc,
-        first: q.first,
+        first,
         release: () => {
-          if (!released) {
-            released = true;
-            release();
-          }
+          if (released) return;
+          released = true;
+          if (--unreleased === 0) this.slots.release();
         },
-      });
-    }
+      };
+    });
   }
 }
