@@ -39,8 +39,8 @@ const BATCH_BYTES = 4 * 1024 * 1024;
  */
 const BATCH_CONCURRENCY = 16;
 /**
- * Below this many batches being read or encoded, a folder's small files leave at once; above it
- * they wait to share a batch with other folders' (SmallFileReader).
+ * Below this many batches out (waiting for a slot, being read or encoded), a folder's small files
+ * leave at once; otherwise they wait to share a batch with other folders' (SmallFileReader).
  */
 const BATCH_EAGER = 2;
 

@@ -27,21 +27,33 @@ function heldEncoder(): { encode: EncodeFn; calls: number[]; finish: () => void 
     calls.push(lengths.length);
     await new Promise<void>((r) => waiting.push(r));
     const n = lengths.length;
-    return { ids: new Uint8Array(32 * n), sealed: new Uint8Array(0), ends: new Uint32Array(n), ulens: new Uint32Array(n) } satisfies EncodedBatch;
+    return {
+      ids: new Uint8Array(32 * n),
+      sealed: new Uint8Array(0),
+      ends: new Uint32Array(n),
+      ulens: new Uint32Array(n),
+    } satisfies EncodedBatch;
   };
   return { encode, calls, finish: () => waiting.splice(0).forEach((r) => r()) };
 }
 
 function request(reader: SmallFileReader, dir: string, files: number): Promise<SmallFilesShare> {
   const names = Array.from({ length: files }, (_, k) => Buffer.from(`f${k}`));
-  return reader.read(Buffer.from(dir), Buffer.from("/"), names, names.map(() => 16));
+  return reader.read(
+    Buffer.from(dir),
+    Buffer.from("/"),
+    names,
+    names.map(() => 16),
+  );
 }
 
 /** The bytes of file k of a share (its own numbering). */
 function text(s: SmallFilesShare, k: number): string {
   const b = (s.first + k) * READ_FIELDS;
   assert.equal(s.r.f[b + ReadField.errno], 0);
-  return s.r.data.subarray(s.r.f[b + ReadField.offset], s.r.f[b + ReadField.offset] + s.r.f[b + ReadField.length]).toString();
+  return s.r.data
+    .subarray(s.r.f[b + ReadField.offset], s.r.f[b + ReadField.offset] + s.r.f[b + ReadField.length])
+    .toString();
 }
 
 /** Waits until the encoder has been called n times (reads finish on the thread pool). */
@@ -53,9 +65,21 @@ async function calls(enc: { calls: number[] }, n: number): Promise<void> {
 /** Time for a batch that could leave to be read and reach the encoder. */
 const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 100));
 
-test("folders that arrive while a batch is out share the next batch, and each gets its own files", { skip: !canReadFiles() }, async () => {
-  const root = mkdtempSync(join(tmpdir(), "sitekeep-smallfiles-"));
-  try {
+/** A test of real reads (skipped without the addon) in a fresh temporary folder, removed afterwards. */
+function readTest(name: string, fn: (root: string) => Promise<void>): void {
+  test(name, { skip: !canReadFiles() }, async () => {
+    const root = mkdtempSync(join(tmpdir(), "sitekeep-smallfiles-"));
+    try {
+      await fn(root);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+}
+
+readTest(
+  "folders that arrive while a batch is out share the next batch, and each gets its own files",
+  async (root) => {
     const dirs = folders(root, 5, 3);
     const enc = heldEncoder();
     const reader = new SmallFileReader(enc.encode, { maxFiles: 64, maxBytes: 1 << 20, slots: 4, eager: 1 });
@@ -72,14 +96,12 @@ test("folders that arrive while a batch is out share the next batch, and each ge
     });
     assert.equal(got[1].r, got[4].r, "one read for the shared batch");
     for (const s of got) s.release();
-  } finally {
-    rmSync(root, { recursive: true, force: true });
-  }
-});
+  },
+);
 
-test("a full batch leaves without waiting, and a batch's slot returns only when all its shares are released", { skip: !canReadFiles() }, async () => {
-  const root = mkdtempSync(join(tmpdir(), "sitekeep-smallfiles-"));
-  try {
+readTest(
+  "a full batch leaves without waiting, and a batch's slot returns only when all its shares are released",
+  async (root) => {
     const dirs = folders(root, 6, 2);
     const enc = heldEncoder();
     const reader = new SmallFileReader(enc.encode, { maxFiles: 4, maxBytes: 1 << 20, slots: 2, eager: 1 });
@@ -109,22 +131,26 @@ test("a full batch leaves without waiting, and a batch's slot returns only when 
     await calls(enc, 4);
     enc.finish();
     assert.equal(text(await last, 0), "5:0");
-  } finally {
-    rmSync(root, { recursive: true, force: true });
-  }
-});
+  },
+);
 
-test("when a batch cannot be encoded every folder in it is told, and later batches still work", { skip: !canReadFiles() }, async () => {
-  const root = mkdtempSync(join(tmpdir(), "sitekeep-smallfiles-"));
-  try {
+readTest(
+  "when a batch cannot be encoded every folder in it is told, and later batches still work",
+  async (root) => {
     const dirs = folders(root, 4, 1);
     const enc = heldEncoder();
     let n = 0;
-    const encode: EncodeFn = (data, offsets, lengths) => (++n === 2 ? Promise.reject(new Error("worker died")) : enc.encode(data, offsets, lengths));
+    const encode: EncodeFn = (data, offsets, lengths) =>
+      ++n === 2 ? Promise.reject(new Error("worker died")) : enc.encode(data, offsets, lengths);
     const reader = new SmallFileReader(encode, { maxFiles: 8, maxBytes: 1 << 20, slots: 1, eager: 1 });
     const first = request(reader, dirs[0], 1);
     // These two wait for the first batch, then leave together.
-    const failed = [request(reader, dirs[1], 1), request(reader, dirs[2], 1)].map((p) => p.then(() => "read", (err: Error) => err.message));
+    const failed = [request(reader, dirs[1], 1), request(reader, dirs[2], 1)].map((p) =>
+      p.then(
+        () => "read",
+        (err: Error) => err.message,
+      ),
+    );
     await calls(enc, 1);
     enc.finish();
     (await first).release();
@@ -133,7 +159,5 @@ test("when a batch cannot be encoded every folder in it is told, and later batch
     await calls(enc, 2);
     enc.finish();
     assert.equal(text(await ok, 0), "3:0");
-  } finally {
-    rmSync(root, { recursive: true, force: true });
-  }
-});
+  },
+);

@@ -1,6 +1,6 @@
 // Blobs in and out of their sealed form, without a Repository: so that worker threads
 // (blob-workers.ts) can run the same code as the main thread. Encoding takes a batch of small
-// blobs (the archiver reads the small files of a folder 64 at a time; per blob on the main thread
+// blobs (the archiver reads small files 64 at a time, from one folder or several; per blob on the main thread
 // this was most of a backup's time); verifying takes a whole pack (check --read-data).
 // Two forms of the same codec: the native addon's (native/sitekeep_codec.c: one call per batch,
 // ~7 µs per small blob less) where it is built, and this file's JavaScript otherwise. The native

@@ -3,7 +3,11 @@ import assert from "node:assert/strict";
 import { Gatherer } from "./gather.js";
 
 /** A runner that records each batch and settles it only when told to. */
-function heldRunner(): { run: (b: number[]) => Promise<string[]>; batches: number[][]; finish: (err?: Error) => void } {
+function heldRunner(): {
+  run: (b: number[]) => Promise<string[]>;
+  batches: number[][];
+  finish: (err?: Error) => void;
+} {
   const batches: number[][] = [];
   const held: { resolve: () => void; reject: (e: Error) => void }[] = [];
   const run = async (b: number[]): Promise<string[]> => {
