@@ -5,7 +5,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { EncodedBatch } from "../repo/blob-codec.js";
 import { READ_FIELDS, ReadField, canReadFiles } from "../platform/fsx.js";
-import { type EncodeFn, type SmallFilesShare, SmallFileReader } from "./small-file-reader.js";
+import {
+  type EncodeFn,
+  type SmallFileReaderOptions,
+  type SmallFilesShare,
+  SmallFileReader,
+} from "./small-file-reader.js";
 
 /** Folders d0..d{n-1} of `files` files each, "d<i>/f<k>" holding "<i>:<k>". */
 function folders(root: string, n: number, files: number): string[] {
@@ -35,6 +40,21 @@ function heldEncoder(): { encode: EncodeFn; calls: number[]; finish: () => void 
     } satisfies EncodedBatch;
   };
   return { encode, calls, finish: () => waiting.splice(0).forEach((r) => r()) };
+}
+
+/** Folders under root (see folders), a held encoder, and a reader on both (`encode` wraps the encoder when given). */
+function setup(
+  root: string,
+  layout: { folders: number; files: number },
+  opts: Omit<SmallFileReaderOptions, "maxBytes">,
+  encode?: (held: EncodeFn) => EncodeFn,
+): { dirs: string[]; enc: ReturnType<typeof heldEncoder>; reader: SmallFileReader } {
+  const enc = heldEncoder();
+  const reader = new SmallFileReader(encode ? encode(enc.encode) : enc.encode, {
+    maxBytes: 1 << 20,
+    ...opts,
+  });
+  return { dirs: folders(root, layout.folders, layout.files), enc, reader };
 }
 
 function request(reader: SmallFileReader, dir: string, files: number): Promise<SmallFilesShare> {
@@ -80,9 +100,7 @@ function readTest(name: string, fn: (root: string) => Promise<void>): void {
 readTest(
   "folders that arrive while a batch is out share the next batch, and each gets its own files",
   async (root) => {
-    const dirs = folders(root, 5, 3);
-    const enc = heldEncoder();
-    const reader = new SmallFileReader(enc.encode, { maxFiles: 64, maxBytes: 1 << 20, slots: 4, eager: 1 });
+    const { dirs, enc, reader } = setup(root, { folders: 5, files: 3 }, { maxFiles: 64, slots: 4, eager: 1 });
     const shares = dirs.map((d) => request(reader, d, 3));
     await calls(enc, 1);
     assert.deepEqual(enc.calls, [3], "the first folder left alone: nothing was out");
@@ -102,9 +120,7 @@ readTest(
 readTest(
   "a full batch leaves without waiting, and a batch's slot returns only when all its shares are released",
   async (root) => {
-    const dirs = folders(root, 6, 2);
-    const enc = heldEncoder();
-    const reader = new SmallFileReader(enc.encode, { maxFiles: 4, maxBytes: 1 << 20, slots: 2, eager: 1 });
+    const { dirs, enc, reader } = setup(root, { folders: 6, files: 2 }, { maxFiles: 4, slots: 2, eager: 1 });
     const first = request(reader, dirs[0], 2); // leaves at once
     const pair = [request(reader, dirs[1], 2), request(reader, dirs[2], 2)]; // fills a batch: leaves too
     await calls(enc, 2);
@@ -137,12 +153,14 @@ readTest(
 readTest(
   "when a batch cannot be encoded every folder in it is told, and later batches still work",
   async (root) => {
-    const dirs = folders(root, 4, 1);
-    const enc = heldEncoder();
     let n = 0;
-    const encode: EncodeFn = (data, offsets, lengths) =>
-      ++n === 2 ? Promise.reject(new Error("worker died")) : enc.encode(data, offsets, lengths);
-    const reader = new SmallFileReader(encode, { maxFiles: 8, maxBytes: 1 << 20, slots: 1, eager: 1 });
+    const { dirs, enc, reader } = setup(
+      root,
+      { folders: 4, files: 1 },
+      { maxFiles: 8, slots: 1, eager: 1 },
+      (held) => (data, offsets, lengths) =>
+        ++n === 2 ? Promise.reject(new Error("worker died")) : held(data, offsets, lengths),
+    );
     const first = request(reader, dirs[0], 1);
     // These two wait for the first batch, then leave together.
     const failed = [request(reader, dirs[1], 1), request(reader, dirs[2], 1)].map((p) =>
