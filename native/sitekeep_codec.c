@@ -9,12 +9,14 @@
  * tree per folder), and a backup encodes and a check decodes every one of them. Here a batch costs
  * one call, with contexts made once per thread and reused.
  *
- * encodeblobs and decodeblobs are synchronous: their callers are the blob worker threads (encode the
- * small files of a folder, verify a pack), already off the main thread, and the main thread for one
- * small blob. decodeblobsAsync and sealblobAsync run on the thread pool: a restore's blobs, and a
- * backup's large blobs, each in one job (in JavaScript, the MAC ran on the main thread and each
- * other step was a hop of its own). Each thread keeps its own contexts (a pthread key: main,
- * worker and pool threads alike), rekeyed when a call brings another key.
+ * encodeblobs and decodeblobs are synchronous: for the main thread (one small blob), and for the
+ * tests that hold this form against the JavaScript one. encodeblobsAsync,
+ * decodeblobsAsync, verifypackAsync and sealblobAsync run on the thread pool: a backup's batches
+ * of small blobs, a restore's blobs, a check's packs and a backup's large blobs, each in one job (in
+ * JavaScript, the MAC ran on the main thread and each other step was a hop of its own; a worker
+ * thread per core cost a V8 heap of its own each, ~35 MiB at a backup's peak). Each thread keeps
+ * its own contexts (a pthread key: main, worker and pool threads alike), rekeyed when a call
+ * brings another key.
  *
  * Libraries: OpenSSL (AES, Poly1305, SHA-256, RAND_bytes) as Node exports it from its own binary,
  * as sitekeep_chunk.c uses it, and the system's zstd (libzstd.so.1, part of every Debian system:
@@ -27,6 +29,9 @@
  *   ids: 32 bytes per blob; sealed: the sealed blobs back to back; ends: Uint32Array, the end of
  *   each in `sealed`; ulens: Uint32Array, the plaintext length of a compressed blob, 0 otherwise.
  *   All four have ArrayBuffers of their own (a worker hands them over without copying).
+ * encodeblobsAsync(key, data, spans, level) -> Promise<[ids, sealed, ends, ulens]>: encodeblobs on
+ *   the thread pool; `sealed` is a Buffer over the job's own memory. `data` must not change until it
+ *   settles.
  * decodeblobs(key, src, spans, ids, keep) -> [status, out, ends]
  *   spans: (offset, length, uncompressed length or 0) per blob in `src`, as an index has them;
  *   ids: 32 bytes per blob, what each must hash to. status: Int32Array, one SK_DECODE_* per blob.
@@ -34,6 +39,9 @@
  *   each (a blob that failed keeps its place, with undefined bytes); without, both are null.
  * decodeblobsAsync(key, src, spans, ids) -> Promise<[status, out, ends]>: decodeblobs with `keep`,
  *   on the thread pool. `src` must not change until it settles.
+ * verifypackAsync(key, pack, spans, ids) -> Promise<[status, hash]>: decodeblobs without `keep`,
+ *   and the SHA-256 of all of `pack`, on the thread pool (check --read-data). `pack` must not change
+ *   until it settles.
  * sealblobAsync(key, data, level) -> Promise<[sealed, uncompressed length or 0]>: one blob
  *   compressed (when that makes it shorter) and sealed on the thread pool, without its ID (a large
  *   blob's ID is known before it is stored: chunkhash). `data` must not change until it settles.
@@ -266,6 +274,17 @@ static void codec_trim(sk_codec *c) {
   scratch_release(&c->ivs, SK_SCRATCH_KEEP);
 }
 
+/*
+ * Gives back every scratch buffer. For a check's pack jobs: they wander over all the pool's threads,
+ * and each thread kept up to 2 x 8 MiB (a large blob's body and plaintext): a check of the mixed
+ * benchmark set peaked at ~255 MiB with that, ~222 MiB without, in the same time.
+ */
+static void codec_release(sk_codec *c) {
+  scratch_release(&c->body, 0);
+  scratch_release(&c->extra, 0);
+  scratch_release(&c->ivs, 0);
+}
+
 /* ---- the format's primitives (each false when OpenSSL or zstd fails) ------- */
 
 static bool sha256(sk_codec *c, const uint8_t *d, size_t n, uint8_t *out) {
@@ -382,67 +401,106 @@ static bool get_level(napi_env env, napi_value v, int32_t *level) {
   return true;
 }
 
-static napi_value sk_encodeblobs(napi_env env, napi_callback_info info) {
-  napi_value argv[4];
+/* encodeblobs' arguments, checked. */
+typedef struct {
   const uint8_t *key;
+  const uint8_t *data;
+  const double *spans; /* (offset, length) per blob, each within data */
+  size_t n;
+  size_t worst;   /* the sealed blobs' total at most (each is at most its length + IV + MAC) */
+  size_t largest; /* the longest blob */
+  int32_t level;
+} sk_encode_args;
+
+/* argv: key, data, spans, level. False with an exception pending. */
+static bool get_encode_args(napi_env env, napi_value *argv, sk_encode_args *a) {
   void *data;
   double *spans;
   size_t dlen, slen;
-  int32_t level;
-  if (!get_args(env, info, 4, argv) || !get_key(env, argv[0], &key) || !get_bytes(env, argv[1], "data", &data, &dlen) ||
-      !get_f64s(env, argv[2], "spans", &spans, &slen)) {
-    return NULL;
+  if (!get_key(env, argv[0], &a->key) || !get_bytes(env, argv[1], "data", &data, &dlen) || !get_f64s(env, argv[2], "spans", &spans, &slen) ||
+      !get_level(env, argv[3], &a->level)) {
+    return false;
   }
-  if (!get_level(env, argv[3], &level)) return NULL;
   if (slen % 2 != 0) {
     throw_arg_range(env, "spans", "(offset, length) pairs");
-    return NULL;
+    return false;
   }
-  size_t n = slen / 2, worst = 0, largest = 0;
-  for (size_t i = 0; i < n; i++) {
+  a->data = data;
+  a->spans = spans;
+  a->n = slen / 2;
+  a->worst = 0;
+  a->largest = 0;
+  for (size_t i = 0; i < a->n; i++) {
     size_t off, len;
-    if (!span_value(env, spans[2 * i], (double)dlen, &off) || !span_value(env, spans[2 * i + 1], (double)(dlen - off), &len)) return NULL;
-    worst += len + SK_IV + SK_MAC;
-    if (len > largest) largest = len;
+    if (!span_value(env, spans[2 * i], (double)dlen, &off) || !span_value(env, spans[2 * i + 1], (double)(dlen - off), &len)) return false;
+    a->worst += len + SK_IV + SK_MAC;
+    if (len > a->largest) a->largest = len;
   }
   /* ends and ulens are 32-bit, as the JavaScript form has them. */
-  if (worst > UINT32_MAX || largest > INT_MAX) {
+  if (a->worst > UINT32_MAX || a->largest > INT_MAX) {
     throw_arg_range(env, "spans", "blobs of less than 4 GiB together");
-    return NULL;
+    return false;
   }
-  sk_codec *c = codec_here(env, key);
+  return true;
+}
+
+/*
+ * Encodes the n blobs of `data` at `spans`: ids (32 bytes each), the sealed blobs back to back in
+ * `body` (room for the worst case), the end of each in `ends`, and `ulens`. *total: body's length.
+ * Runs on any thread; false with *why set.
+ */
+static bool encode_all(sk_codec *c, const uint8_t *data, const double *spans, size_t n, size_t largest, int level, uint8_t *ids,
+                       uint8_t *body, uint32_t *ends, uint32_t *ulens, size_t *total, const char **why) {
+  if (!scratch_fit(&c->extra, level > 0 ? lib.zstd_bound(largest) : 1) || !scratch_fit(&c->ivs, n > 0 ? n * SK_IV : 1)) {
+    *why = "encodeblobs: out of memory";
+    return false;
+  }
+  if (n > 0 && lib.rand_bytes(c->ivs.p, (int)(n * SK_IV)) != 1) {
+    *why = "encodeblobs: OpenSSL's RAND_bytes failed";
+    return false;
+  }
+  size_t pos = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t sealed;
+    const uint8_t *plain = data + (size_t)spans[2 * i];
+    if (!encode_one(c, plain, (size_t)spans[2 * i + 1], level, c->ivs.p + i * SK_IV, ids + i * SK_ID, body + pos, &sealed, &ulens[i])) {
+      *why = "encodeblobs: OpenSSL or zstd failed";
+      return false;
+    }
+    pos += sealed;
+    ends[i] = (uint32_t)pos;
+  }
+  *total = pos;
+  return true;
+}
+
+static napi_value sk_encodeblobs(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  sk_encode_args a;
+  if (!get_args(env, info, 4, argv) || !get_encode_args(env, argv, &a)) return NULL;
+  sk_codec *c = codec_here(env, a.key);
   if (c == NULL) return NULL;
   napi_value result = NULL;
-  if (!scratch_fit(&c->body, worst > 0 ? worst : 1) || !scratch_fit(&c->extra, level > 0 ? lib.zstd_bound(largest) : 1) ||
-      !scratch_fit(&c->ivs, n > 0 ? n * SK_IV : 1)) {
+  if (!scratch_fit(&c->body, a.worst > 0 ? a.worst : 1)) {
     napi_throw_error(env, "ENOMEM", "encodeblobs: out of memory");
     goto done;
   }
   napi_value out[4];
   uint8_t *ids;
   uint32_t *ends, *ulens;
-  if (!new_typed(env, napi_uint8_array, n * SK_ID, 1, (void **)&ids, &out[0]) ||
-      !new_typed(env, napi_uint32_array, n, 4, (void **)&ends, &out[2]) || !new_typed(env, napi_uint32_array, n, 4, (void **)&ulens, &out[3])) {
+  if (!new_typed(env, napi_uint8_array, a.n * SK_ID, 1, (void **)&ids, &out[0]) ||
+      !new_typed(env, napi_uint32_array, a.n, 4, (void **)&ends, &out[2]) || !new_typed(env, napi_uint32_array, a.n, 4, (void **)&ulens, &out[3])) {
     goto done;
   }
-  if (n > 0 && lib.rand_bytes(c->ivs.p, (int)(n * SK_IV)) != 1) {
-    napi_throw_error(env, NULL, "encodeblobs: OpenSSL's RAND_bytes failed");
+  size_t total;
+  const char *why = NULL;
+  if (!encode_all(c, a.data, a.spans, a.n, a.largest, a.level, ids, c->body.p, ends, ulens, &total, &why)) {
+    napi_throw_error(env, NULL, why);
     goto done;
-  }
-  size_t pos = 0;
-  for (size_t i = 0; i < n; i++) {
-    size_t sealed;
-    const uint8_t *plain = (const uint8_t *)data + (size_t)spans[2 * i];
-    if (!encode_one(c, plain, (size_t)spans[2 * i + 1], level, c->ivs.p + i * SK_IV, ids + i * SK_ID, c->body.p + pos, &sealed, &ulens[i])) {
-      napi_throw_error(env, NULL, "encodeblobs: OpenSSL or zstd failed");
-      goto done;
-    }
-    pos += sealed;
-    ends[i] = (uint32_t)pos;
   }
   void *sp;
-  if (!new_typed(env, napi_uint8_array, pos, 1, &sp, &out[1])) goto done;
-  if (pos > 0) memcpy(sp, c->body.p, pos);
+  if (!new_typed(env, napi_uint8_array, total, 1, &sp, &out[1])) goto done;
+  if (total > 0) memcpy(sp, c->body.p, total);
   result = array_of(env, out, 4);
 done:
   codec_trim(c);
@@ -533,6 +591,103 @@ static napi_value sk_sealblob_async(napi_env env, napi_callback_info info) {
   job->level = level;
   return queue_holding(env, "sitekeep.sealblob", argv[1], seal_execute, seal_complete, job, free_seal_job, &job->data_ref, &job->work,
                        &job->deferred);
+}
+
+/* ---- encodeblobsAsync: encodeblobs on the thread pool ------------------------ */
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref data_ref;
+  uint8_t key[SK_KEY_BYTES];
+  const uint8_t *data;
+  double *spans; /* copied: the caller's array may change while the job runs */
+  size_t n, worst, largest, total;
+  int level;
+  uint8_t *ids;
+  uint32_t *ends, *ulens;
+  uint8_t *body; /* the sealed blobs (total bytes), handed over as the result's Buffer */
+  const char *failed;
+} sk_encode_job;
+
+static void free_encode_job(void *arg) {
+  sk_encode_job *job = arg;
+  lib.cleanse(job->key, sizeof job->key);
+  free(job->spans);
+  free(job->ids);
+  free(job->ends);
+  free(job->ulens);
+  free(job->body);
+  free(job);
+}
+
+static void encode_execute(napi_env env, void *arg) {
+  sk_encode_job *job = arg;
+  sk_batch_thread();
+  sk_codec *c = codec_for(job->key, &job->failed);
+  if (c == NULL) return;
+  /* Into the thread's scratch, then a copy of the exact size: memory sized for the worst case
+   * (4 MiB and more for a full batch) would be mapped afresh, and faulted in, for every batch. */
+  if (!scratch_fit(&c->body, job->worst > 0 ? job->worst : 1)) job->failed = "encodeblobsAsync: out of memory";
+  else if (encode_all(c, job->data, job->spans, job->n, job->largest, job->level, job->ids, c->body.p, job->ends, job->ulens, &job->total,
+                      &job->failed)) {
+    if ((job->body = malloc(job->total + 1)) == NULL) job->failed = "encodeblobsAsync: out of memory";
+    else memcpy(job->body, c->body.p, job->total);
+  }
+  codec_trim(c);
+}
+
+static napi_value encode_result(napi_env env, sk_encode_job *job) {
+  napi_value out[4];
+  void *p;
+  if (!new_typed(env, napi_uint8_array, job->n * SK_ID, 1, &p, &out[0])) return NULL;
+  memcpy(p, job->ids, job->n * SK_ID);
+  if (!new_typed(env, napi_uint32_array, job->n, 4, &p, &out[2])) return NULL;
+  memcpy(p, job->ends, job->n * 4);
+  if (!new_typed(env, napi_uint32_array, job->n, 4, &p, &out[3])) return NULL;
+  memcpy(p, job->ulens, job->n * 4);
+  /* The sealed blobs as they are: no copy (the caller frees them when packed: releaseBuffer). */
+  if (job->total > 0 && napi_create_external_buffer(env, job->total, job->body, free_external, NULL, &out[1]) == napi_ok) {
+    job->body = NULL;
+  } else if (napi_create_buffer_copy(env, job->total, job->total ? (void *)job->body : (void *)"", NULL, &out[1]) != napi_ok) {
+    ensure_thrown(env);
+    return NULL;
+  }
+  return array_of(env, out, 4);
+}
+
+static void encode_complete(napi_env env, napi_status status, void *arg) {
+  sk_encode_job *job = arg;
+  napi_value result = NULL;
+  if (status == napi_ok) {
+    if (job->failed) napi_throw_error(env, NULL, job->failed);
+    else result = encode_result(env, job);
+  }
+  settle_holding(env, job->deferred, status, "encodeblobsAsync", result, job->data_ref, job->work);
+  free_encode_job(job);
+}
+
+/* encodeblobsAsync(key, data, spans, level) -> Promise<[ids, sealed, ends, ulens]>; `data` must not change until it settles. */
+static napi_value sk_encodeblobs_async(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  sk_encode_args a;
+  if (!get_args(env, info, 4, argv) || !get_encode_args(env, argv, &a)) return NULL;
+  sk_encode_job *job = calloc(1, sizeof *job);
+  if (job == NULL || (job->spans = malloc(a.n * 2 * sizeof(double) + 1)) == NULL || (job->ids = malloc(a.n * SK_ID + 1)) == NULL ||
+      (job->ends = malloc(a.n * 4 + 1)) == NULL || (job->ulens = malloc(a.n * 4 + 1)) == NULL) {
+    if (job) free_encode_job(job);
+    napi_throw_error(env, "ENOMEM", "encodeblobsAsync: out of memory");
+    return NULL;
+  }
+  memcpy(job->key, a.key, SK_KEY_BYTES);
+  memcpy(job->spans, a.spans, a.n * 2 * sizeof(double));
+  job->data = a.data;
+  job->n = a.n;
+  job->worst = a.worst;
+  job->largest = a.largest;
+  job->level = a.level;
+  return queue_holding(env, "sitekeep.encodeblobs", argv[1], encode_execute, encode_complete, job, free_encode_job, &job->data_ref,
+                       &job->work, &job->deferred);
 }
 
 /* ---- decodeblobs ------------------------------------------------------------ */
@@ -677,7 +832,7 @@ done:
   return result;
 }
 
-/* ---- decodeblobsAsync: decodeblobs with `keep`, on the thread pool ----------- */
+/* ---- decodeblobsAsync and verifypackAsync: decodeblobs on the thread pool ----- */
 
 typedef struct {
   napi_async_work work;
@@ -691,9 +846,11 @@ typedef struct {
   size_t n;
   size_t total;
   int32_t *status;
+  bool keep;          /* decodeblobsAsync: the plaintexts are kept (out, ends) */
   double *ends;
   uint8_t *out;
-  const char *failed; /* why the job failed, or NULL */
+  uint8_t hash[SK_ID]; /* verifypackAsync: SHA-256 of all of src */
+  const char *failed;  /* why the job failed, or NULL */
 } sk_decode_job;
 
 static void free_decode_job(void *arg) {
@@ -712,10 +869,12 @@ static void decode_execute(napi_env env, void *arg) {
   sk_batch_thread();
   sk_codec *c = codec_for(job->key, &job->failed);
   if (c == NULL) return;
-  if (!decode_all(c, job->src, job->srclen, job->spans, job->ids, job->n, true, job->status, job->out, job->ends)) {
-    job->failed = "decodeblobsAsync: OpenSSL failed, or out of memory";
+  if (!decode_all(c, job->src, job->srclen, job->spans, job->ids, job->n, job->keep, job->status, job->out, job->ends) ||
+      (!job->keep && !sha256(c, job->src, job->srclen, job->hash))) {
+    job->failed = job->keep ? "decodeblobsAsync: OpenSSL failed, or out of memory" : "verifypackAsync: OpenSSL failed, or out of memory";
   }
-  codec_trim(c);
+  if (job->keep) codec_trim(c);
+  else codec_release(c);
 }
 
 static napi_value decode_result(napi_env env, sk_decode_job *job) {
@@ -735,37 +894,65 @@ static napi_value decode_result(napi_env env, sk_decode_job *job) {
   return array_of(env, out, 3);
 }
 
+static napi_value verify_result(napi_env env, sk_decode_job *job) {
+  napi_value out[2];
+  void *p;
+  if (!new_typed(env, napi_int32_array, job->n, 4, &p, &out[0])) return NULL;
+  memcpy(p, job->status, job->n * 4);
+  if (napi_create_buffer_copy(env, SK_ID, job->hash, NULL, &out[1]) != napi_ok) {
+    ensure_thrown(env);
+    return NULL;
+  }
+  return array_of(env, out, 2);
+}
+
 static void decode_complete(napi_env env, napi_status status, void *arg) {
   sk_decode_job *job = arg;
   napi_value result = NULL;
   if (status == napi_ok) {
     if (job->failed) napi_throw_error(env, NULL, job->failed);
-    else result = decode_result(env, job);
+    else result = job->keep ? decode_result(env, job) : verify_result(env, job);
   }
-  settle_holding(env, job->deferred, status, "decodeblobsAsync", result, job->src_ref, job->work);
+  settle_holding(env, job->deferred, status, job->keep ? "decodeblobsAsync" : "verifypackAsync", result, job->src_ref, job->work);
   free_decode_job(job);
+}
+
+/* A decode job over argv[1] (the pack or blobs), queued; keep: decodeblobsAsync, else verifypackAsync. */
+static napi_value queue_decode(napi_env env, napi_value *argv, const sk_decode_args *a, bool keep) {
+  const char *name = keep ? "decodeblobsAsync: out of memory" : "verifypackAsync: out of memory";
+  sk_decode_job *job = calloc(1, sizeof *job);
+  if (job == NULL || (job->spans = malloc(a->n * 3 * sizeof(double) + 1)) == NULL || (job->ids = malloc(a->n * SK_ID + 1)) == NULL ||
+      (job->status = malloc(a->n * 4 + 1)) == NULL ||
+      (keep && ((job->ends = malloc(a->n * 8 + 1)) == NULL || (job->out = malloc(a->total + 1)) == NULL))) {
+    if (job) free_decode_job(job);
+    napi_throw_error(env, "ENOMEM", name);
+    return NULL;
+  }
+  memcpy(job->key, a->key, SK_KEY_BYTES);
+  memcpy(job->spans, a->spans, a->n * 3 * sizeof(double));
+  memcpy(job->ids, a->ids, a->n * SK_ID);
+  job->src = a->src;
+  job->srclen = a->srclen;
+  job->n = a->n;
+  job->total = a->total;
+  job->keep = keep;
+  return queue_holding(env, keep ? "sitekeep.decodeblobs" : "sitekeep.verifypack", argv[1], decode_execute, decode_complete, job,
+                       free_decode_job, &job->src_ref, &job->work, &job->deferred);
 }
 
 static napi_value sk_decodeblobs_async(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   sk_decode_args a;
   if (!get_args(env, info, 4, argv) || !get_decode_args(env, argv, &a)) return NULL;
-  sk_decode_job *job = calloc(1, sizeof *job);
-  if (job == NULL || (job->spans = malloc(a.n * 3 * sizeof(double) + 1)) == NULL || (job->ids = malloc(a.n * SK_ID + 1)) == NULL ||
-      (job->status = malloc(a.n * 4 + 1)) == NULL || (job->ends = malloc(a.n * 8 + 1)) == NULL || (job->out = malloc(a.total + 1)) == NULL) {
-    if (job) free_decode_job(job);
-    napi_throw_error(env, "ENOMEM", "decodeblobsAsync: out of memory");
-    return NULL;
-  }
-  memcpy(job->key, a.key, SK_KEY_BYTES);
-  memcpy(job->spans, a.spans, a.n * 3 * sizeof(double));
-  memcpy(job->ids, a.ids, a.n * SK_ID);
-  job->src = a.src;
-  job->srclen = a.srclen;
-  job->n = a.n;
-  job->total = a.total;
-  return queue_holding(env, "sitekeep.decodeblobs", argv[1], decode_execute, decode_complete, job, free_decode_job, &job->src_ref,
-                       &job->work, &job->deferred);
+  return queue_decode(env, argv, &a, true);
+}
+
+/* verifypackAsync(key, pack, spans, ids) -> Promise<[status, sha256 of pack]>; `pack` must not change until it settles. */
+static napi_value sk_verifypack_async(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  sk_decode_args a;
+  if (!get_args(env, info, 4, argv) || !get_decode_args(env, argv, &a)) return NULL;
+  return queue_decode(env, argv, &a, false);
 }
 
 bool sk_codec_define(napi_env env, napi_value exports) {
@@ -774,8 +961,10 @@ bool sk_codec_define(napi_env env, napi_value exports) {
   if (!lib.ready || !codec_key_made) return true; /* no OpenSSL or zstd in this process: the JavaScript form is used */
   napi_property_descriptor props[] = {
       {"encodeblobs", NULL, sk_encodeblobs, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"encodeblobsAsync", NULL, sk_encodeblobs_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"decodeblobs", NULL, sk_decodeblobs, NULL, NULL, NULL, napi_enumerable, NULL},
       {"decodeblobsAsync", NULL, sk_decodeblobs_async, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"verifypackAsync", NULL, sk_verifypack_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sealblobAsync", NULL, sk_sealblob_async, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   return napi_define_properties(env, exports, sizeof props / sizeof props[0], props) == napi_ok;

@@ -32,8 +32,8 @@ const FILE_CONCURRENCY = 2;
 const BATCH_FILES = 64;
 const BATCH_BYTES = 4 * 1024 * 1024;
 /**
- * Batches being read, encoded or stored at once. A batch goes from the thread pool (reading) to a
- * worker (encoding) to this thread (packing); with few in flight, each hand-over woke a sleeping
+ * Batches being read, encoded or stored at once. A batch goes from the thread pool (reading) to the
+ * pool again (encoding) to this thread (packing); with few in flight, each hand-over woke a sleeping
  * thread (~50 µs on a VM) and a site of many tiny folders ran at the speed of those wake-ups
  * (3 -> 16: 18.6 -> 15.7 s for 320k files in 32k folders).
  */
@@ -513,7 +513,7 @@ export class Archiver {
 
   /**
    * Reads the small files `idx` of a folder in groups, with other folders' files where several are
-   * being walked (SmallFileReader), has them encoded on a worker thread and makes their nodes. A
+   * being walked (SmallFileReader), has them encoded off this thread and makes their nodes. A
    * group's share of its batch is released once its blobs are queued for packing, which bounds the
    * bytes read ahead (the packs copy the sealed bytes they take).
    */
@@ -800,7 +800,8 @@ export class Archiver {
     if (data === "grew") return this.readLargeFile(abs, display, st);
     if (data === undefined) return undefined;
     if (data.length === 0) return { ids: [], size: 0 };
-    return { ids: [await this.storeChunk(data, true)], size: data.length };
+    const size = data.length; // (storeChunk gives `data` away)
+    return { ids: [await this.storeChunk(data, true)], size };
   }
 
   private readWholeSync(abs: Buffer, display: string, st: BigIntStats): Buffer | "grew" | undefined {
@@ -846,15 +847,16 @@ export class Archiver {
   private async storeChunk(chunk: Buffer, owned = false, hashed?: Buffer): Promise<string> {
     this.checkAbort();
     const id = hashed ?? sha256(chunk);
+    const length = chunk.length; // (an owned chunk is the repository's once queued)
     if (!this.repo.hasBlob("data", id)) {
       const plain = owned ? chunk : copyOf(chunk);
       // (A copy of the ID: it may be a view of cutAndHash's records, which the index must not pin.)
-      const added = await this.repo.queueBlob("data", plain, Buffer.from(id), (stored) => {
+      const onStored = (stored: number): void => {
         this.progress.bytesAdded += stored;
-      });
-      if (added) this.stats.data_blobs++;
+      };
+      if (await this.repo.queueBlob("data", plain, Buffer.from(id), onStored, true)) this.stats.data_blobs++;
     }
-    this.progress.bytes += chunk.length;
+    this.progress.bytes += length;
     this.report();
     return id.toString("hex");
   }

@@ -6,14 +6,14 @@
 // data, the snapshots and paths that depend on it ("affects"). Affects are computed during the tree
 // walk, which keeps for each tree the damaged paths below it, so a tree shared by many snapshots is
 // read only once. The walk needs to know which packs and blobs are damaged, but reading the data
-// takes both cores' worker threads while this thread idles: so the walk runs while the data is read,
+// takes both cores' helper threads while this thread idles: so the walk runs while the data is read,
 // with the damage known before it (missing packs, wrong sizes), and the data's findings are held
 // back. When the data turns out damaged (rare), the walk's results are dropped and it runs again
 // knowing all the damage; otherwise they stand as they are.
 import { availableParallelism } from "node:os";
 import { SitekeepError, errorMessage } from "../errors.js";
 import { BlobIndex, type BlobLocation } from "../repo/blob-index.js";
-import type { PackVerdict } from "../repo/blob-codec.js";
+import { type PackVerdict, packEntries, verifyPackInBackground } from "../repo/blob-codec.js";
 import { verifyPackInWorker } from "../repo/blob-workers.js";
 import { EXTENSION } from "../repo/crypto.js";
 import { isIdHex, shortId } from "../repo/id.js";
@@ -56,7 +56,7 @@ export interface CheckResult {
 
 const MAX_PATHS = 20;
 const MAX_PACK_NOTICES = 20;
-/** Packs read at once: one per blob worker, and one being read. */
+/** Packs read at once: one being verified per core, and one being read. */
 const DATA_CONCURRENCY = Math.min(5, availableParallelism() + 1);
 const INDEX_CONCURRENCY = 4;
 /** Smallest pack buffer allocated: packs are written up to 16 MiB and a little over. */
@@ -145,7 +145,7 @@ class Checker {
   private bytesRead = 0;
   private snapshotCount = 0;
   private treeSlots = TREE_CONCURRENCY;
-  /** Pack buffers back from the workers, to read the next packs into (at most DATA_CONCURRENCY). */
+  /** Pack buffers verified (back from a worker, or from the pool), to read the next packs into (at most DATA_CONCURRENCY). */
   private readonly packBuffers: ArrayBuffer[] = [];
   /** While the data is read: the walk's latest progress, held back (null: none yet). */
   private walkProgress?: { done: number; total: number } | null;
@@ -399,17 +399,21 @@ class Checker {
     } catch (err) {
       headerProblem = `its header cannot be read (${oneLine(errorMessage(err))})`;
     }
-    // Hashing the file and decoding every blob run on a worker thread (one per core), while this
-    // thread reads the next packs: on this thread alone, check was bound to one core.
+    // Hashing the file and decoding every blob run on the thread pool (a worker thread per core
+    // without the addon), while this thread reads the next packs: on this thread alone, check was
+    // bound to one core.
     let verdict: PackVerdict;
     try {
-      const v = await verifyPackInWorker(this.repo.key, buf, entries, () => backend.load({ type: "data", name: packId }), lend);
-      // Back from the worker, or still here when the pack was verified on this thread.
+      const v: PackVerdict & { buffer?: ArrayBuffer } = verifyPackInBackground
+        ? await verifyPackInBackground(this.repo.key, buf, packEntries(entries))
+        : await verifyPackInWorker(this.repo.key, buf, entries, () => backend.load({ type: "data", name: packId }), lend);
+      // Back from the worker, or still here when the pack was verified on the pool or this thread.
       const back = v.buffer ?? (lend && buf.buffer.byteLength ? (buf.buffer as ArrayBuffer) : undefined);
       if (back && this.packBuffers.length < DATA_CONCURRENCY) this.packBuffers.push(back);
       verdict = v;
     } catch (err) {
-      // Only when a worker died with the pack and reading it again failed.
+      // Only when a worker died with the pack and reading it again failed, or the pool's job did
+      // (OpenSSL failed or memory ran out).
       return { packId, problem: { kind: "pack", file: name, message: `pack ${name} cannot be read: ${oneLine(errorMessage(err))}` } };
     }
     const failures: string[] = [];
@@ -428,7 +432,7 @@ class Checker {
     return badBlobs.length && headerOk ? { packId, problem, blobs: badBlobs } : { packId, problem };
   }
 
-  /** A buffer of at least `size` bytes for a pack: one that came back from a worker, or a new one. */
+  /** A buffer of at least `size` bytes for a pack: one verified before, or a new one. */
   private packBuffer(size: number): ArrayBuffer {
     const i = this.packBuffers.findIndex((b) => b.byteLength >= size);
     if (i >= 0) return this.packBuffers.splice(i, 1)[0];

@@ -24,18 +24,21 @@ function folders(root: string, n: number, files: number): string[] {
   return dirs;
 }
 
-/** An encoder that records each call's blob count and finishes only when told to. */
+/**
+ * An encoder that records each call's blob count and finishes only when told to. It "seals" each
+ * blob as itself: `sealed` is a copy of the data read (the reader frees the data once encoded).
+ */
 function heldEncoder(): { encode: EncodeFn; calls: number[]; finish: () => void } {
   const calls: number[] = [];
   const waiting: (() => void)[] = [];
-  const encode: EncodeFn = async (_data, _offsets, lengths) => {
+  const encode: EncodeFn = async (data, offsets, lengths) => {
     calls.push(lengths.length);
     await new Promise<void>((r) => waiting.push(r));
     const n = lengths.length;
     return {
       ids: new Uint8Array(32 * n),
-      sealed: new Uint8Array(0),
-      ends: new Uint32Array(n),
+      sealed: new Uint8Array(data),
+      ends: Uint32Array.from(offsets, (o, i) => o + lengths[i]),
       ulens: new Uint32Array(n),
     } satisfies EncodedBatch;
   };
@@ -67,13 +70,13 @@ function request(reader: SmallFileReader, dir: string, files: number): Promise<S
   );
 }
 
-/** The bytes of file k of a share (its own numbering). */
+/** The bytes of file k of a share (its own numbering), as the held encoder "sealed" them. */
 function text(s: SmallFilesShare, k: number): string {
   const b = (s.first + k) * READ_FIELDS;
   assert.equal(s.r.f[b + ReadField.errno], 0);
-  return s.r.data
-    .subarray(s.r.f[b + ReadField.offset], s.r.f[b + ReadField.offset] + s.r.f[b + ReadField.length])
-    .toString();
+  const start = s.r.f[b + ReadField.offset];
+  assert.equal(s.enc.ends[s.first + k], start + s.r.f[b + ReadField.length]);
+  return Buffer.from(s.enc.sealed.subarray(start, s.enc.ends[s.first + k])).toString();
 }
 
 /** Waits until the encoder has been called n times (reads finish on the thread pool). */
@@ -113,7 +116,12 @@ readTest(
       for (let k = 0; k < 3; k++) assert.equal(text(s, k), `${i}:${k}`);
     });
     assert.equal(got[1].r, got[4].r, "one read for the shared batch");
-    for (const s of got) s.release();
+    assert.equal(got[1].r.data.length, 0, "the bytes read are freed once encoded");
+    for (const s of got.slice(1, 4)) s.release();
+    assert.ok(got[4].enc.sealed.length > 0, "the encoded batch stays while a share is held");
+    got[4].release();
+    assert.equal(got[4].enc.sealed.length, 0, "and is freed when its last share is released");
+    got[0].release();
   },
 );
 

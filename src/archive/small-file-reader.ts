@@ -1,11 +1,12 @@
 // Reads the small files of many folders in shared batches: one native read on the thread pool and
-// one encode on a worker thread per batch, whichever folders its files come from. A site of many
+// one encode off the main thread per batch, whichever folders its files come from. A site of many
 // tiny folders (320k files in 32k folders, ~10 per folder) paid both hand-overs per folder: most
 // of the main thread's time in those calls was waiting for a core after waking another thread.
 //
 // Batches are gathered without timers (util/gather.ts); a batch's slot bounds the bytes read ahead.
 import type { EncodedBatch } from "../repo/blob-codec.js";
 import { type ReadFiles, READ_FIELDS, ReadField, readFiles } from "../platform/fsx.js";
+import { releaseBuffer } from "../platform/native.js";
 import { Semaphore } from "../util/concurrency.js";
 import { Gatherer } from "../util/gather.js";
 
@@ -18,7 +19,8 @@ export interface SmallFilesShare {
   first: number;
   /**
    * Called once this share's blobs are queued for packing: the batch's slot (what bounds the
-   * bytes read ahead) returns when every share of it has been released.
+   * bytes read ahead) returns, and the memory of `enc` is freed, when every share of it has been
+   * released. `r.data` is freed once encoded (its numbers, `r.f`, stay).
    */
   release(): void;
 }
@@ -97,10 +99,17 @@ export class SmallFileReader {
         lengths.push(r.f[rb + ReadField.errno] ? 0 : r.f[rb + ReadField.length]);
       }
       enc = await this.encode(r.data, offsets, lengths);
+      releaseBuffer(r.data); // encoded: the shares need its numbers only
     } catch (err) {
       this.slots.release();
       throw err;
     }
+    const done = (): void => {
+      // Every share's blobs are in packs (copied there) or were known: the batch's memory goes now.
+      releaseBuffer(enc.sealed);
+      releaseBuffer(enc.ids);
+      this.slots.release();
+    };
     let unreleased = batch.length;
     return firsts.map((first) => {
       let released = false;
@@ -111,7 +120,7 @@ export class SmallFileReader {
         release: () => {
           if (released) return;
           released = true;
-          if (--unreleased === 0) this.slots.release();
+          if (--unreleased === 0) done();
         },
       };
     });

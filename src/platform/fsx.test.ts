@@ -22,6 +22,7 @@ import {
   WriteStep,
   writeFiles,
 } from "./fsx.js";
+import { nativeAddon, releaseBuffer } from "./native.js";
 
 const { S_IFIFO, S_IFCHR } = fs.constants;
 const isRoot = process.getuid?.() === 0;
@@ -350,6 +351,23 @@ test("with returnLargeBuffersToTheSystem, a freed 8 MiB buffer goes back to the 
   assert.ok(set.added >= 8 << 20 && set.returned >= 8 << 20, `mapped for the buffer: ${set.added} bytes, returned: ${set.returned}`);
   const unset = run("none");
   assert.ok(unset.added < 8 << 20, "without the setting the buffer came from the heap (else this test proves nothing)");
+});
+
+test("releaseBuffer frees a buffer's memory at once, and leaves a buffer it does not span whole alone", (t) => {
+  if (!nativeAddon?.release) return t.skip("no addon");
+  const before = process.memoryUsage().arrayBuffers;
+  const big = Buffer.allocUnsafeSlow(32 << 20).fill(1);
+  assert.ok(process.memoryUsage().arrayBuffers >= before + (32 << 20));
+  releaseBuffer(big);
+  assert.equal(big.length, 0, "every view of it is empty");
+  assert.ok(process.memoryUsage().arrayBuffers < before + (1 << 20), "freed without waiting for a garbage collection");
+  const pooled = Buffer.from("abc"); // a view of Node's shared pool
+  releaseBuffer(pooled);
+  assert.equal(pooled.toString(), "abc");
+  const whole = Buffer.alloc(100, 2);
+  const view = whole.subarray(10);
+  releaseBuffer(view);
+  assert.deepEqual([view.length, whole.length, whole[0]], [90, 100, 2]);
 });
 
 describe("writeFiles", () => {

@@ -23,13 +23,19 @@ export interface NativeAddon {
   batchThisThread?(): void;
   /** Sets glibc's M_MMAP_THRESHOLD (false elsewhere; see sitekeep_fs.c). */
   mmapThreshold?(bytes: number): boolean;
+  /** Detaches the ArrayBuffer under `buf` when `buf` spans all of it, freeing its memory now (see sitekeep_fs.c). */
+  release?(buf: Uint8Array): boolean;
   /** SHA-256 on the thread pool, without a copy of `buf` (same condition as chunkhash). */
   sha256?(buf: Uint8Array): Promise<Buffer>;
   /** restic's blob format for a batch of blobs (native/sitekeep_codec.c; present with OpenSSL and libzstd). */
   encodeblobs?(key: Buffer, data: Buffer, spans: Float64Array, level: number): [Uint8Array, Uint8Array, Uint32Array, Uint32Array];
+  /** encodeblobs on the thread pool; `sealed` is a Buffer of its own. `data` must not change until it settles. */
+  encodeblobsAsync?(key: Buffer, data: Buffer, spans: Float64Array, level: number): Promise<[Uint8Array, Buffer, Uint32Array, Uint32Array]>;
   decodeblobs?(key: Buffer, src: Buffer, spans: Float64Array, ids: Buffer, keep: boolean): [Int32Array, Buffer | null, Float64Array | null];
   /** decodeblobs with the plaintexts kept, on the thread pool. `src` must not change until it settles. */
   decodeblobsAsync?(key: Buffer, src: Buffer, spans: Float64Array, ids: Buffer): Promise<[Int32Array, Buffer, Float64Array]>;
+  /** decodeblobs without keeping the plaintexts, and the SHA-256 of `pack`, on the thread pool. `pack` must not change until it settles. */
+  verifypackAsync?(key: Buffer, pack: Buffer, spans: Float64Array, ids: Buffer): Promise<[Int32Array, Buffer]>;
   /** One blob compressed (level > 0, when shorter) and sealed on the thread pool: [sealed, uncompressed length or 0]. */
   sealblobAsync?(key: Buffer, data: Buffer, level: number): Promise<[Buffer, number]>;
 }
@@ -67,4 +73,15 @@ export const nativeAddon: NativeAddon | undefined = loadNative();
  */
 export function returnLargeBuffersToTheSystem(): void {
   nativeAddon?.mmapThreshold?.(4 * 1024 * 1024);
+}
+
+/**
+ * Frees `buf`'s memory now instead of when the garbage collector gets to it: V8 lets tens of MiB
+ * of dead external memory (chunks, sealed blobs, batches) pile up between collections, and the
+ * allocator keeps what it held resident. Only for a buffer that is the caller's alone and spans
+ * its whole ArrayBuffer (anything else is left as it is); every view of it is empty afterwards.
+ * A no-op without the addon.
+ */
+export function releaseBuffer(buf: Uint8Array): void {
+  nativeAddon?.release?.(buf);
 }

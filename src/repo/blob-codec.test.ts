@@ -1,9 +1,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { type BlobCodec, type EncodedBatch, type PackEntry, batchBlob, decodeBlobsInBackground, jsBlobCodec, nativeBlobCodec, packEntries, sealInBackground } from "./blob-codec.js";
+import { type BlobCodec, type EncodedBatch, type PackEntry, batchBlob, decodeBlobsInBackground, encodeBatchInBackground, jsBlobCodec, nativeBlobCodec, packEntries, sealInBackground, verifyPackInBackground } from "./blob-codec.js";
 import { compress, decompress } from "./compression.js";
-import { newRandomKey, open, seal } from "./crypto.js";
+import { type MasterKey, newRandomKey, open, seal } from "./crypto.js";
 import { sha256 } from "./id.js";
 import { nativeAddon } from "../platform/native.js";
 
@@ -18,6 +18,8 @@ test("the native codec is built where the addon is", () => {
   assert.ok(nativeBlobCodec, "native/sitekeep_codec.c did not load (OpenSSL or libzstd missing?)");
   assert.ok(decodeBlobsInBackground, "decodeblobsAsync is missing");
   assert.ok(sealInBackground, "sealblobAsync is missing");
+  assert.ok(encodeBatchInBackground, "encodeblobsAsync is missing");
+  assert.ok(verifyPackInBackground, "verifypackAsync is missing");
 });
 
 test("a large blob sealed on the thread pool opens with the JavaScript form", async (t) => {
@@ -77,35 +79,37 @@ function entriesOf(enc: EncodedBatch, n: number): PackEntry[] {
   });
 }
 
+/** A batch of sampleBlobs(), encoded `compressed` or not, holds each blob as `r` reads it. */
+function assertBatch(key: MasterKey, enc: EncodedBatch, blobs: Buffer[], compressed: boolean, r: BlobCodec): void {
+  assert.equal(enc.ends.length, blobs.length);
+  blobs.forEach((plain, i) => {
+    const b = batchBlob(enc, i);
+    assert.deepEqual(b.id, sha256(plain), `ID of blob ${i}`);
+    assert.deepEqual(r.decodeBlob(key, b, b.sealed, b.id), plain, `blob ${i}`);
+  });
+  const ulens = Array.from(enc.ulens);
+  if (compressed) {
+    assert.equal(ulens[0], blobs[0].length, "text is stored compressed");
+    assert.equal(ulens[5], blobs[5].length);
+    assert.deepEqual([ulens[1], ulens[2], ulens[3], ulens[6]], [0, 0, 0, 0], "random bytes, an empty blob and one byte are stored as they are");
+  } else {
+    assert.ok(ulens.every((u) => u === 0), "nothing is compressed without compression");
+  }
+  // Sealed size: IV + MAC on top of the stored body.
+  assert.equal(enc.sealed.length, enc.ends[enc.ends.length - 1]);
+  assert.equal(batchBlob(enc, 1).sealed.length, 3000 + 32);
+  const pack = Buffer.from(enc.sealed);
+  const verdict = r.verifyPack(key, pack, packEntries(entriesOf(enc, blobs.length)));
+  assert.deepEqual(verdict, { hash: sha256(pack).toString("hex"), bad: [] });
+}
+
 for (const [writer, w] of forms) {
   for (const [reader, r] of forms) {
     test(`blobs encoded by the ${writer} codec are decoded and verified by the ${reader} codec`, () => {
       const key = newRandomKey();
       const blobs = sampleBlobs();
       const { data, offsets, lengths } = layout(blobs);
-      for (const compressed of [true, false]) {
-        const enc = w.encodeBatch(key, compressed, data, offsets, lengths);
-        assert.equal(enc.ends.length, blobs.length);
-        blobs.forEach((plain, i) => {
-          const b = batchBlob(enc, i);
-          assert.deepEqual(b.id, sha256(plain), `ID of blob ${i}`);
-          assert.deepEqual(r.decodeBlob(key, b, b.sealed, b.id), plain, `blob ${i}`);
-        });
-        const ulens = Array.from(enc.ulens);
-        if (compressed) {
-          assert.equal(ulens[0], blobs[0].length, "text is stored compressed");
-          assert.equal(ulens[5], blobs[5].length);
-          assert.deepEqual([ulens[1], ulens[2], ulens[3], ulens[6]], [0, 0, 0, 0], "random bytes, an empty blob and one byte are stored as they are");
-        } else {
-          assert.ok(ulens.every((u) => u === 0), "nothing is compressed without compression");
-        }
-        // Sealed size: IV + MAC on top of the stored body.
-        assert.equal(enc.sealed.length, enc.ends[enc.ends.length - 1]);
-        assert.equal(batchBlob(enc, 1).sealed.length, 3000 + 32);
-        const pack = Buffer.from(enc.sealed);
-        const verdict = r.verifyPack(key, pack, packEntries(entriesOf(enc, blobs.length)));
-        assert.deepEqual(verdict, { hash: sha256(pack).toString("hex"), bad: [] });
-      }
+      for (const compressed of [true, false]) assertBatch(key, w.encodeBatch(key, compressed, data, offsets, lengths), blobs, compressed, r);
     });
   }
   test(`blobs encoded by the ${writer} codec are decoded on the thread pool`, async (t) => {
@@ -119,6 +123,24 @@ for (const [writer, w] of forms) {
     for (const decoded of results) assert.deepEqual(decoded, blobs);
   });
 }
+
+test("batches encoded on the thread pool are decoded and verified by each codec", async (t) => {
+  if (!encodeBatchInBackground || !nativeAddon?.encodeblobsAsync) return t.skip("no native codec");
+  const key = newRandomKey();
+  const blobs = sampleBlobs();
+  const { data, offsets, lengths } = layout(blobs);
+  for (const compressed of [true, false]) {
+    // Two jobs at once on the pool, over the same data.
+    const encs = await Promise.all([1, 2].map(() => encodeBatchInBackground!(key, compressed, data, offsets, lengths)));
+    for (const enc of encs) for (const [, r] of forms) assertBatch(key, enc, blobs, compressed, r);
+    assert.notDeepEqual(batchBlob(encs[0], 0).sealed.subarray(0, 16), batchBlob(encs[1], 0).sealed.subarray(0, 16), "fresh IVs in each job");
+  }
+  const empty = await encodeBatchInBackground(key, true, Buffer.alloc(0), [], []);
+  assert.deepEqual([empty.ids.length, empty.sealed.length, empty.ends.length, empty.ulens.length], [0, 0, 0, 0]);
+  const bad = Buffer.alloc(64);
+  assert.throws(() => nativeAddon!.encodeblobsAsync!(bad, data, new Float64Array([0, data.length + 1]), 3), /spans/);
+  assert.throws(() => nativeAddon!.encodeblobsAsync!(bad, data, new Float64Array([0, 1]), 23), /level/);
+});
 
 for (const [name, codec] of forms) {
   test(`the ${name} codec finds each kind of damage, blob by blob`, async () => {
@@ -171,6 +193,9 @@ for (const [name, codec] of forms) {
         decoded.map((d) => (d instanceof Error ? d.message.replace(/[0-9a-f]{64}/, "ID") : d)),
         cases.map(([, message], i) => message || blobs[i === 0 ? 0 : 1]),
       );
+    }
+    if (name === "native" && verifyPackInBackground) {
+      assert.deepEqual(await verifyPackInBackground(key, full, packEntries(cases.map((c) => c[0]))), verdict, "a pack verified on the thread pool");
     }
   });
 }

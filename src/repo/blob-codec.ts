@@ -243,21 +243,45 @@ function keyBytes(key: MasterKey): Buffer {
   return b;
 }
 
-/** The addon's codec functions: native/sitekeep_codec.c defines all four or none. */
-type CodecAddon = Required<Pick<NativeAddon, "encodeblobs" | "decodeblobs" | "decodeblobsAsync" | "sealblobAsync">>;
+/** The addon's codec functions: native/sitekeep_codec.c defines all six or none. */
+type CodecAddon = Required<Pick<NativeAddon, "encodeblobs" | "encodeblobsAsync" | "decodeblobs" | "decodeblobsAsync" | "verifypackAsync" | "sealblobAsync">>;
 
 const codecAddon: CodecAddon | undefined =
-  nativeAddon?.encodeblobs && nativeAddon.decodeblobs && nativeAddon.decodeblobsAsync && nativeAddon.sealblobAsync ? (nativeAddon as CodecAddon) : undefined;
+  nativeAddon?.encodeblobs &&
+  nativeAddon.encodeblobsAsync &&
+  nativeAddon.decodeblobs &&
+  nativeAddon.decodeblobsAsync &&
+  nativeAddon.verifypackAsync &&
+  nativeAddon.sealblobAsync
+    ? (nativeAddon as CodecAddon)
+    : undefined;
+
+/** The addon's spans argument for a batch: (offset, length) per blob. */
+function spansOf(offsets: ArrayLike<number>, lengths: ArrayLike<number>): Float64Array {
+  const spans = new Float64Array(2 * lengths.length);
+  for (let i = 0; i < lengths.length; i++) {
+    spans[2 * i] = offsets[i];
+    spans[2 * i + 1] = lengths[i];
+  }
+  return spans;
+}
+
+/** A pack's verdict from the addon's status per entry; a blob too large for the addon is verified here. */
+function packVerdict(key: MasterKey, pack: Uint8Array, entries: PackEntries, status: Int32Array, hash: string): PackVerdict {
+  const bad: PackVerdict["bad"] = [];
+  status.forEach((s, i) => {
+    if (s === Decoded.Ok) return;
+    const e = entryAt(entries, i);
+    const message = s === Decoded.TooLarge ? verifyEntryJS(key, pack, e) : decodeError(s, e.id, e.length).message;
+    if (message !== undefined) bad.push({ entry: i, message });
+  });
+  return { hash, bad };
+}
 
 function nativeForm(addon: CodecAddon): BlobCodec {
   return {
     encodeBatch(key, compressBlobs, data, offsets, lengths) {
-      const spans = new Float64Array(2 * lengths.length);
-      for (let i = 0; i < lengths.length; i++) {
-        spans[2 * i] = offsets[i];
-        spans[2 * i + 1] = lengths[i];
-      }
-      const [ids, sealed, ends, ulens] = addon.encodeblobs(keyBytes(key), asBuffer(data), spans, compressBlobs ? ZSTD_LEVEL : 0);
+      const [ids, sealed, ends, ulens] = addon.encodeblobs(keyBytes(key), asBuffer(data), spansOf(offsets, lengths), compressBlobs ? ZSTD_LEVEL : 0);
       return { ids, sealed, ends, ulens };
     },
     decodeBlob(key, loc, sealed, id) {
@@ -268,14 +292,7 @@ function nativeForm(addon: CodecAddon): BlobCodec {
     },
     verifyPack(key, pack, entries) {
       const [status] = addon.decodeblobs(keyBytes(key), asBuffer(pack), entries.spans, asBuffer(entries.ids), false);
-      const bad: PackVerdict["bad"] = [];
-      status.forEach((s, i) => {
-        if (s === Decoded.Ok) return;
-        const e = entryAt(entries, i);
-        const message = s === Decoded.TooLarge ? verifyEntryJS(key, pack, e) : decodeError(s, e.id, e.length).message;
-        if (message !== undefined) bad.push({ entry: i, message });
-      });
-      return { hash: hashHex(pack), bad };
+      return packVerdict(key, pack, entries, status, hashHex(pack));
     },
   };
 }
@@ -326,6 +343,37 @@ function backgroundSealer(addon: CodecAddon): BackgroundSealer {
 }
 
 export const sealInBackground: BackgroundSealer | undefined = codecAddon ? backgroundSealer(codecAddon) : undefined;
+
+/**
+ * encodeBatch on the thread pool, in one job (the addon's form only; without it a blob worker does
+ * it: blob-workers.ts). `data` must not change until it settles. The sealed blobs are a Buffer of
+ * their own, for the caller to free once they are packed (releaseBuffer).
+ */
+export type BackgroundBatchEncoder = (key: MasterKey, compressBlobs: boolean, data: Uint8Array, offsets: number[], lengths: number[]) => Promise<EncodedBatch>;
+
+function backgroundBatchEncoder(addon: CodecAddon): BackgroundBatchEncoder {
+  return async (key, compressBlobs, data, offsets, lengths) => {
+    const [ids, sealed, ends, ulens] = await addon.encodeblobsAsync(keyBytes(key), asBuffer(data), spansOf(offsets, lengths), compressBlobs ? ZSTD_LEVEL : 0);
+    return { ids, sealed, ends, ulens };
+  };
+}
+
+export const encodeBatchInBackground: BackgroundBatchEncoder | undefined = codecAddon ? backgroundBatchEncoder(codecAddon) : undefined;
+
+/**
+ * verifyPack on the thread pool, in one job (the addon's form only; without it a blob worker does
+ * it: blob-workers.ts). `pack` must not change until it settles.
+ */
+export type BackgroundPackVerifier = (key: MasterKey, pack: Uint8Array, entries: PackEntries) => Promise<PackVerdict>;
+
+function backgroundPackVerifier(addon: CodecAddon): BackgroundPackVerifier {
+  return async (key, pack, entries) => {
+    const [status, hash] = await addon.verifypackAsync(keyBytes(key), asBuffer(pack), entries.spans, asBuffer(entries.ids));
+    return packVerdict(key, pack, entries, status, hash.toString("hex"));
+  };
+}
+
+export const verifyPackInBackground: BackgroundPackVerifier | undefined = codecAddon ? backgroundPackVerifier(codecAddon) : undefined;
 
 /**
  * Encodes the blobs data[offsets[i] .. offsets[i] + lengths[i]]. The results are in arrays of

@@ -1,5 +1,7 @@
 // Worker threads that encode batches of small blobs while the main thread walks, reads and packs
-// (backup), and verify whole packs while it reads the next ones (check --read-data). One pool per
+// (backup), and verify whole packs while it reads the next ones (check --read-data), where the
+// addon is missing: with it, both run on libuv's thread pool (blob-codec.ts, encodeBatchInBackground
+// and verifyPackInBackground) and no worker (nor its V8 heap) is started. One pool per
 // process, shared by every repository (each request carries its key); idle workers do not keep the
 // process alive. Whatever a worker cannot do (workers off, failed to start, died) is done on this
 // thread with the same code (blob-codec.ts).

@@ -11,6 +11,7 @@ import { Repository } from "./repository.js";
 import { PackBuilder } from "./pack.js";
 import { sha256 } from "./id.js";
 import type { BlobLocation } from "./blob-index.js";
+import { nativeAddon } from "../platform/native.js";
 
 /** Flips a byte inside a stored blob's bytes in its pack file. */
 function damageBlob(dir: string, loc: BlobLocation): void {
@@ -77,6 +78,20 @@ test("packs built one after another in the same reused memory each hold their ow
     for (const b of blobs) assert.deepEqual(await again.loadBlob("data", sha256(b)), b);
     // Every pack file is named by the SHA-256 of its bytes.
     for (const id of packs) assert.equal(sha256(readFileSync(join(dir, "data", id!.slice(0, 2), id!))).toString("hex"), id);
+  });
+});
+
+test("a blob queued as disposable is freed once sealed and stored whole; one that is not is left alone", async () => {
+  await withNewRepo("sitekeep-disposable-", undefined, async (repo, dir) => {
+    const originals = [Buffer.alloc(600_000, 7), randomBytes(300_000)];
+    const [given, lent] = originals.map((b) => Buffer.from(b)); // each with memory of its own
+    assert.ok(await repo.queueBlob("data", given, sha256(originals[0]), undefined, true));
+    assert.ok(await repo.queueBlob("data", lent, sha256(originals[1])));
+    await repo.flush();
+    if (nativeAddon?.release) assert.equal(given.length, 0, "the given blob's memory was freed");
+    assert.deepEqual(lent, originals[1], "the lent blob is as it was");
+    const again = await reopen(dir);
+    for (const b of originals) assert.deepEqual(await again.loadBlob("data", sha256(b)), b);
   });
 });
 

@@ -8,7 +8,7 @@ import { randomBytes } from "node:crypto";
 import type { Backend, FileType } from "../backend/backend.js";
 import { ExitCode, SitekeepError, errorMessage } from "../errors.js";
 import { BlobIndex, type BlobLocation } from "./blob-index.js";
-import { type EncodedBatch, batchBlob, damagedBlob, decodeBlob, decodeBlobsInBackground, packEntries, sealInBackground } from "./blob-codec.js";
+import { type EncodedBatch, batchBlob, damagedBlob, decodeBlob, decodeBlobsInBackground, encodeBatchInBackground, packEntries, sealInBackground } from "./blob-codec.js";
 import { encodeInWorker } from "./blob-workers.js";
 import { packUnpacked, packUnpackedAsync, unpackUnpacked, unpackUnpackedAsync, compress, compressAsync, compressesInBackground, decompressAsync } from "./compression.js";
 import { type RepoConfig, SUPPORTED_VERSIONS } from "./config.js";
@@ -19,6 +19,7 @@ import { addKey, openWithPassword, type KdfParams } from "./keyfile.js";
 import { type BlobType, PackBuilder, type PackedBlob } from "./pack.js";
 import { formatPolynomial, parsePolynomial, randomPolynomial } from "./polynomial.js";
 import { type Snapshot, type SnapshotJSON, byTimeDesc } from "./snapshot.js";
+import { releaseBuffer } from "../platform/native.js";
 import { asBuffer } from "../util/bytes.js";
 import { Semaphore, mapLimit } from "../util/concurrency.js";
 
@@ -68,7 +69,7 @@ const PACK_SLACK = 1024 * 1024;
 const BACKGROUND_MIN = 16 * 1024;
 const INDEX_EVERY_MS = 60_000;
 /**
- * Trees are encoded on a worker this many (or TREE_BATCH_BYTES) at a time, TREE_BATCHES of them at
+ * Trees are encoded off this thread (blob-codec.ts) this many (or TREE_BATCH_BYTES) at a time, TREE_BATCHES of them at
  * once: a site of many small folders made one small tree per folder, and compressing and sealing
  * them was a tenth of the main thread's time.
  */
@@ -108,7 +109,7 @@ export class Repository {
   private readonly uploads = new Set<Promise<void>>();
   private readonly encodeSlots = new Semaphore(ENCODE_CONCURRENCY);
   private readonly encoding = new Set<Promise<void>>();
-  /** Trees given to queueTree, not yet sent to a worker. */
+  /** Trees given to queueTree, not yet sent to be encoded. */
   private treeBatch: { plain: Buffer; id: Buffer; onStored?: (storedSize: number) => void }[] = [];
   private treeBatchBytes = 0;
   private readonly treeSlots = new Semaphore(TREE_BATCHES);
@@ -338,8 +339,10 @@ export class Repository {
    * the thread pool and packed while the caller reads on. `plain` must not change afterwards.
    * Returns false when the repository already has the blob. onStored gets the sealed size once it
    * is packed; drainEncodes() (and flush()) wait for every queued blob, and a failure surfaces there.
+   * `disposable`: `plain` is the repository's alone once queued, and its memory is freed as soon as
+   * it is sealed (see releaseBuffer).
    */
-  async queueBlob(type: BlobType, plain: Buffer, id: Buffer, onStored?: (storedSize: number) => void): Promise<boolean> {
+  async queueBlob(type: BlobType, plain: Buffer, id: Buffer, onStored?: (storedSize: number) => void, disposable = false): Promise<boolean> {
     if (this.uploadError) throw this.uploadError;
     const key = type + ":" + id.toString("hex");
     if (this.index.has(id, type) || this.inflight.has(key)) return false;
@@ -353,8 +356,11 @@ export class Repository {
     await this.encodeSlots.acquire();
     this.trackEncode(
       this.encodeBlobAsync(plain).then(async ({ sealed, uncompressedLength }) => {
+        if (disposable) releaseBuffer(plain);
         await this.addToPack(type, id, sealed, uncompressedLength);
-        onStored?.(sealed.length);
+        const storedSize = sealed.length;
+        releaseBuffer(sealed); // copied into the pack, and ours alone
+        onStored?.(storedSize);
       }),
       this.encodeSlots,
     );
@@ -378,8 +384,8 @@ export class Repository {
   }
 
   /**
-   * Stores a tree like queueBlob: trees are gathered into batches that a worker compresses and
-   * seals (encodeSmallBlobs), so the caller has the tree's ID (`id`, its SHA-256) at once and the
+   * Stores a tree like queueBlob: trees are gathered into batches that the thread pool
+   * compresses and seals (encodeSmallBlobs), so the caller has the tree's ID (`id`, its SHA-256) at once and the
    * packing follows. drainEncodes() (and flush()) send the last batch and wait for it.
    */
   async queueTree(plain: Buffer, id: Buffer, onStored?: (storedSize: number) => void): Promise<boolean> {
@@ -414,6 +420,7 @@ export class Repository {
     const data = Buffer.concat(batch.map((t) => t.plain), at);
     this.trackEncode(
       this.encodeSmallBlobs(data, offsets, batch.map((t) => t.plain.length)).then(async (encoded) => {
+        releaseBuffer(data);
         for (let i = 0; i < batch.length; i++) {
           const b = batchBlob(encoded, i);
           if (!b.id.equals(batch[i].id)) throw new SitekeepError("repo.encode", "a tree was encoded under another ID than it was queued with (a worker or memory fault)");
@@ -421,17 +428,19 @@ export class Repository {
           await this.addToPack("tree", batch[i].id, b.sealed, b.uncompressedLength);
           batch[i].onStored?.(b.sealed.length);
         }
+        releaseBuffer(encoded.sealed); // every tree's bytes are in a pack now
       }),
       this.treeSlots,
     );
   }
 
   /**
-   * Hashes, compresses and seals small blobs data[offsets[i] .. + lengths[i]] on a worker thread
-   * (blob-workers.ts); queueEncoded stores them. Blobs the repository already has are encoded too,
-   * which costs less than hashing them here first.
+   * Hashes, compresses and seals small blobs data[offsets[i] .. + lengths[i]] on the thread pool (a
+   * worker thread without the addon: blob-workers.ts); queueEncoded stores them. Blobs the
+   * repository already has are encoded too, which costs less than hashing them here first.
    */
   encodeSmallBlobs(data: Uint8Array, offsets: number[], lengths: number[]): Promise<EncodedBatch> {
+    if (encodeBatchInBackground) return encodeBatchInBackground(this.key, this.compresses, data, offsets, lengths);
     return encodeInWorker(this.key, this.compresses, data, offsets, lengths);
   }
 
