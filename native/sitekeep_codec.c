@@ -10,13 +10,13 @@
  * one call, with contexts made once per thread and reused.
  *
  * encodeblobs and decodeblobs are synchronous: for the main thread (one small blob), and for the
- * tests that hold this form against the JavaScript one. encodeblobsAsync,
- * decodeblobsAsync, verifypackAsync and sealblobAsync run on the thread pool: a backup's batches
- * of small blobs, a restore's blobs, a check's packs and a backup's large blobs, each in one job (in
- * JavaScript, the MAC ran on the main thread and each other step was a hop of its own; a worker
- * thread per core cost a V8 heap of its own each, ~35 MiB at a backup's peak). Each thread keeps
- * its own contexts (a pthread key: main, worker and pool threads alike), rekeyed when a call
- * brings another key.
+ * tests that hold this form against the JavaScript one. encodeblobsAsync, decodeblobsAsync,
+ * verifypackAsync and sealblobAsync run on the thread pool: a backup's batches of small blobs, a
+ * restore's blobs, a check's packs and a backup's large blobs, each in one job (in JavaScript, the
+ * MAC ran on the main thread and each other step was a hop of its own; the worker threads that did
+ * the batches and packs cost a V8 heap each, ~35 MiB at a backup's peak). Each thread keeps its
+ * own contexts (a pthread key: main, worker and pool threads alike), rekeyed when a call brings
+ * another key.
  *
  * Libraries: OpenSSL (AES, Poly1305, SHA-256, RAND_bytes) as Node exports it from its own binary,
  * as sitekeep_chunk.c uses it, and the system's zstd (libzstd.so.1, part of every Debian system:

@@ -145,7 +145,7 @@ class Checker {
   private bytesRead = 0;
   private snapshotCount = 0;
   private treeSlots = TREE_CONCURRENCY;
-  /** Pack buffers verified (back from a worker, or from the pool), to read the next packs into (at most DATA_CONCURRENCY). */
+  /** Buffers of packs verified (back from a worker, or here), to read the next packs into (at most DATA_CONCURRENCY). */
   private readonly packBuffers: ArrayBuffer[] = [];
   /** While the data is read: the walk's latest progress, held back (null: none yet). */
   private walkProgress?: { done: number; total: number } | null;

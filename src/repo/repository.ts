@@ -69,9 +69,9 @@ const PACK_SLACK = 1024 * 1024;
 const BACKGROUND_MIN = 16 * 1024;
 const INDEX_EVERY_MS = 60_000;
 /**
- * Trees are encoded off this thread (blob-codec.ts) this many (or TREE_BATCH_BYTES) at a time, TREE_BATCHES of them at
- * once: a site of many small folders made one small tree per folder, and compressing and sealing
- * them was a tenth of the main thread's time.
+ * Trees are encoded off this thread (encodeSmallBlobs) this many (or TREE_BATCH_BYTES) at a time,
+ * TREE_BATCHES of them at once: a site of many small folders made one small tree per folder, and
+ * compressing and sealing them was a tenth of the main thread's time.
  */
 const TREE_BATCH = 64;
 const TREE_BATCH_BYTES = 1024 * 1024;
@@ -384,9 +384,9 @@ export class Repository {
   }
 
   /**
-   * Stores a tree like queueBlob: trees are gathered into batches that the thread pool
-   * compresses and seals (encodeSmallBlobs), so the caller has the tree's ID (`id`, its SHA-256) at once and the
-   * packing follows. drainEncodes() (and flush()) send the last batch and wait for it.
+   * Stores a tree like queueBlob: trees are gathered into batches that the thread pool compresses
+   * and seals (encodeSmallBlobs), so the caller has the tree's ID (`id`, its SHA-256) at once and
+   * the packing follows. drainEncodes() (and flush()) send the last batch and wait for it.
    */
   async queueTree(plain: Buffer, id: Buffer, onStored?: (storedSize: number) => void): Promise<boolean> {
     if (this.uploadError) throw this.uploadError;
