@@ -267,6 +267,12 @@ static sk_codec *codec_here(napi_env env, const uint8_t *key) {
   return c;
 }
 
+/* codec_for at the start of a thread-pool job, whose thread yields to the main thread (sk_batch_thread). */
+static sk_codec *pool_codec(const uint8_t *key, const char **why) {
+  sk_batch_thread();
+  return codec_for(key, why);
+}
+
 /* Gives back scratch buffers that one large call grew. */
 static void codec_trim(sk_codec *c) {
   scratch_release(&c->body, SK_SCRATCH_KEEP);
@@ -512,6 +518,28 @@ static void free_external(napi_env env, void *data, void *hint) {
   free(data);
 }
 
+/* A new typed array of `count` elements of `size` bytes each, copied from `src`. */
+static bool typed_copy(napi_env env, napi_typedarray_type type, size_t count, size_t size, const void *src, napi_value *out) {
+  void *p;
+  if (!new_typed(env, type, count, size, &p, out)) return false;
+  if (count > 0) memcpy(p, src, count * size);
+  return true;
+}
+
+/* A Buffer over *bytes (`total` long, malloc'ed), which it owns from then on (*bytes becomes NULL);
+ * a copy where an external Buffer cannot be made, and an empty Buffer when `total` is 0. */
+static bool hand_over(napi_env env, size_t total, uint8_t **bytes, napi_value *out) {
+  if (total > 0 && napi_create_external_buffer(env, total, *bytes, free_external, NULL, out) == napi_ok) {
+    *bytes = NULL;
+    return true;
+  }
+  if (napi_create_buffer_copy(env, total, total ? (void *)*bytes : (void *)"", NULL, out) != napi_ok) {
+    ensure_thrown(env);
+    return false;
+  }
+  return true;
+}
+
 /* ---- sealblobAsync: one large blob compressed and sealed on the thread pool ---- */
 
 typedef struct {
@@ -537,8 +565,7 @@ static void free_seal_job(void *arg) {
 
 static void seal_execute(napi_env env, void *arg) {
   sk_seal_job *job = arg;
-  sk_batch_thread();
-  sk_codec *c = codec_for(job->key, &job->failed);
+  sk_codec *c = pool_codec(job->key, &job->failed);
   if (c == NULL) return;
   uint8_t iv[SK_IV];
   if (job->level > 0 && !scratch_fit(&c->extra, lib.zstd_bound(job->len))) job->failed = "sealblobAsync: out of memory";
@@ -623,8 +650,7 @@ static void free_encode_job(void *arg) {
 
 static void encode_execute(napi_env env, void *arg) {
   sk_encode_job *job = arg;
-  sk_batch_thread();
-  sk_codec *c = codec_for(job->key, &job->failed);
+  sk_codec *c = pool_codec(job->key, &job->failed);
   if (c == NULL) return;
   /* Into the thread's scratch, then a copy of the exact size: memory sized for the worst case
    * (4 MiB and more for a full batch) would be mapped afresh, and faulted in, for every batch. */
@@ -639,18 +665,9 @@ static void encode_execute(napi_env env, void *arg) {
 
 static napi_value encode_result(napi_env env, sk_encode_job *job) {
   napi_value out[4];
-  void *p;
-  if (!new_typed(env, napi_uint8_array, job->n * SK_ID, 1, &p, &out[0])) return NULL;
-  memcpy(p, job->ids, job->n * SK_ID);
-  if (!new_typed(env, napi_uint32_array, job->n, 4, &p, &out[2])) return NULL;
-  memcpy(p, job->ends, job->n * 4);
-  if (!new_typed(env, napi_uint32_array, job->n, 4, &p, &out[3])) return NULL;
-  memcpy(p, job->ulens, job->n * 4);
   /* The sealed blobs as they are: no copy (the caller frees them when packed: releaseBuffer). */
-  if (job->total > 0 && napi_create_external_buffer(env, job->total, job->body, free_external, NULL, &out[1]) == napi_ok) {
-    job->body = NULL;
-  } else if (napi_create_buffer_copy(env, job->total, job->total ? (void *)job->body : (void *)"", NULL, &out[1]) != napi_ok) {
-    ensure_thrown(env);
+  if (!typed_copy(env, napi_uint8_array, job->n * SK_ID, 1, job->ids, &out[0]) || !hand_over(env, job->total, &job->body, &out[1]) ||
+      !typed_copy(env, napi_uint32_array, job->n, 4, job->ends, &out[2]) || !typed_copy(env, napi_uint32_array, job->n, 4, job->ulens, &out[3])) {
     return NULL;
   }
   return array_of(env, out, 4);
@@ -866,8 +883,7 @@ static void free_decode_job(void *arg) {
 
 static void decode_execute(napi_env env, void *arg) {
   sk_decode_job *job = arg;
-  sk_batch_thread();
-  sk_codec *c = codec_for(job->key, &job->failed);
+  sk_codec *c = pool_codec(job->key, &job->failed);
   if (c == NULL) return;
   if (!decode_all(c, job->src, job->srclen, job->spans, job->ids, job->n, job->keep, job->status, job->out, job->ends) ||
       (!job->keep && !sha256(c, job->src, job->srclen, job->hash))) {
@@ -879,16 +895,9 @@ static void decode_execute(napi_env env, void *arg) {
 
 static napi_value decode_result(napi_env env, sk_decode_job *job) {
   napi_value out[3];
-  void *p;
-  if (!new_typed(env, napi_int32_array, job->n, 4, &p, &out[0])) return NULL;
-  memcpy(p, job->status, job->n * 4);
-  if (!new_typed(env, napi_float64_array, job->n, 8, &p, &out[2])) return NULL;
-  memcpy(p, job->ends, job->n * 8);
   /* The plaintexts are handed over as they are (a restore's large blobs are MBs each). */
-  if (job->total > 0 && napi_create_external_buffer(env, job->total, job->out, free_external, NULL, &out[1]) == napi_ok) {
-    job->out = NULL;
-  } else if (napi_create_buffer_copy(env, job->total, job->total ? (void *)job->out : (void *)"", NULL, &out[1]) != napi_ok) {
-    ensure_thrown(env);
+  if (!typed_copy(env, napi_int32_array, job->n, 4, job->status, &out[0]) || !hand_over(env, job->total, &job->out, &out[1]) ||
+      !typed_copy(env, napi_float64_array, job->n, 8, job->ends, &out[2])) {
     return NULL;
   }
   return array_of(env, out, 3);
@@ -896,9 +905,7 @@ static napi_value decode_result(napi_env env, sk_decode_job *job) {
 
 static napi_value verify_result(napi_env env, sk_decode_job *job) {
   napi_value out[2];
-  void *p;
-  if (!new_typed(env, napi_int32_array, job->n, 4, &p, &out[0])) return NULL;
-  memcpy(p, job->status, job->n * 4);
+  if (!typed_copy(env, napi_int32_array, job->n, 4, job->status, &out[0])) return NULL;
   if (napi_create_buffer_copy(env, SK_ID, job->hash, NULL, &out[1]) != napi_ok) {
     ensure_thrown(env);
     return NULL;
