@@ -182,7 +182,7 @@ typedef struct {
   sk_opaque *cctx; /* zstd */
   sk_opaque *dctx;
   sk_scratch body;  /* encode: sealed output; decode: the decrypted body of a compressed blob */
-  sk_scratch extra; /* encode: a compressed body; decode: a plaintext that is not kept */
+  sk_scratch extra; /* decode: a plaintext that is not kept */
   sk_scratch ivs;
 } sk_codec;
 
@@ -371,24 +371,31 @@ static napi_value array_of(napi_env env, napi_value *items, size_t n) {
 
 /* ---- encodeblobs ------------------------------------------------------------ */
 
-/* Compresses (when it makes the blob shorter) and seals `plain` into out (room for n + IV + MAC);
- * c->extra must hold zstd_bound(n) bytes when level > 0. */
+/*
+ * Compresses (when it makes the blob shorter) and seals `plain` into out (room for n + IV + MAC).
+ * zstd writes straight into out, with room for n - 1 bytes: a body that does not fit is not worth
+ * keeping compressed. No scratch sized zstd_bound(n) per thread: six pool threads each kept one
+ * for the largest chunk they had sealed (8 MiB), ~50 MiB of a backup's peak.
+ */
 static bool seal_one(sk_codec *c, const uint8_t *plain, size_t n, int level, const uint8_t *iv, uint8_t *out, size_t *sealed,
                      uint32_t *ulen) {
-  const uint8_t *body = plain;
+  uint8_t *body = out + SK_IV;
   size_t blen = n;
+  bool compressed = false;
   *ulen = 0;
   if (level > 0 && n > 0) {
-    size_t z = lib.zstd_compress(c->cctx, c->extra.p, c->extra.cap, plain, n, level);
-    if (lib.zstd_is_error(z)) return false;
-    if (z < n) {
-      body = c->extra.p;
+    size_t z = lib.zstd_compress(c->cctx, body, n - 1, plain, n, level);
+    if (!lib.zstd_is_error(z)) {
+      compressed = true;
       blen = z;
       *ulen = (uint32_t)n;
+    } else if (lib.zstd_error_code(z) != SK_ZSTD_DST_TOO_SMALL) {
+      return false;
     }
   }
   memcpy(out, iv, SK_IV);
-  if (!ctr(c, iv, body, blen, out + SK_IV) || !poly1305_aes(c, iv, out + SK_IV, blen, out + SK_IV + blen)) return false;
+  /* In place when compressed (OpenSSL's CTR mode allows out == in). */
+  if (!ctr(c, iv, compressed ? body : plain, blen, body) || !poly1305_aes(c, iv, body, blen, body + blen)) return false;
   *sealed = blen + SK_IV + SK_MAC;
   return true;
 }
@@ -455,9 +462,9 @@ static bool get_encode_args(napi_env env, napi_value *argv, sk_encode_args *a) {
  * `body` (room for the worst case), the end of each in `ends`, and `ulens`. *total: body's length.
  * Runs on any thread; false with *why set.
  */
-static bool encode_all(sk_codec *c, const uint8_t *data, const double *spans, size_t n, size_t largest, int level, uint8_t *ids,
+static bool encode_all(sk_codec *c, const uint8_t *data, const double *spans, size_t n, int level, uint8_t *ids,
                        uint8_t *body, uint32_t *ends, uint32_t *ulens, size_t *total, const char **why) {
-  if (!scratch_fit(&c->extra, level > 0 ? lib.zstd_bound(largest) : 1) || !scratch_fit(&c->ivs, n > 0 ? n * SK_IV : 1)) {
+  if (!scratch_fit(&c->ivs, n > 0 ? n * SK_IV : 1)) {
     *why = "encodeblobs: out of memory";
     return false;
   }
@@ -500,7 +507,7 @@ static napi_value sk_encodeblobs(napi_env env, napi_callback_info info) {
   }
   size_t total;
   const char *why = NULL;
-  if (!encode_all(c, a.data, a.spans, a.n, a.largest, a.level, ids, c->body.p, ends, ulens, &total, &why)) {
+  if (!encode_all(c, a.data, a.spans, a.n, a.level, ids, c->body.p, ends, ulens, &total, &why)) {
     napi_throw_error(env, NULL, why);
     goto done;
   }
@@ -568,8 +575,7 @@ static void seal_execute(napi_env env, void *arg) {
   sk_codec *c = pool_codec(job->key, &job->failed);
   if (c == NULL) return;
   uint8_t iv[SK_IV];
-  if (job->level > 0 && !scratch_fit(&c->extra, lib.zstd_bound(job->len))) job->failed = "sealblobAsync: out of memory";
-  else if (lib.rand_bytes(iv, SK_IV) != 1) job->failed = "sealblobAsync: OpenSSL's RAND_bytes failed";
+  if (lib.rand_bytes(iv, SK_IV) != 1) job->failed = "sealblobAsync: OpenSSL's RAND_bytes failed";
   else if (!seal_one(c, job->data, job->len, job->level, iv, job->out, &job->sealed, &job->ulen)) job->failed = "sealblobAsync: OpenSSL or zstd failed";
   codec_trim(c);
 }
@@ -629,7 +635,7 @@ typedef struct {
   uint8_t key[SK_KEY_BYTES];
   const uint8_t *data;
   double *spans; /* copied: the caller's array may change while the job runs */
-  size_t n, worst, largest, total;
+  size_t n, worst, total;
   int level;
   uint8_t *ids;
   uint32_t *ends, *ulens;
@@ -655,7 +661,7 @@ static void encode_execute(napi_env env, void *arg) {
   /* Into the thread's scratch, then a copy of the exact size: memory sized for the worst case
    * (4 MiB and more for a full batch) would be mapped afresh, and faulted in, for every batch. */
   if (!scratch_fit(&c->body, job->worst > 0 ? job->worst : 1)) job->failed = "encodeblobsAsync: out of memory";
-  else if (encode_all(c, job->data, job->spans, job->n, job->largest, job->level, job->ids, c->body.p, job->ends, job->ulens, &job->total,
+  else if (encode_all(c, job->data, job->spans, job->n, job->level, job->ids, c->body.p, job->ends, job->ulens, &job->total,
                       &job->failed)) {
     if ((job->body = malloc(job->total + 1)) == NULL) job->failed = "encodeblobsAsync: out of memory";
     else memcpy(job->body, c->body.p, job->total);
@@ -701,7 +707,6 @@ static napi_value sk_encodeblobs_async(napi_env env, napi_callback_info info) {
   job->data = a.data;
   job->n = a.n;
   job->worst = a.worst;
-  job->largest = a.largest;
   job->level = a.level;
   return queue_holding(env, "sitekeep.encodeblobs", argv[1], encode_execute, encode_complete, job, free_encode_job, &job->data_ref,
                        &job->work, &job->deferred);
