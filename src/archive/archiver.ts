@@ -13,7 +13,7 @@ import { sha256 } from "../repo/id.js";
 import type { Snapshot, SnapshotJSON } from "../repo/snapshot.js";
 import { formatTimeNs, nowNs, formatDate } from "../util/gotime.js";
 import { type DirStats, type ReadFiles, READ_FIELDS, ReadField, STAT_FIELDS, StatField, canReadFiles, errnoCode, listXattrs, getXattr, isUnsupportedXattrError, lstatDirAsync } from "../platform/fsx.js";
-import { forEachChunk, streamReader, type ReadFn } from "./chunk-reader.js";
+import { chunkBufferSize, forEachChunk, streamReader, type ReadFn } from "./chunk-reader.js";
 import { type PathMatcher, compileExcludes } from "./exclude.js";
 import { type ScanTotals, startScan } from "./scanner.js";
 import { type SmallFilesShare, SmallFileReader } from "./small-file-reader.js";
@@ -26,7 +26,7 @@ import { PROGRAM_VERSION } from "../version.js";
 
 
 const ENTRY_CONCURRENCY = 8;
-/** Files chunked at once, as restic's default read concurrency: each holds a 16 MiB read buffer. */
+/** Files chunked at once, as restic's default read concurrency: each holds a 9 MiB read buffer. */
 const FILE_CONCURRENCY = 2;
 /** Small files read per native call, and their bytes at most (one file may exceed it alone). */
 const BATCH_FILES = 64;
@@ -189,7 +189,7 @@ interface VirtualDir {
 export class Archiver {
   private readonly chunker: Chunker;
   private readonly exclude: PathMatcher;
-  /** Reusable read buffers for files that need chunking (two maximum chunks each). */
+  /** Reusable read buffers for files that need chunking (chunkBufferSize: a maximum chunk and 1 MiB). */
   private readonly buffers: Buffer[] = [];
   private readonly fileSlots = new Semaphore(FILE_CONCURRENCY);
   private readonly smallFiles: SmallFileReader;
@@ -772,7 +772,7 @@ export class Archiver {
     }
     try {
       const read: ReadFn = async (buf, off, len) => (await fh.read(buf, off, len, null)).bytesRead;
-      const buffer = this.buffers.pop() ?? Buffer.allocUnsafe(2 * this.chunker.options.max);
+      const buffer = this.buffers.pop() ?? Buffer.allocUnsafe(chunkBufferSize(this.chunker.options.max));
       let ids;
       try {
         ids = await this.storeChunks(read, buffer);

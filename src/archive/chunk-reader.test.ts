@@ -50,6 +50,18 @@ test("forEachChunk: the chunks of a stream are those of the whole buffer, each w
     assert.deepEqual(await chunksOf(c, data, 1 << 30), want);
     assert.deepEqual(await chunksOf(c, data, 100_003), want); // short reads
     assert.deepEqual(await chunksOf(c, data, 1 << 30, Buffer.alloc(c.options.min)), want); // a buffer that must grow
+    // The tightest buffer that still makes progress: one byte beyond a maximum chunk.
+    assert.deepEqual(await chunksOf(c, data, 1 << 30, Buffer.alloc(c.options.max + 1)), want);
+  }
+  // Zeros have no boundary: every chunk is cut at the maximum, whatever the buffer's size.
+  const flat = new Chunker(POL, SMALL);
+  const zeros = Buffer.alloc(10 * SMALL.max + 123);
+  const maxHash = createHash("sha256").update(zeros.subarray(0, SMALL.max)).digest("hex");
+  const tailHash = createHash("sha256").update(zeros.subarray(0, 123)).digest("hex");
+  const wantFlat: [string, string][] = [...Array.from({ length: 10 }, (): [string, string] => [maxHash, maxHash]), [tailHash, tailHash]];
+  for (const buffer of [undefined, Buffer.alloc(SMALL.max + 1), Buffer.alloc(SMALL.max + 4096)]) {
+    assert.deepEqual(await chunksOf(flat, zeros, 1 << 30, buffer), wantFlat);
+    assert.deepEqual(await chunksOf(flat, zeros, 5000, buffer), wantFlat);
   }
   const c = new Chunker(POL, SMALL);
   assert.deepEqual(await chunksOf(c, Buffer.alloc(0), 10), []);
