@@ -3,6 +3,7 @@
 // length (u32 LE), [plaintext length (u32 LE) for compressed types], blob ID (32 bytes).
 import { SitekeepError } from "../errors.js";
 import { type MasterKey, EXTENSION, open, seal } from "./crypto.js";
+import { releaseBuffer } from "../platform/native.js";
 
 export type BlobType = "data" | "tree";
 
@@ -148,6 +149,10 @@ export class PackBuilder {
     const size = needed <= this.target ? Math.max(needed, Math.min(2 * this.buf.length, this.target + slack)) : needed + slack;
     const bigger = Buffer.allocUnsafeSlow(size);
     this.buf.copy(bigger, 0, 0, this.size);
+    // The smaller buffer is the builder's alone (its own, or a stored pack's given to it): freed
+    // now, not a pack's size of dead memory until a collection (one of four data pack buffers at
+    // the peak of a backup).
+    releaseBuffer(this.buf);
     this.buf = bigger;
   }
 }
