@@ -967,6 +967,152 @@ static napi_value sk_verifypack_async(napi_env env, napi_callback_info info) {
   return queue_decode(env, argv, &a, false);
 }
 
+/* ---- sha256Begin / sha256UpdateAsync / sha256End: a SHA-256 fed piece by piece ----------- */
+
+/*
+ * A pack streamed to its file is hashed as its pieces are written (its name is the SHA-256 of
+ * the whole file), each piece on the thread pool. One update at a time per hash: the caller
+ * waits for each before the next, and a second one while the first runs is refused.
+ */
+typedef struct {
+  sk_opaque *md;
+  bool busy;  /* an update is queued or running */
+  bool ended; /* sha256End was called: the context holds no state any more */
+} sk_hash_stream;
+
+static const napi_type_tag hash_stream_tag = {0x5c1e4b7e2a9d4f01ULL, 0x8e3b6a2f0d7c9a55ULL};
+
+static void hash_stream_finalize(napi_env env, void *data, void *hint) {
+  sk_hash_stream *h = data;
+  if (h->md) lib.md_ctx_free(h->md);
+  free(h);
+}
+
+/* The hash stream an argument is (only our own externals are accepted: a tag marks them). */
+static bool get_hash_stream(napi_env env, napi_value v, sk_hash_stream **out) {
+  bool ours = false;
+  void *data = NULL;
+  if (napi_check_object_type_tag(env, v, &hash_stream_tag, &ours) != napi_ok || !ours || napi_get_value_external(env, v, &data) != napi_ok) {
+    throw_arg_type(env, "hash", "a hash from sha256Begin()");
+    return false;
+  }
+  *out = data;
+  if ((*out)->ended) {
+    napi_throw_error(env, NULL, "sha256: this hash has ended (sha256End was called)");
+    return false;
+  }
+  if ((*out)->busy) {
+    napi_throw_error(env, NULL, "sha256: an update of this hash is still running");
+    return false;
+  }
+  return true;
+}
+
+/* sha256Begin() -> an opaque hash for sha256UpdateAsync and sha256End. */
+static napi_value sk_sha256_begin(napi_env env, napi_callback_info info) {
+  sk_hash_stream *h = calloc(1, sizeof *h);
+  if (h == NULL || (h->md = lib.md_ctx_new()) == NULL || lib.digest_init(h->md, lib.sha256, NULL) != 1) {
+    if (h) hash_stream_finalize(env, h, NULL);
+    napi_throw_error(env, "ENOMEM", "sha256Begin: OpenSSL could not set up SHA-256");
+    return NULL;
+  }
+  napi_value v;
+  if (napi_create_external(env, h, hash_stream_finalize, NULL, &v) != napi_ok) {
+    hash_stream_finalize(env, h, NULL);
+    ensure_thrown(env);
+    return NULL;
+  }
+  if (napi_type_tag_object(env, v, &hash_stream_tag) != napi_ok) {
+    ensure_thrown(env);
+    return NULL;
+  }
+  return v;
+}
+
+typedef struct {
+  napi_env env;
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref data_ref;
+  napi_ref hash_ref; /* keeps the hash alive while the job runs */
+  sk_hash_stream *h;
+  const uint8_t *data;
+  size_t len;
+  const char *failed;
+} sk_hash_job;
+
+/* Frees a job that will not run, or has completed: the hash takes updates again. */
+static void free_hash_job(void *arg) {
+  sk_hash_job *job = arg;
+  job->h->busy = false;
+  napi_delete_reference(job->env, job->hash_ref);
+  free(job);
+}
+
+static void hash_execute(napi_env env, void *arg) {
+  sk_hash_job *job = arg;
+  sk_batch_thread();
+  if (lib.digest_update(job->h->md, job->data, job->len) != 1) job->failed = "sha256UpdateAsync: OpenSSL's SHA-256 failed";
+}
+
+static void hash_complete(napi_env env, napi_status status, void *arg) {
+  sk_hash_job *job = arg;
+  napi_value result = NULL;
+  if (status == napi_ok) {
+    if (job->failed) napi_throw_error(env, NULL, job->failed);
+    else if (napi_get_undefined(env, &result) != napi_ok) ensure_thrown(env);
+  }
+  settle_holding(env, job->deferred, status, "sha256UpdateAsync", result, job->data_ref, job->work);
+  free_hash_job(job);
+}
+
+/* sha256UpdateAsync(hash, data) -> Promise<void>; `data` must not change until it settles. */
+static napi_value sk_sha256_update_async(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  sk_hash_stream *h;
+  void *data;
+  size_t len;
+  if (!get_args(env, info, 2, argv) || !get_hash_stream(env, argv[0], &h) || !get_bytes(env, argv[1], "data", &data, &len)) return NULL;
+  sk_hash_job *job = calloc(1, sizeof *job);
+  if (job == NULL) {
+    napi_throw_error(env, "ENOMEM", "sha256UpdateAsync: out of memory");
+    return NULL;
+  }
+  if (napi_create_reference(env, argv[0], 1, &job->hash_ref) != napi_ok) {
+    free(job);
+    ensure_thrown(env);
+    return NULL;
+  }
+  job->env = env;
+  job->h = h;
+  job->data = data;
+  job->len = len;
+  h->busy = true;
+  return queue_holding(env, "sitekeep.sha256update", argv[1], hash_execute, hash_complete, job, free_hash_job, &job->data_ref, &job->work,
+                       &job->deferred);
+}
+
+/* sha256End(hash) -> the 32-byte digest of everything given to sha256UpdateAsync. */
+static napi_value sk_sha256_end(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  sk_hash_stream *h;
+  if (!get_args(env, info, 1, argv) || !get_hash_stream(env, argv[0], &h)) return NULL;
+  uint8_t digest[SK_ID];
+  unsigned int n = 0;
+  h->ended = true;
+  if (lib.digest_final(h->md, digest, &n) != 1 || n != SK_ID) {
+    napi_throw_error(env, NULL, "sha256End: OpenSSL's SHA-256 failed");
+    return NULL;
+  }
+  napi_value out;
+  void *p;
+  if (napi_create_buffer_copy(env, SK_ID, digest, &p, &out) != napi_ok) {
+    ensure_thrown(env);
+    return NULL;
+  }
+  return out;
+}
+
 bool sk_codec_define(napi_env env, napi_value exports) {
   pthread_once(&lib_once, find_lib);
   pthread_once(&codec_key_once, make_codec_key);
@@ -978,6 +1124,9 @@ bool sk_codec_define(napi_env env, napi_value exports) {
       {"decodeblobsAsync", NULL, sk_decodeblobs_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"verifypackAsync", NULL, sk_verifypack_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sealblobAsync", NULL, sk_sealblob_async, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sha256Begin", NULL, sk_sha256_begin, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sha256UpdateAsync", NULL, sk_sha256_update_async, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sha256End", NULL, sk_sha256_end, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   return napi_define_properties(env, exports, sizeof props / sizeof props[0], props) == napi_ok;
 }

@@ -16,6 +16,19 @@ export interface FileInfo {
   size: number;
 }
 
+/**
+ * A file written piece by piece and published under its name only once complete: a pack streamed
+ * to storage as it fills, whose name (its SHA-256) is known only at the end.
+ */
+export interface StagedFile {
+  /** Appends `data`. One call at a time; `data` must not change until it settles. */
+  write(data: Uint8Array): Promise<void>;
+  /** Makes the file durable and publishes it as `h`, as save does; the staged file is gone afterwards. */
+  commit(h: Handle): Promise<void>;
+  /** Removes the staged file (a failed or abandoned write). Never throws. */
+  abort(): Promise<void>;
+}
+
 export interface Backend {
   /** Where the repository is, for messages (never contains secrets). */
   readonly location: string;
@@ -27,6 +40,11 @@ export interface Backend {
   create(): Promise<void>;
   /** Stores a file durably and atomically: it is either absent or complete. Never overwrites. */
   save(h: Handle, data: Uint8Array): Promise<void>;
+  /**
+   * Starts a file of `type` to be written in pieces and named when committed. Optional: backends
+   * that cannot append (object stores) leave it out, and their callers build files in memory.
+   */
+  stage?(type: FileType): Promise<StagedFile>;
   /** Reads a whole file, or `length` bytes at `offset` (a negative offset counts from the end). */
   load(h: Handle, offset?: number, length?: number): Promise<Buffer>;
   /**

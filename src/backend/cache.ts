@@ -17,12 +17,19 @@ export function defaultCacheDir(): string {
 
 export class CachedBackend implements Backend {
   readonly location: string;
+  // The inner backend's optional ways to read and write packs, passed through (packs are never
+  // cached): without them a check read every pack into a fresh buffer and a backup held its packs
+  // in memory.
+  readonly loadInto?: Backend["loadInto"];
+  readonly stage?: Backend["stage"];
 
   constructor(
     private readonly inner: Backend,
     private readonly dir: string,
   ) {
     this.location = inner.location;
+    if (inner.loadInto) this.loadInto = (h, into) => inner.loadInto!(h, into);
+    if (inner.stage) this.stage = (type) => inner.stage!(type);
   }
 
   private file(h: Handle): string {

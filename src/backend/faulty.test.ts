@@ -54,10 +54,13 @@ async function snapshotIds(): Promise<string[]> {
 /** Backs up srcA plus 4 MiB of new data (4-8 packs: chunks are 0.5-8 MiB) through a FaultyBackend with `faults`. */
 async function backupWith(
   faults: Fault[],
+  staging = true,
 ): Promise<{ summary?: BackupSummary; error?: unknown; backend: FaultyBackend }> {
   round++;
   await fsp.writeFile(join(changed, `new${round}.bin`), randomBytes(4 * 1024 * 1024));
-  const backend = new FaultyBackend(new LocalBackend(repoDir));
+  // Staging on: data packs stream to staged files (the local backend's way); off: they are built
+  // in memory and saved whole (the way on S3).
+  const backend = new FaultyBackend(new LocalBackend(repoDir), [], { staging });
   const repo = await Repository.open(backend, PW, { packSize: PACK_SIZE });
   await repo.loadIndex();
   // Faults are armed only now, so opening the repository and reading the index are not affected.
@@ -72,6 +75,8 @@ async function backupWith(
 /** What every failed backup must leave behind: an intact repository and snapshot A restorable. */
 async function assertIntact(before: string[]): Promise<void> {
   assert.deepEqual(await snapshotIds(), before, "no snapshot was added");
+  const files = await fsp.readdir(repoDir, { recursive: true });
+  assert.deepEqual(files.filter((f) => f.includes("-tmp-")), [], "no temporary file is left behind");
   const repo = await Repository.open(new LocalBackend(repoDir), PW);
   const res = await checkRepository(repo, { readData: true });
   assert.deepEqual(res.errors.map(formatProblem), [], "check finds no errors");
@@ -88,11 +93,17 @@ async function assertIntact(before: string[]): Promise<void> {
   assert.equal((await snapshotIds()).length, before.length + 1);
 }
 
-const cases: { name: string; fault: Fault; message: RegExp[] }[] = [
+const cases: { name: string; fault: Fault; message: RegExp[]; staging?: boolean }[] = [
   {
     name: "ENOSPC on the 3rd pack save",
     fault: { op: "save", type: "data", nth: 3, code: "ENOSPC" },
     message: [/no space left/, /saving data\/[0-9a-f]{64}/],
+  },
+  {
+    name: "ENOSPC on the 3rd pack save, packs built in memory",
+    fault: { op: "save", type: "data", nth: 3, code: "ENOSPC" },
+    message: [/no space left/, /saving data\/[0-9a-f]{64}/],
+    staging: false,
   },
   {
     name: "EIO on the index save",
@@ -109,7 +120,7 @@ const cases: { name: string; fault: Fault; message: RegExp[] }[] = [
 for (const c of cases) {
   test(`${c.name}: the backup fails clearly and the repository stays intact`, async () => {
     const before = await snapshotIds();
-    const { summary, error, backend } = await backupWith([c.fault]);
+    const { summary, error, backend } = await backupWith([c.fault], c.staging);
     assert.equal(summary, undefined, "the backup must fail");
     assert.ok(error instanceof Error, `an Error, got ${String(error)}`);
     assert.equal(backend.failures.length, 1, "exactly the one injected failure");

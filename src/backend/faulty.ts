@@ -2,7 +2,7 @@
 // up, an I/O error on one file, a connection reset, slow responses. Faults are matched per
 // operation and file type, so a test can aim at exactly "the 3rd pack" or "the snapshot file" and
 // prove that a failure there leaves the repository consistent.
-import type { Backend, FileInfo, FileType, Handle } from "./backend.js";
+import type { Backend, FileInfo, FileType, Handle, StagedFile } from "./backend.js";
 import { wrapIoError } from "./local.js";
 
 export type FaultOp = "save" | "load" | "stat" | "remove" | "list";
@@ -69,11 +69,42 @@ export class FaultyBackend implements Backend {
   bytesSaved = 0;
   readonly log: FaultLogEntry[] = [];
 
+  /**
+   * Present when the inner backend stages files and `staging` was not turned off: a staged file's
+   * commit is a "save" for the faults (its size the bytes written), so the same faults hit packs
+   * written whole and packs streamed. Off, callers build every file in memory (as on S3).
+   */
+  readonly stage?: (type: FileType) => Promise<StagedFile>;
+
   constructor(
     readonly inner: Backend,
     faults: Fault[] = [],
+    opts: { staging?: boolean } = {},
   ) {
     this.setFaults(faults);
+    const stage = inner.stage?.bind(inner);
+    if (stage && opts.staging !== false) this.stage = async (type) => this.faultyStage(await stage(type), type);
+  }
+
+  private faultyStage(file: StagedFile, type: FileType): StagedFile {
+    let size = 0;
+    return {
+      write: async (data) => {
+        await file.write(data);
+        size += data.length;
+      },
+      commit: async (h) => {
+        try {
+          await this.inject("save", type, h.name, size);
+        } catch (err) {
+          await file.abort();
+          throw err;
+        }
+        await file.commit(h);
+        this.bytesSaved += size;
+      },
+      abort: () => file.abort(),
+    };
   }
 
   get location(): string {

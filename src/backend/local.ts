@@ -4,7 +4,7 @@ import { constants, promises as fsp } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { join, dirname } from "node:path";
 import { SitekeepError, isErrnoError } from "../errors.js";
-import type { Backend, FileInfo, FileType, Handle } from "./backend.js";
+import type { Backend, FileInfo, FileType, Handle, StagedFile } from "./backend.js";
 import { isIdHex } from "../repo/id.js";
 
 const DIR_MODE = 0o700;
@@ -79,6 +79,21 @@ export class LocalBackend implements Backend {
       await fsp.unlink(tmp).catch(() => undefined);
       throw wrapIoError(err, `saving ${h.type}/${h.name}`, this.root);
     }
+  }
+
+  async stage(type: FileType): Promise<StagedFile> {
+    // Named like save's temporary files (an ID, "-tmp-", random hex), so that list() skips it,
+    // restic ignores it and removeTemporary() finds it after a crash; under a random ID's folder,
+    // as the final name is not known yet (commit links it across, on the same filesystem).
+    const fake = randomBytes(32).toString("hex");
+    const tmp = `${this.path({ type, name: fake })}-tmp-${randomBytes(8).toString("hex")}`;
+    let fh: fsp.FileHandle;
+    try {
+      fh = await openForWrite(tmp, dirname(tmp));
+    } catch (err) {
+      throw wrapIoError(err, `saving a new ${type} file`, this.root);
+    }
+    return new LocalStagedFile(this, fh, tmp);
   }
 
   async load(h: Handle, offset = 0, length?: number): Promise<Buffer> {
@@ -183,6 +198,62 @@ export class LocalBackend implements Backend {
 
   async close(): Promise<void> {
     await this.handles.closeAll();
+  }
+}
+
+/** A file of the local backend being written in pieces: see Backend.stage. */
+class LocalStagedFile implements StagedFile {
+  private fh: fsp.FileHandle | undefined;
+  private size = 0;
+
+  constructor(
+    private readonly backend: LocalBackend,
+    fh: fsp.FileHandle,
+    private readonly tmp: string,
+  ) {
+    this.fh = fh;
+  }
+
+  async write(data: Uint8Array): Promise<void> {
+    const fh = this.open("write to");
+    try {
+      for (let off = 0; off < data.length; ) {
+        off += (await fh.write(data, off, data.length - off, this.size + off)).bytesWritten;
+      }
+      this.size += data.length;
+    } catch (err) {
+      throw wrapIoError(err, `saving a new file (${this.size} bytes written)`, this.backend.root);
+    }
+  }
+
+  async commit(h: Handle): Promise<void> {
+    const fh = this.open("commit");
+    const final = this.backend.path(h);
+    try {
+      await fh.sync();
+      await fh.chmod(FILE_MODE);
+      this.fh = undefined;
+      await fh.close();
+      // A data/xx folder can be missing in repositories made by other tools.
+      await fsp.mkdir(dirname(final), { recursive: true, mode: DIR_MODE });
+      await publish(this.tmp, final, h);
+      await syncDir(dirname(final));
+    } catch (err) {
+      await this.abort();
+      throw wrapIoError(err, `saving ${h.type}/${h.name}`, this.backend.root);
+    }
+  }
+
+  async abort(): Promise<void> {
+    const fh = this.fh;
+    this.fh = undefined;
+    await fh?.close().catch(() => undefined);
+    await fsp.unlink(this.tmp).catch(() => undefined);
+  }
+
+  private open(what: string): fsp.FileHandle {
+    if (!this.fh) throw new Error(`cannot ${what} a staged file that was committed or aborted`);
+    return this.fh;
   }
 }
 

@@ -8,6 +8,10 @@ import { fileURLToPath } from "node:url";
 
 type PathLike = Buffer | string;
 
+/** An opaque hash state of the addon's (sha256Begin). */
+declare const nativeHash: unique symbol;
+export type NativeHash = { readonly [nativeHash]: true };
+
 export interface NativeAddon {
   lutimes(p: PathLike, atimeSec: bigint, atimeNsec: number, mtimeSec: bigint, mtimeNsec: number): void;
   mknod(p: PathLike, mode: number, dev: bigint): void;
@@ -36,6 +40,10 @@ export interface NativeAddon {
   decodeblobsAsync?(key: Buffer, src: Buffer, spans: Float64Array, ids: Buffer): Promise<[Int32Array, Buffer, Float64Array]>;
   /** decodeblobs without keeping the plaintexts, and the SHA-256 of `pack`, on the thread pool. `pack` must not change until it settles. */
   verifypackAsync?(key: Buffer, pack: Buffer, spans: Float64Array, ids: Buffer): Promise<[Int32Array, Buffer]>;
+  /** A SHA-256 fed piece by piece, each piece on the thread pool (one update at a time per hash). */
+  sha256Begin?(): NativeHash;
+  sha256UpdateAsync?(hash: NativeHash, data: Buffer): Promise<void>;
+  sha256End?(hash: NativeHash): Buffer;
   /** One blob compressed (level > 0, when shorter) and sealed on the thread pool: [sealed, uncompressed length or 0]. */
   sealblobAsync?(key: Buffer, data: Buffer, level: number): Promise<[Buffer, number]>;
 }

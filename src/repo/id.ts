@@ -29,6 +29,33 @@ export async function hashHexAsync(data: Uint8Array): Promise<string> {
   return (await sha256Async(data)).toString("hex");
 }
 
+/** A SHA-256 fed piece by piece: a pack streamed to its file is named by the hash of all of it. */
+export interface Sha256Stream {
+  /** Adds `data`. One call at a time; `data` must not change until it settles. */
+  update(data: Uint8Array): Promise<void>;
+  /** The digest of everything added, as hex; the stream takes nothing more afterwards. */
+  digestHex(): string;
+}
+
+/** On the thread pool with the addon (native/sitekeep_codec.c), else node:crypto on this thread. */
+export function sha256Stream(): Sha256Stream {
+  const a = nativeAddon;
+  if (a?.sha256Begin && a.sha256UpdateAsync && a.sha256End) {
+    const h = a.sha256Begin();
+    return {
+      update: (data) => a.sha256UpdateAsync!(h, asBuffer(data)),
+      digestHex: () => a.sha256End!(h).toString("hex"),
+    };
+  }
+  const h = createHash("sha256");
+  return {
+    update: async (data) => {
+      h.update(data);
+    },
+    digestHex: () => h.digest("hex"),
+  };
+}
+
 const HEX64 = /^[0-9a-f]{64}$/;
 
 export function isIdHex(s: string): boolean {

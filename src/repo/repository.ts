@@ -17,6 +17,7 @@ import { hashHex, hashHexAsync, isIdHex, sha256, sha256Async } from "./id.js";
 import { type IndexFileJSON, type IndexPackJSON, parseIndexFile } from "./index-file.js";
 import { addKey, openWithPassword, type KdfParams } from "./keyfile.js";
 import { type BlobType, PackBuilder, type PackedBlob } from "./pack.js";
+import { StreamedPack } from "./pack-stream.js";
 import { formatPolynomial, parsePolynomial, randomPolynomial } from "./polynomial.js";
 import { type Snapshot, type SnapshotJSON, byTimeDesc } from "./snapshot.js";
 import { releaseBuffer } from "../platform/native.js";
@@ -94,9 +95,16 @@ export class Repository {
   private get compresses(): boolean {
     return this.version >= 2 && this.compression === "auto";
   }
-  private readonly builders: Record<BlobType, PackBuilder | undefined> = { data: undefined, tree: undefined };
+  /**
+   * Packs being filled. Data packs stream to a staged file where the backend can (local paths and
+   * shares: see StreamedPack) and are built in memory where it cannot (S3); tree packs, small,
+   * are built in memory.
+   */
+  private readonly builders: { data: PackBuilder | StreamedPack | undefined; tree: PackBuilder | undefined } = { data: undefined, tree: undefined };
   /** Buffers of stored packs, to build the next packs in. */
   private readonly packBuffers: Buffer[] = [];
+  /** Segments of streamed packs, reused (pack-stream.ts). */
+  private readonly segments: Buffer[] = [];
   /**
    * Data packs in memory (filling, waiting for an upload slot or uploading), at most
    * uploadConcurrency + 1 (set in the constructor). Without it every caller that found the pack
@@ -464,9 +472,11 @@ export class Repository {
   async abandonWrites(): Promise<void> {
     if (!this.pendingWrites()) return; // nothing in flight: the repository stays usable (a failed read, say)
     this.abandoned = true;
-    if (this.builders.data) this.packSlots.release();
+    const open = this.builders.data;
+    if (open) this.packSlots.release();
     this.builders.data = undefined;
     this.builders.tree = undefined;
+    if (open instanceof StreamedPack) await open.abort();
     this.treeBatch = [];
     this.treeBatchBytes = 0;
     this.uploadError ??= new SitekeepError("repo.abandoned", "the repository's writes were abandoned after an error");
@@ -490,16 +500,40 @@ export class Repository {
       if (b || this.abandoned) this.packSlots.release();
       if (this.abandoned) return;
     }
-    // Data packs fill up to the pack size; tree packs usually stay small and start small.
-    if (!b) {
-      const buffer = type === "data" ? this.packBuffers.pop() : undefined;
-      b = this.builders[type] = new PackBuilder(type, buffer, type === "data" ? this.packSize + PACK_SLACK : undefined, this.packSize);
+    if (!b) b = this.startPack(type);
+    if (b instanceof StreamedPack) {
+      // Its place in the pack is taken now; the bytes are written (or copied) when `added` settles.
+      // A failed write fails the pack (finish and abort see it) and, through uploadError, the backup.
+      const added = b.add(id, sealed, uncompressedLength).catch((err: unknown) => {
+        this.uploadError ??= err;
+      });
+      if (b.size >= this.packSize) {
+        this.builders.data = undefined;
+        try {
+          await this.upload(b);
+        } finally {
+          await added;
+        }
+      }
+      await added;
+      return;
     }
     b.add(id, sealed, uncompressedLength);
     if (b.size >= this.packSize) {
       this.builders[type] = undefined;
       await this.upload(b);
     }
+  }
+
+  /** A new pack for blobs of `type` (see builders). */
+  private startPack(type: BlobType): PackBuilder | StreamedPack {
+    const backend = this.backend;
+    if (type === "data" && backend.stage) {
+      return (this.builders.data = new StreamedPack("data", () => backend.stage!("data"), this.segments));
+    }
+    // Data packs fill up to the pack size; tree packs usually stay small and start small.
+    const buffer = type === "data" ? this.packBuffers.pop() : undefined;
+    return (this.builders[type] = new PackBuilder(type, buffer, type === "data" ? this.packSize + PACK_SLACK : undefined, this.packSize));
   }
 
   /** Adds an already sealed blob to a new pack as it is (prune's repacking: no decrypt, no re-encrypt).
@@ -660,7 +694,7 @@ export class Repository {
     return this.index.get(id, type);
   }
 
-  private async upload(b: PackBuilder): Promise<void> {
+  private async upload(b: PackBuilder | StreamedPack): Promise<void> {
     // The pack's memory is given back (its slot released) once it is stored or given up.
     const done = (): void => {
       if (b.type === "data") this.packSlots.release();
@@ -668,20 +702,13 @@ export class Repository {
     // Back-pressure: never more than uploadConcurrency packs being written.
     while (this.uploads.size >= this.uploadConcurrency) await Promise.race(this.uploads);
     if (this.uploadError || this.abandoned) {
+      if (b instanceof StreamedPack) await b.abort();
       done();
       if (this.uploadError) throw this.uploadError;
       return;
     }
-    const data = b.finish(this.key);
-    const p = hashHexAsync(data)
-      .then(async (packId) => {
-        await this.backend.save({ type: "data", name: packId }, data);
-        this.packDurable(packId, b.blobs);
-        // Stored: its memory builds a later pack (saves a fresh 16 MiB, and the allocator's
-        // fragmentation, per pack). Not after a failure: a failed request may still hold it. The
-        // pool stays within packSlots: a buffer comes back only as its pack's slot is given back.
-        if (b.type === "data") this.packBuffers.push(b.buffer);
-      })
+    const p = this.store(b)
+      .then((packId) => this.packDurable(packId, b.blobs))
       .catch((err: unknown) => {
         this.uploadError ??= err;
       })
@@ -690,6 +717,19 @@ export class Repository {
         done();
       });
     this.uploads.add(p);
+  }
+
+  /** Writes a finished pack to the backend; its ID. */
+  private async store(b: PackBuilder | StreamedPack): Promise<string> {
+    if (b instanceof StreamedPack) return b.finish(this.key); // the rest of it, the header, the name
+    const data = b.finish(this.key);
+    const packId = await hashHexAsync(data);
+    await this.backend.save({ type: "data", name: packId }, data);
+    // Stored: its memory builds a later pack (saves a fresh 16 MiB, and the allocator's
+    // fragmentation, per pack). Not after a failure: a failed request may still hold it. The
+    // pool stays within packSlots: a buffer comes back only as its pack's slot is given back.
+    if (b.type === "data") this.packBuffers.push(b.buffer);
+    return packId;
   }
 
   private packDurable(packId: string, blobs: PackedBlob[]): void {
