@@ -70,9 +70,16 @@ test("prune removes what no snapshot needs, repacks partly used packs, and leave
       const b = createHash("sha256").update(await fsp.readFile(join(target, src, `keep${i}`))).digest("hex");
       assert.equal(b, a);
     }
-    // Nothing left to do: a second prune changes nothing.
+    // Nothing left to do: a second prune changes nothing but the staged pack of a killed backup.
+    const staged = await new LocalBackend(dir).stage("data");
+    await staged.write(randomBytes(5000));
+    const stagedNames = (): string[] => readdirSync(join(dir, "data"), { recursive: true }).map(String).filter((f) => f.includes("-tmp-"));
+    assert.equal(stagedNames().length, 1);
     const again = await prune(await open(dir), { maxUnused: "0%" });
     assert.equal(again.packs_removed + again.packs_repacked + again.packs_unreferenced_removed, 0);
+    assert.deepEqual(stagedNames(), [], "the staged file is removed");
+    assert.equal(again.bytes_removed, 5000);
+    await staged.abort(); // closes the writer's handle; its file is gone already
 
     const ro = await Repository.open(new LocalBackend(dir), "pw", { appendOnly: true });
     await assert.rejects(prune(ro), /append-only/);

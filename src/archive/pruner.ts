@@ -273,7 +273,8 @@ export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<
     index_files_replaced: 0,
     dry_run: Boolean(opts.dryRun),
   };
-  if (opts.dryRun || (remove.size === 0 && repack.length === 0 && unreferenced.length === 0)) return stats;
+  if (opts.dryRun) return stats;
+  if (remove.size === 0 && repack.length === 0 && unreferenced.length === 0) return removeTemporary(repo, stats);
 
   // 1. Repack: copy the used blobs, still sealed, into new packs; flush writes their index file.
   let done = 0;
@@ -321,8 +322,15 @@ export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<
     await repo.backend.remove({ type: "data", name: id });
     opts.onProgress?.("remove", ++done, obsolete.length);
   });
-  // Partial files of writers that were killed mid-write: nothing names them, and under our
-  // exclusive lock nobody is writing them now.
+  return removeTemporary(repo, stats);
+}
+
+/**
+ * Removes the partial files of writers that were killed mid-write (a backup's pack being streamed,
+ * a save's temporary file), also when there is nothing else to prune: nothing names them, and
+ * under prune's exclusive lock nobody is writing them now.
+ */
+async function removeTemporary(repo: Repository, stats: PruneStats): Promise<PruneStats> {
   const tmp = await repo.backend.removeTemporary?.();
   if (tmp) stats.bytes_removed += tmp.bytes;
   return stats;
