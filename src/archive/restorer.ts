@@ -10,6 +10,7 @@ import { promisify } from "node:util";
 import { SitekeepError, errorMessage, isErrnoError } from "../errors.js";
 import type { Repository } from "../repo/repository.js";
 import { type NewFile, WriteStep, canWriteFiles, lutimesNs, mknod, setXattr, isUnsupportedXattrError, writeFiles } from "../platform/fsx.js";
+import { releaseBuffer } from "../platform/native.js";
 import { compileExcludes, type PathMatcher } from "./exclude.js";
 import { type NodeJSON, decodeName, linkTargetBytes, timeNs, unixPermFromGo, unixTypeBits } from "./node.js";
 import { joinPath, loadTree } from "./tree.js";
@@ -406,6 +407,7 @@ export class Restorer {
         await writeSparse(fd, blob, pos);
         pos += blob.length;
         this.progress.bytes += blob.length;
+        releaseBuffer(blob); // written, and this file's alone (loadBlob decodes a fresh copy)
         this.report(false);
       }
       // Holes at the end (and files that are all holes) get their length from truncate.

@@ -2,8 +2,8 @@
 // to temporary files for the same reason): blobs are gathered into small segments, and each full
 // segment, or a large blob as it is, is written to the backend's staged file and hashed, in order,
 // while the next blobs arrive. Finishing appends the header and names the file by its SHA-256.
-// Three data packs held whole were ~51 MiB of a backup's peak; three streamed ones hold at most
-// SEGMENTS_PER_PACK segments each.
+// Three data packs held whole were ~51 MiB of a backup's peak; a streamed one holds at most three
+// segments (one filling, WRITING_MAX being written).
 import type { StagedFile } from "../backend/backend.js";
 import type { MasterKey } from "./crypto.js";
 import { type Sha256Stream, sha256Stream } from "./id.js";
@@ -11,8 +11,8 @@ import { type BlobType, type PackedBlob, encodeHeader } from "./pack.js";
 
 /** Bytes gathered before a write. Blobs of at least half of it are written as they are. */
 export const SEGMENT_SIZE = 1024 * 1024;
-/** Segments of one pack filled or being written at once; more and add() waits. */
-const SEGMENTS_PER_PACK = 2;
+/** Segments of one pack being written at once; a blob that needs another one waits. */
+const WRITING_MAX = 2;
 
 export class StreamedPack {
   readonly blobs: PackedBlob[] = [];
@@ -67,9 +67,7 @@ export class StreamedPack {
 
   private hasRoom(n: number): boolean {
     if (n >= SEGMENT_SIZE / 2) return true; // written as it is, the caller waits for it
-    return (
-      (this.segment !== undefined && this.used + n <= this.segment.length) || this.writing < SEGMENTS_PER_PACK
-    );
+    return (this.segment !== undefined && this.used + n <= this.segment.length) || this.writing < WRITING_MAX;
   }
 
   /** Copies `sealed` into the segment, or queues it to be written as it is (half a segment and more). */

@@ -507,15 +507,14 @@ export class Repository {
       const added = b.add(id, sealed, uncompressedLength).catch((err: unknown) => {
         this.uploadError ??= err;
       });
-      if (b.size >= this.packSize) {
-        this.builders.data = undefined;
-        try {
+      try {
+        if (b.size >= this.packSize) {
+          this.builders.data = undefined;
           await this.upload(b);
-        } finally {
-          await added;
         }
+      } finally {
+        await added; // the caller frees `sealed` once this returns
       }
-      await added;
       return;
     }
     b.add(id, sealed, uncompressedLength);
@@ -592,7 +591,14 @@ export class Repository {
 
   async loadBlob(type: BlobType, id: Uint8Array): Promise<Buffer> {
     const loc = this.locate(type, id);
-    return this.decodeLoaded(loc, await this.loadSealed(loc), id);
+    const sealed = await this.loadSealed(loc);
+    try {
+      return await this.decodeLoaded(loc, sealed, id);
+    } finally {
+      // A data blob's sealed bytes were read for this call alone (tree blobs come from shared
+      // windows): freed now rather than with the next collection, a restore's whole size of them.
+      if (type === "data") releaseBuffer(sealed);
+    }
   }
 
   /**
