@@ -65,15 +65,9 @@ export class LocalBackend implements Backend {
     let fh: fsp.FileHandle | undefined;
     try {
       fh = await openForWrite(tmp, dir);
-      // One write call for the whole file where the kernel takes it: FileHandle.writeFile writes
-      // 512 KiB per call, and each call waits in the thread pool's queue behind compression jobs.
-      for (let off = 0; off < data.length; ) off += (await fh.write(data, off, data.length - off)).bytesWritten;
-      await fh.sync();
-      await fh.chmod(FILE_MODE);
-      await fh.close();
+      await writeAll(fh, data, null);
+      await publishWritten(fh, tmp, final, h);
       fh = undefined;
-      await publish(tmp, final, h);
-      await syncDir(dir);
     } catch (err) {
       await fh?.close().catch(() => undefined);
       await fsp.unlink(tmp).catch(() => undefined);
@@ -217,9 +211,7 @@ class LocalStagedFile implements StagedFile {
   async write(data: Uint8Array): Promise<void> {
     const fh = this.open("write to");
     try {
-      for (let off = 0; off < data.length; ) {
-        off += (await fh.write(data, off, data.length - off, this.size + off)).bytesWritten;
-      }
+      await writeAll(fh, data, this.size);
       this.size += data.length;
     } catch (err) {
       throw wrapIoError(err, `saving a new file (${this.size} bytes written)`, this.backend.root);
@@ -230,14 +222,10 @@ class LocalStagedFile implements StagedFile {
     const fh = this.open("commit");
     const final = this.backend.path(h);
     try {
-      await fh.sync();
-      await fh.chmod(FILE_MODE);
-      this.fh = undefined;
-      await fh.close();
       // A data/xx folder can be missing in repositories made by other tools.
       await fsp.mkdir(dirname(final), { recursive: true, mode: DIR_MODE });
-      await publish(this.tmp, final, h);
-      await syncDir(dirname(final));
+      await publishWritten(fh, this.tmp, final, h);
+      this.fh = undefined;
     } catch (err) {
       await this.abort();
       throw wrapIoError(err, `saving ${h.type}/${h.name}`, this.backend.root);
@@ -327,6 +315,30 @@ function close(e: HandleEntry): Promise<void> {
 }
 
 /** Moves a finished temp file to its final name without ever replacing an existing file. */
+/**
+ * Writes all of `data` at `position` (null: the file's current position), in one call where the
+ * kernel takes it: FileHandle.writeFile writes 512 KiB per call, and each call waits in the thread
+ * pool's queue behind compression jobs.
+ */
+async function writeAll(fh: fsp.FileHandle, data: Uint8Array, position: number | null): Promise<void> {
+  for (let off = 0; off < data.length; ) {
+    off += (await fh.write(data, off, data.length - off, position === null ? null : position + off)).bytesWritten;
+  }
+}
+
+/**
+ * The end of every write: the temporary file made durable and read-only, closed, published as
+ * `final` (never overwriting) and its folder synced. On failure the caller closes `fh` (closing
+ * twice is harmless) and removes `tmp`.
+ */
+async function publishWritten(fh: fsp.FileHandle, tmp: string, final: string, h: Handle): Promise<void> {
+  await fh.sync();
+  await fh.chmod(FILE_MODE);
+  await fh.close();
+  await publish(tmp, final, h);
+  await syncDir(dirname(final));
+}
+
 async function publish(tmp: string, final: string, h: Handle): Promise<void> {
   try {
     // link() fails instead of replacing: nothing is ever overwritten.
