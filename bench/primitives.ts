@@ -12,6 +12,7 @@ import { join } from "node:path";
 import sodium from "sodium-native";
 import { Compressor } from "zstd-napi";
 import { Chunker } from "../src/repo/chunker.js";
+import { ZSTD_LEVEL } from "../src/repo/compression.js";
 import { randomPolynomial } from "../src/repo/polynomial.js";
 import { parseSet, type DatasetOptions } from "./dataset.js";
 import { ensureDataset } from "./run.js";
@@ -100,7 +101,7 @@ const tSha = time(() => {
   for (const c of chunks) createHash("sha256").update(c).digest();
 });
 const z = new Compressor();
-z.setParameters({ compressionLevel: 3 });
+z.setParameters({ compressionLevel: ZSTD_LEVEL });
 const stored: Buffer[] = [];
 const tZstd = time(() => {
   for (const c of chunks) {
@@ -132,7 +133,7 @@ const ratio = storedBytes / bytes;
 const rows: [string, number, number][] = [
   ["chunking (FastCDC, JS)", tChunk, bytes],
   ["SHA-256 of each chunk", tSha, bytes],
-  ["zstd level 3", tZstd, bytes],
+  [`zstd level ${ZSTD_LEVEL}`, tZstd, bytes],
   ["AES-256-CTR", tAes, storedBytes],
   ["Poly1305", tPoly, storedBytes],
   ["SHA-256 of each pack", tPack, storedBytes],
