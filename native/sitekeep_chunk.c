@@ -14,8 +14,8 @@
  *
  * chunkhash(buf, start, end, eof, params) -> Promise<Buffer>
  *   params: a Buffer of 256 + 5 uint32 in host byte order: the gear table, then min, avg, max,
- *   maskS, maskL. Cuts chunks from buf[start..end) one after the other while the rest holds at least
- *   max bytes (or, with eof, while anything is left) and resolves with 36 bytes per chunk: its
+ *   maskS, maskL. Cuts chunks from buf[start..end) one after the other until the rest does not
+ *   decide the next (or, with eof, while anything is left) and resolves with 36 bytes per chunk: its
  *   length (uint32, little-endian) and its SHA-256. `buf` must not change until the promise settles.
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
@@ -63,13 +63,15 @@ typedef struct {
   bool failed; /* SHA256() returned NULL (OpenSSL could not set up the digest) */
 } sk_chunk_job;
 
-/* Length of the chunk at d[0], or 0 when more than `avail` bytes are needed to decide. */
+/*
+ * Length of the chunk at d[0], or 0 when the `avail` bytes do not decide it: no boundary among
+ * them, fewer than max and not eof (a boundary depends only on the bytes before it, so one found in
+ * a short window is the one a longer window finds).
+ */
 static size_t cut(const sk_chunker *c, const uint8_t *d, size_t avail, bool eof) {
-  size_t limit;
-  if (avail >= c->max) limit = c->max;
-  else if (eof) limit = avail;
-  else return 0;
-  if (limit <= c->min) return limit;
+  bool open = avail < c->max && !eof;
+  size_t limit = avail < c->max ? avail : c->max;
+  if (limit <= c->min) return open ? 0 : limit;
   const uint32_t *gear = c->gear;
   const uint32_t ms = c->mask_s, ml = c->mask_l;
   size_t first = c->min;
@@ -85,7 +87,7 @@ static size_t cut(const sk_chunker *c, const uint8_t *d, size_t avail, bool eof)
     h = (h << 1) + gear[d[i]];
     if ((h & ml) == 0) return i + 1;
   }
-  return limit;
+  return open ? 0 : limit;
 }
 
 static void chunk_execute(napi_env env, void *arg) {

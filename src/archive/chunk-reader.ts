@@ -1,13 +1,16 @@
-// Feeds a byte source through the content-defined chunker with one reusable buffer. The chunker
-// needs `max` bytes of look-ahead, so the buffer holds a maximum chunk and a little more: it is
+// Feeds a byte source through the content-defined chunker with one reusable buffer. A chunk may
+// need `max` bytes to be decided, so the buffer holds a maximum chunk and a little more: it is
 // filled, every chunk that can be decided is cut and hashed in one call (on the thread pool:
-// Chunker.cutAndHash), and the undecided rest (shorter than `max`) slides to the front.
+// Chunker.cutAndHash), and the undecided rest (the bytes after the last boundary found, shorter
+// than `max`) slides to the front.
 import type { Chunker } from "../repo/chunker.js";
 
 /**
- * Bytes read beyond a maximum chunk: each round reads at least this much. Two maximum chunks
- * (16 MiB) read ~15 MiB a round where this reads ~8, for 7 MiB less per file being read; the
- * rounds are a read and a thread-pool call each, ~300 for the 2 GB benchmark set either way.
+ * Bytes read beyond a maximum chunk: each round reads at least this much, and usually ~8 MiB, as
+ * every chunk whose boundary lies in the buffer is cut (until session 12 only those that left
+ * `max` bytes behind them were: ~1 MiB a round, and 7-8 MiB moved to the front each time). Two
+ * maximum chunks would read ~15 MiB a round for 7 MiB more per file being read; a round is a read
+ * and a thread-pool call, ~300 for the 2 GB benchmark set.
  */
 const READ_BEYOND_MAX = 1024 * 1024;
 

@@ -137,8 +137,8 @@ export class Chunker {
   private nativeParams?: Buffer;
 
   /**
-   * Every chunk that starts at data[start] and follows, as cut() finds them while at least `max`
-   * bytes remain (or, with eof, up to end), with their SHA-256. On the thread pool when the native
+   * Every chunk that starts at data[start] and follows, as cut() finds them until one is not decided
+   * by the bytes up to end (or, with eof, up to end), with their SHA-256. On the thread pool when the native
    * addon is there (several times the speed of cut() and node:crypto here, and off the main thread);
    * `data` must not change until the promise settles.
    */
@@ -160,8 +160,9 @@ export class Chunker {
   /** cutAndHash on this thread with cut() and node:crypto (the fallback without the addon). */
   cutAndHashHere(data: Buffer, start: number, end: number, eof: boolean): HashedChunk[] {
     const chunks: HashedChunk[] = [];
-    for (let at = start; at < end && (eof || end - at >= this.max); ) {
+    for (let at = start; at < end; ) {
       const length = this.cut(data, at, end, eof);
+      if (length === 0) break;
       chunks.push({ length, id: createHash("sha256").update(data.subarray(at, at + length)).digest() });
       at += length;
     }
@@ -177,9 +178,13 @@ export class Chunker {
     return (this.nativeParams = params);
   }
 
-  /** Length of the chunk that starts at data[start]. The caller guarantees that data holds at least
-   *  `options.max` bytes after start, or all the remaining bytes of the stream when `eof` is true.
-   *  Returns a length in [1, max] (at eof, possibly fewer than min: the tail). */
+  /**
+   * Length of the chunk that starts at data[start], in [1, max] (at eof, possibly fewer than min:
+   * the tail), or 0 when the bytes up to `end` do not decide it: no boundary among them, fewer than
+   * `max` of them and more to come (not `eof`). A boundary depends only on the bytes before it, so
+   * a chunk found in a short window is the one a longer window finds: callers need not hold `max`
+   * bytes of look-ahead, only refill and call again on 0.
+   */
   cut(data: Uint8Array, start: number, end: number, eof: boolean): number {
     const avail = end - start;
     if (!(start >= 0 && end <= data.length && avail > 0)) {
@@ -187,11 +192,10 @@ export class Chunker {
     }
     const min = this.min;
     const max = this.max;
-    let limit: number;
-    if (avail >= max) limit = max;
-    else if (eof) limit = avail;
-    else throw new RangeError(`Chunker.cut: needs ${max} bytes (or eof), got ${avail}`);
-    if (limit <= min) return limit;
+    // Without eof, fewer than max bytes decide the chunk only where a boundary lies among them.
+    const open = avail < max && !eof;
+    const limit = avail < max ? avail : max;
+    if (limit <= min) return open ? 0 : limit;
 
     const gear = this.gear;
     const maskS = this.maskS;
@@ -213,6 +217,6 @@ export class Chunker {
       h = ((h << 1) + gear[data[i]]) | 0;
       if ((h & maskL) === 0) return i - start + 1;
     }
-    return limit;
+    return open ? 0 : limit;
   }
 }
