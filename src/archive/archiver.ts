@@ -7,7 +7,7 @@ import { constants as osConstants, hostname as osHostname, userInfo } from "node
 import { resolve, sep } from "node:path";
 import { spawn } from "node:child_process";
 import { SitekeepError, errorMessage, isErrnoError } from "../errors.js";
-import type { Repository } from "../repo/repository.js";
+import type { PlainUse, Repository } from "../repo/repository.js";
 import { Chunker } from "../repo/chunker.js";
 import { sha256 } from "../repo/id.js";
 import type { Snapshot, SnapshotJSON } from "../repo/snapshot.js";
@@ -17,7 +17,6 @@ import { chunkBufferSize, forEachChunk, streamReader, type ReadFn } from "./chun
 import { type PathMatcher, compileExcludes } from "./exclude.js";
 import { type ScanTotals, startScan } from "./scanner.js";
 import { type SmallFilesShare, SmallFileReader } from "./small-file-reader.js";
-import { copyOf } from "../util/bytes.js";
 import { Semaphore, mapLimit } from "../util/concurrency.js";
 import { type NodeJSON, decodeName, encodeName, fileNodeFromNumbers, goModeFromUnix, nodeFromStat, sameNode } from "./node.js";
 import { encodeTree, loadTree } from "./tree.js";
@@ -801,7 +800,7 @@ export class Archiver {
     if (data === undefined) return undefined;
     if (data.length === 0) return { ids: [], size: 0 };
     const size = data.length; // (storeChunk gives `data` away)
-    return { ids: [await this.storeChunk(data, true)], size };
+    return { ids: [await this.storeChunk(data, "free")], size };
   }
 
   private readWholeSync(abs: Buffer, display: string, st: BigIntStats): Buffer | "grew" | undefined {
@@ -841,20 +840,20 @@ export class Archiver {
 
   /**
    * Hashes a chunk and queues it for compression and packing, which run on the thread pool while
-   * reading goes on. `owned`: the chunk is the caller's to give away; otherwise it is a view into a
-   * reused read buffer and is copied only when the repository does not have it yet.
+   * reading goes on. `use`: "free" when the chunk is the caller's to give away, or the read
+   * buffer's hold when it is a view into a reused read buffer (the buffer is then left alone
+   * until the chunk is sealed).
    */
-  private async storeChunk(chunk: Buffer, owned = false, hashed?: Buffer): Promise<string> {
+  private async storeChunk(chunk: Buffer, use: PlainUse, hashed?: Buffer): Promise<string> {
     this.checkAbort();
     const id = hashed ?? sha256(chunk);
-    const length = chunk.length; // (an owned chunk is the repository's once queued)
+    const length = chunk.length; // (a chunk given away is the repository's once queued)
     if (!this.repo.hasBlob("data", id)) {
-      const plain = owned ? chunk : copyOf(chunk);
       // (A copy of the ID: it may be a view of cutAndHash's records, which the index must not pin.)
       const onStored = (stored: number): void => {
         this.progress.bytesAdded += stored;
       };
-      if (await this.repo.queueBlob("data", plain, Buffer.from(id), onStored, true)) this.stats.data_blobs++;
+      if (await this.repo.queueBlob("data", chunk, Buffer.from(id), onStored, use)) this.stats.data_blobs++;
     }
     this.progress.bytes += length;
     this.report();
@@ -879,8 +878,8 @@ export class Archiver {
     const size = await forEachChunk(
       this.chunker,
       read,
-      async (chunk, id) => {
-        ids.push(await this.storeChunk(chunk, false, id));
+      async (chunk, id, hold) => {
+        ids.push(await this.storeChunk(chunk, hold, id));
       },
       buffer,
     );

@@ -69,3 +69,35 @@ test("forEachChunk: the chunks of a stream are those of the whole buffer, each w
   const h = createHash("sha256").update(tiny).digest("hex");
   assert.deepEqual(await chunksOf(c, tiny, 7), [[h, h]]);
 });
+
+test("forEachChunk: a held chunk keeps its bytes until its hold settles, also when a later chunk fails", async () => {
+  const c = new Chunker(POL, SMALL);
+  const data = randomBytes(40 * SMALL.max + 17); // a buffer of max + 1 MiB: two rounds; of max + 1: ~40
+  const later = (ms: number): Promise<void> => new Promise((res) => setTimeout(res, ms));
+  for (const failAt of [undefined, 25]) {
+    const checks: Promise<void>[] = [];
+    let n = 0;
+    let holdsOpen = 0;
+    const run = forEachChunk(
+      c,
+      source(data, 1 << 30),
+      async (chunk, id, hold) => {
+        if (n++ === failAt) throw new Error("failed here");
+        holdsOpen++;
+        // Read after a delay, as a job on the thread pool would: the bytes must still be the chunk's.
+        const check = later(3).then(() => {
+          assert.equal(createHash("sha256").update(chunk).digest("hex"), id.toString("hex"));
+          holdsOpen--;
+        });
+        checks.push(check);
+        hold(check);
+      },
+      Buffer.alloc(SMALL.max + 1),
+    );
+    if (failAt === undefined) assert.equal(await run, data.length);
+    else await assert.rejects(run, /failed here/);
+    assert.equal(holdsOpen, 0, "forEachChunk settled before the holds did");
+    await Promise.all(checks);
+    assert.ok(failAt === undefined ? n > 100 : n === failAt + 1, `${n} chunks`);
+  }
+});

@@ -83,10 +83,20 @@ test("packs built one after another in the same reused memory each hold their ow
 
 test("a blob queued as disposable is freed once sealed and stored whole; one that is not is left alone", async () => {
   await withNewRepo("sitekeep-disposable-", undefined, async (repo, dir) => {
-    const originals = [Buffer.alloc(600_000, 7), randomBytes(300_000)];
+    const originals = [Buffer.alloc(600_000, 7), randomBytes(300_000), randomBytes(400_000), Buffer.alloc(500_000, 3)];
     const [given, lent] = originals.map((b) => Buffer.from(b)); // each with memory of its own
-    assert.ok(await repo.queueBlob("data", given, sha256(originals[0]), undefined, true));
+    assert.ok(await repo.queueBlob("data", given, sha256(originals[0]), undefined, "free"));
     assert.ok(await repo.queueBlob("data", lent, sha256(originals[1])));
+    // Views of a reused buffer: overwritten as soon as the repository says it has read them.
+    const reused = Buffer.concat([originals[2], originals[3]]);
+    const readDone: Promise<void>[] = [];
+    for (const [k, view] of [reused.subarray(0, 400_000), reused.subarray(400_000)].entries()) {
+      assert.ok(await repo.queueBlob("data", view, sha256(originals[2 + k]), undefined, (p) => readDone.push(p)));
+    }
+    if (readDone.length > 0) {
+      await Promise.all(readDone);
+      reused.fill(0xee);
+    } else assert.ok(!nativeAddon?.sealblobAsync, "blobs sealed on the thread pool hand out a promise");
     await repo.flush();
     if (nativeAddon?.release) assert.equal(given.length, 0, "the given blob's memory was freed");
     assert.deepEqual(lent, originals[1], "the lent blob is as it was");

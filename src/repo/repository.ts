@@ -84,6 +84,11 @@ const TREE_WINDOWS_KEPT = 32;
 const NEAR_GAP = 64 * 1024;
 const NEAR_RANGE = 4 * 1024 * 1024;
 
+/** What becomes of a queued blob's plaintext: see Repository.queueBlob. */
+export type PlainUse = "free" | ((readDone: Promise<void>) => void);
+
+function noop(): void {}
+
 export class Repository {
   #index = new BlobIndex();
   readonly packSize: number;
@@ -347,10 +352,12 @@ export class Repository {
    * the thread pool and packed while the caller reads on. `plain` must not change afterwards.
    * Returns false when the repository already has the blob. onStored gets the sealed size once it
    * is packed; drainEncodes() (and flush()) wait for every queued blob, and a failure surfaces there.
-   * `disposable`: `plain` is the repository's alone once queued, and its memory is freed as soon as
-   * it is sealed (see releaseBuffer).
+   * `plainUse`: "free" when `plain` is the repository's alone once queued (its memory is freed as
+   * soon as it is sealed: see releaseBuffer); a function when `plain` is a view of the caller's
+   * reused buffer: it gets a promise that settles (never rejects) once `plain` is no longer read,
+   * after which the caller may overwrite it (a chunk of a read buffer is then sealed without a copy).
    */
-  async queueBlob(type: BlobType, plain: Buffer, id: Buffer, onStored?: (storedSize: number) => void, disposable = false): Promise<boolean> {
+  async queueBlob(type: BlobType, plain: Buffer, id: Buffer, onStored?: (storedSize: number) => void, plainUse?: PlainUse): Promise<boolean> {
     if (this.uploadError) throw this.uploadError;
     const key = type + ":" + id.toString("hex");
     if (this.index.has(id, type) || this.inflight.has(key)) return false;
@@ -362,9 +369,11 @@ export class Repository {
       return true;
     }
     await this.encodeSlots.acquire();
+    const encoded = this.encodeBlobAsync(plain);
+    if (typeof plainUse === "function") plainUse(encoded.then(noop, noop));
     this.trackEncode(
-      this.encodeBlobAsync(plain).then(async ({ sealed, uncompressedLength }) => {
-        if (disposable) releaseBuffer(plain);
+      encoded.then(async ({ sealed, uncompressedLength }) => {
+        if (plainUse === "free") releaseBuffer(plain);
         await this.addToPack(type, id, sealed, uncompressedLength);
         const storedSize = sealed.length;
         releaseBuffer(sealed); // copied into the pack, and ours alone
