@@ -8,7 +8,8 @@ import { Compressor, Decompressor } from "zstd-napi";
 
 /**
  * The zstd level of blobs and unpacked files. restic's "auto" compression is klauspost/compress's
- * SpeedDefault, a Go encoder of its own whose ratio sits between libzstd's levels 2 and 3. Level 2
+ * SpeedDefault, a Go encoder of its own whose ratio is close to libzstd's level 2 (between 1 and 2 on
+ * the benchmark's mixed set, between 2 and 3 on its many-files set). Level 2
  * gives a repository the size of restic's (bench/README.md: 0.996× on the mixed set, 1.004× on the
  * many-files set; level 3 0.992× and 1.000×) and compresses ~1.4× as fast as level 3 on that data,
  * which took the mixed initial backup from ~11.0 to ~9.4 s.
