@@ -314,7 +314,6 @@ function close(e: HandleEntry): Promise<void> {
   return e.handle.then((fh) => fh.close()).catch(() => undefined);
 }
 
-/** Moves a finished temp file to its final name without ever replacing an existing file. */
 /**
  * Writes all of `data` at `position` (null: the file's current position), in one call where the
  * kernel takes it: FileHandle.writeFile writes 512 KiB per call, and each call waits in the thread
@@ -339,6 +338,7 @@ async function publishWritten(fh: fsp.FileHandle, tmp: string, final: string, h:
   await syncDir(dirname(final));
 }
 
+/** Moves a finished temp file to its final name without ever replacing an existing file. */
 async function publish(tmp: string, final: string, h: Handle): Promise<void> {
   try {
     // link() fails instead of replacing: nothing is ever overwritten.
