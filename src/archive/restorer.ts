@@ -5,11 +5,11 @@
 // It never writes outside the target: stored names with "/" or "." / ".." are refused, and an
 // existing entry in the target that is not what we need (a planted symlink, say) is replaced, never
 // followed.
-import { chmodSync, closeSync, constants, ftruncateSync, lchownSync, lstatSync, open, promises as fsp, unlinkSync, write, writeSync } from "node:fs";
-import { promisify } from "node:util";
+import { chmodSync, constants, lchownSync, lstatSync, promises as fsp, unlinkSync } from "node:fs";
 import { SitekeepError, errorMessage, isErrnoError } from "../errors.js";
 import type { Repository } from "../repo/repository.js";
 import { type NewFile, WriteStep, canWriteFiles, lutimesNs, mknod, setXattr, isUnsupportedXattrError, writeFiles } from "../platform/fsx.js";
+import { DirectWrites, FileWriter } from "../platform/file-writer.js";
 import { releaseBuffer } from "../platform/native.js";
 import { compileExcludes, type PathMatcher } from "./exclude.js";
 import { type NodeJSON, decodeName, linkTargetBytes, timeNs, unixPermFromGo, unixTypeBits } from "./node.js";
@@ -58,7 +58,6 @@ export interface RestoreSummary {
   dry_run: boolean;
 }
 
-const NO_FOLLOW = constants.O_NOFOLLOW ?? 0;
 /**
  * Files written at once, over the whole restore. Creating a file costs 200-400 µs of the file
  * system's time here; with several in flight the disk and both cores stay busy.
@@ -66,8 +65,8 @@ const NO_FOLLOW = constants.O_NOFOLLOW ?? 0;
 const WRITE_CONCURRENCY = 8;
 /** Blobs of a file loaded ahead of the one being written. */
 const BLOBS_AHEAD = 3;
-/** Blobs at least this large are written on the thread pool. */
-const ASYNC_WRITE_MIN = 64 * 1024;
+/** Files at least this large are written past the page cache (DirectWrites) where they can be. */
+const DIRECT_MIN = 1024 * 1024;
 /** Files of at most this size, one blob and no more to them than content and metadata, are written in batches. */
 const SMALL_FILE_MAX = 256 * 1024;
 /** A batch of small files of one folder: created in one thread-pool job. */
@@ -75,8 +74,6 @@ const BATCH_FILES = 64;
 const BATCH_BYTES = 2 * 1024 * 1024;
 /** Takes a written blob's place in the read-ahead list, so that its bytes can be freed. */
 const EMPTY: Promise<Buffer> = Promise.resolve(Buffer.alloc(0));
-const SPARSE_BLOCK = 4096;
-const ZERO_BLOCK = Buffer.alloc(SPARSE_BLOCK);
 
 export class Restorer {
   private readonly include: PathMatcher | undefined;
@@ -90,6 +87,7 @@ export class Restorer {
    */
   private readonly hardlinks = new Map<string, { at: Buffer; written: Promise<boolean> }>();
   private readonly writeSlots = new Semaphore(WRITE_CONCURRENCY);
+  private readonly direct = new DirectWrites();
   private lastProgress = 0;
   private planned: { files: number; bytes: number } | undefined;
 
@@ -385,11 +383,9 @@ export class Restorer {
 
   private async writeFile(node: NodeJSON, at: Buffer, path: string): Promise<void> {
     // Creating a file took 200-400 µs on ext4 here, so files are created on the thread pool, several
-    // at once (WRITE_CONCURRENCY over the whole restore). Small writes and close stay synchronous:
-    // for those, fs/promises' overhead costs more than the calls. Large blobs are loaded ahead and
-    // written on the pool.
-    const fd = await openAsync(at, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | NO_FOLLOW, 0o600);
-    let pos = 0;
+    // at once (WRITE_CONCURRENCY over the whole restore). Large blobs are loaded ahead and written
+    // on the pool; files of DIRECT_MIN bytes and more past the page cache where the file system takes it.
+    const file = await FileWriter.create(at, (node.size ?? 0) >= DIRECT_MIN ? this.direct : undefined);
     // The next blobs are loaded and decoded (on the thread pool) while this one is written.
     const ids = node.content ?? [];
     const pending: Promise<Buffer>[] = [];
@@ -398,24 +394,23 @@ export class Restorer {
       p.catch(() => undefined); // awaited below in order; a file that failed early leaves the rest unawaited
       pending.push(p);
     };
+    let length: number;
     try {
       for (let k = 0; k < Math.min(BLOBS_AHEAD, ids.length); k++) load(k);
       for (let k = 0; k < ids.length; k++) {
         const blob = await pending[k];
         pending[k] = EMPTY;
         if (k + BLOBS_AHEAD < ids.length) load(k + BLOBS_AHEAD);
-        await writeSparse(fd, blob, pos);
-        pos += blob.length;
+        await file.write(blob);
         this.progress.bytes += blob.length;
         releaseBuffer(blob); // written, and this file's alone (loadBlob decodes a fresh copy)
         this.report(false);
       }
-      // Holes at the end (and files that are all holes) get their length from truncate.
-      ftruncateSync(fd, pos);
+      length = await file.finish();
     } catch (err) {
       // The loads still running end before the restore goes on (none outlives it).
       await Promise.allSettled(pending);
-      closeSync(fd);
+      file.close();
       try {
         unlinkSync(at);
       } catch {
@@ -423,9 +418,9 @@ export class Restorer {
       }
       throw new SitekeepError("restore.file", errorMessage(err), { cause: err });
     }
-    closeSync(fd);
-    if (node.size !== undefined && pos !== node.size) {
-      this.fail(path, `restored ${pos} bytes but the snapshot records ${node.size}`);
+    file.close();
+    if (node.size !== undefined && length !== node.size) {
+      this.fail(path, `restored ${length} bytes but the snapshot records ${node.size}`);
     }
     this.progress.files++;
   }
@@ -518,41 +513,4 @@ async function removeExisting(at: Buffer): Promise<void> {
   } catch (err) {
     if (!isErrnoError(err, "ENOENT")) throw err;
   }
-}
-
-const writeAsync = promisify(write);
-const openAsync = promisify(open);
-
-/**
- * Writes `data` at `pos`, leaving aligned all-zero blocks as holes. Large blobs are written on the thread
- * pool: the kernel's copy of 2 GB of file data was the main thread's largest cost in a restore.
- */
-async function writeSparse(fd: number, data: Buffer, pos: number): Promise<void> {
-  const large = data.length >= ASYNC_WRITE_MIN;
-  let i = 0;
-  const n = data.length;
-  // The first block ends at the next block boundary of the file, so holes are aligned.
-  while (i < n) {
-    const blockEnd = Math.min(n, i + SPARSE_BLOCK - ((pos + i) % SPARSE_BLOCK));
-    if (isZero(data, i, blockEnd)) {
-      i = blockEnd;
-      continue;
-    }
-    // Extend over following non-zero blocks and write them in one call.
-    let j = blockEnd;
-    while (j < n) {
-      const e = Math.min(n, j + SPARSE_BLOCK);
-      if (isZero(data, j, e)) break;
-      j = e;
-    }
-    let off = i;
-    while (off < j) {
-      off += large ? (await writeAsync(fd, data, off, j - off, pos + off)).bytesWritten : writeSync(fd, data, off, j - off, pos + off);
-    }
-    i = j;
-  }
-}
-
-function isZero(buf: Buffer, start: number, end: number): boolean {
-  return ZERO_BLOCK.compare(buf, start, end, 0, end - start) === 0;
 }

@@ -29,6 +29,8 @@ export interface NativeAddon {
   mmapThreshold?(bytes: number): boolean;
   /** Detaches the ArrayBuffer under `buf` when `buf` spans all of it, freeing its memory now (see sitekeep_fs.c). */
   release?(buf: Uint8Array): boolean;
+  /** `size` zeroed bytes at a multiple of `align` (a power of two), for O_DIRECT writes (see sitekeep_fs.c). */
+  alignedBuffer?(size: number, align: number): Buffer;
   /** SHA-256 on the thread pool, without a copy of `buf` (same condition as chunkhash). */
   sha256?(buf: Uint8Array): Promise<Buffer>;
   /** restic's blob format for a batch of blobs (native/sitekeep_codec.c; present with OpenSSL and libzstd). */
