@@ -205,3 +205,43 @@ test("small files are written in batches with their metadata; what stands in the
     await fsp.rm(tmp, { recursive: true, force: true });
   }
 });
+
+test("while the walk runs ahead of the writes, every folder gets its times after its files are written", async () => {
+  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-restore-ahead-"));
+  try {
+    const { mkdirSync, utimesSync, statSync } = await import("node:fs");
+    const src = join(tmp, "src");
+    const dirs: string[] = [];
+    const files = new Map<string, Buffer>();
+    for (let a = 0; a < 12; a++) {
+      for (let b = 0; b < 4; b++) {
+        const dir = join(src, `a${a}`, `b${b}`);
+        mkdirSync(dir, { recursive: true });
+        dirs.push(dir);
+        for (let f = 0; f < 20; f++) files.set(join(dir, `f${f}`), Buffer.from(`${a}/${b}/${f}\n`.repeat(f * 50 + 1)));
+        // Large files (written one at a time, past the page cache where possible) in some folders,
+        // next to small ones: the walk goes on to the next folders while they are written.
+        if (b === 1) {
+          const big = Buffer.alloc(3 * 1024 * 1024 + 333);
+          for (let i = 0; i < big.length; i += 4096) big.writeUInt32LE((i * 2654435761) >>> 0, i);
+          files.set(join(dir, "big"), big);
+        }
+      }
+      dirs.push(join(src, `a${a}`));
+    }
+    for (const [path, data] of files) writeFileSync(path, data);
+    // Deepest first, so that setting a folder's times does not change its parent's.
+    dirs.forEach((d, i) => utimesSync(d, 1_000_000 + i, 1_500_000 + i));
+    const repo = await Repository.init(new LocalBackend(join(tmp, "repo")), "pw", { kdf });
+    await repo.loadIndex();
+    const s = await new Archiver(repo, { paths: [src] }).run();
+    const target = join(tmp, "target");
+    const r = await new Restorer(repo, { target }).restore((await repo.loadSnapshot(s.snapshot_id)).tree);
+    assert.deepEqual(r.errors, []);
+    assert.equal(r.files_restored, files.size);
+    for (const [path, data] of files) assert.ok(readFileSync(join(target, path)).equals(data), path);
+    for (const d of dirs) assert.equal(statSync(join(target, d)).mtimeMs, statSync(d).mtimeMs, `${d}: its time`);
+  } finally {
+    await fsp.rm(tmp, { recursive: true, force: true });
+  }
+});

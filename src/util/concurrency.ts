@@ -49,3 +49,29 @@ export async function mapLimit<T>(items: readonly T[], limit: number, fn: (item:
   const failure = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
   if (failure) throw failure.reason;
 }
+
+/**
+ * A count of work queued and not yet finished, which a producer checks before it queues more: it
+ * goes on while the count is below `limit`, so it runs ahead of the work without running away.
+ */
+export class Backlog {
+  private count = 0;
+  private waiting: (() => void)[] = [];
+
+  constructor(private readonly limit: number) {}
+
+  add(n: number): void {
+    this.count += n;
+  }
+
+  done(n: number): void {
+    this.count -= n;
+    while (this.count < this.limit && this.waiting.length) this.waiting.shift()!();
+  }
+
+  /** Resolves once the count is below the limit. */
+  async below(): Promise<void> {
+    if (this.count < this.limit) return;
+    await new Promise<void>((resolve) => this.waiting.push(resolve));
+  }
+}
