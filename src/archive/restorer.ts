@@ -226,15 +226,19 @@ export class Restorer {
     // (writeSlots bounds them over the whole restore, the backlog how far the walk runs ahead). A
     // folder gets its metadata once everything below it is written.
     const work: Promise<unknown>[] = [];
+    const track = (p: Promise<unknown>): void => {
+      p.catch(() => undefined); // awaited at the end (a rejection must not count as unhandled until then)
+      work.push(p);
+    };
     this.backlog.add(leaves.length);
-    work.push(restoreLeaves().finally(() => this.backlog.done(leaves.length)));
+    track(restoreLeaves().finally(() => this.backlog.done(leaves.length)));
     try {
       for (const d of subdirs) {
         await this.backlog.below();
         if (d.all) {
           await this.makeDir(d.at, d.path);
           const sub = await this.restoreTree(d.subtree, d.at, d.path, true);
-          work.push(sub.written.then(() => finishDir(d)));
+          track(sub.written.then(() => finishDir(d)));
           restoredAny = true;
           continue;
         }
@@ -244,7 +248,7 @@ export class Restorer {
         if (sub.any) {
           // A folder only on the way to what was selected: with keepAncestors (recovery to the
           // original paths, target "/"), an existing /srv or /var keeps its own mode, owner and times.
-          work.push(!this.opts.keepAncestors || created ? sub.written.then(() => finishDir(d)) : sub.written);
+          track(!this.opts.keepAncestors || created ? sub.written.then(() => finishDir(d)) : sub.written);
           restoredAny = true;
         } else {
           await sub.written;
