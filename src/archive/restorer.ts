@@ -95,7 +95,7 @@ export class Restorer {
   private readonly writeSlots = new Semaphore(WRITE_CONCURRENCY);
   /** Files queued and not yet written: the walk waits while there are WALK_AHEAD_FILES. */
   private readonly backlog = new Backlog(WALK_AHEAD_FILES);
-  private readonly direct = new DirectWrites();
+  private direct = new DirectWrites(false);
   private lastProgress = 0;
   private planned: { files: number; bytes: number } | undefined;
 
@@ -120,6 +120,7 @@ export class Restorer {
         });
       }
     }
+    if (!this.opts.dryRun) this.direct = DirectWrites.forFolder(this.opts.target);
     if (this.opts.onProgress && !this.opts.dryRun) {
       // A first pass over the trees (no data) gives the totals that make an ETA possible.
       const plan = await new Restorer(this.repo, { ...this.opts, dryRun: true, onProgress: undefined, onItem: undefined }).restore(treeId);

@@ -2,11 +2,13 @@ import assert from "node:assert/strict";
 import {
   closeSync,
   constants,
+  existsSync,
   mkdtempSync,
   openSync,
   readFileSync,
   rmSync,
   statSync,
+  statfsSync,
   writeSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -141,6 +143,34 @@ test("an existing file is not replaced", async () => {
     await assert.rejects(FileWriter.create(path, new DirectWrites(true)), { code: "EEXIST" });
     await assert.rejects(FileWriter.create(path), { code: "EEXIST" });
     assert.equal(readFileSync(path, "utf8"), "first");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("direct writes are used on disk file systems only, and SITEKEEP_DIRECT_IO=0 turns them off", (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "sitekeep-file-writer-"));
+  try {
+    if (existsSync("/dev/shm") && statfsSync("/dev/shm").type === 0x01021994) {
+      assert.equal(
+        DirectWrites.forFolder("/dev/shm").enabled,
+        false,
+        "tmpfs: no disk to write past the cache to",
+      );
+    }
+    assert.equal(
+      DirectWrites.forFolder(join(dir, "missing")).enabled,
+      false,
+      "a folder that cannot be looked at",
+    );
+    if (!directPossible || statfsSync(dir).type !== 0xef53) return t.skip(`${dir} is not on ext4 here`);
+    assert.equal(DirectWrites.forFolder(dir).enabled, true, "ext4");
+    process.env.SITEKEEP_DIRECT_IO = "0";
+    try {
+      assert.equal(DirectWrites.forFolder(dir).enabled, false);
+    } finally {
+      delete process.env.SITEKEEP_DIRECT_IO;
+    }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
