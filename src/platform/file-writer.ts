@@ -98,6 +98,7 @@ export class DirectWrites {
   }
 }
 
+/** One new file written front to back: write, write, ..., finish, close (close alone to give up). */
 export class FileWriter {
   /** File offset of stage[0] (a multiple of STAGE_BYTES), or of the next byte when nothing is staged. */
   private flushed = 0;
