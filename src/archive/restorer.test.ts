@@ -6,12 +6,22 @@ import { join } from "node:path";
 import { LocalBackend } from "../backend/local.js";
 import { Repository } from "../repo/repository.js";
 import { Archiver } from "./archiver.js";
-import { Restorer } from "./restorer.js";
+import { type RestoreSummary, Restorer } from "./restorer.js";
 import { encodeTree } from "./tree.js";
 import { type NodeJSON, goModeFromUnix } from "./node.js";
 import { canWriteFiles } from "../platform/fsx.js";
 
 const kdf = { N: 1024, r: 8, p: 1 };
+
+/** Backs `src` up into a new repository under `tmp` and restores it to `tmp`/target. */
+async function backUpAndRestore(tmp: string, src: string): Promise<{ r: RestoreSummary; target: string }> {
+  const repo = await Repository.init(new LocalBackend(join(tmp, "repo")), "pw", { kdf });
+  await repo.loadIndex();
+  const s = await new Archiver(repo, { paths: [src] }).run();
+  const target = join(tmp, "target");
+  const r = await new Restorer(repo, { target }).restore((await repo.loadSnapshot(s.snapshot_id)).tree);
+  return { r, target };
+}
 
 test("restore never writes outside its target: stored names with .. or / are refused, planted links are replaced", async () => {
   const tmp = mkdtempSync(join(tmpdir(), "sitekeep-restore-safety-"));
@@ -121,11 +131,7 @@ test("files are written across folders at once, and hard links spread over folde
       for (let f = 0; f < 30; f++) writeFileSync(join(dir, `f${f}`), `folder ${d} file ${f}\n`.repeat(f + 1));
       linkSync(join(src, "shared"), join(dir, "link"));
     }
-    const repo = await Repository.init(new LocalBackend(join(tmp, "repo")), "pw", { kdf });
-    await repo.loadIndex();
-    const s = await new Archiver(repo, { paths: [src] }).run();
-    const target = join(tmp, "target");
-    const r = await new Restorer(repo, { target }).restore((await repo.loadSnapshot(s.snapshot_id)).tree);
+    const { r, target } = await backUpAndRestore(tmp, src);
     assert.deepEqual(r.errors, []);
     const out = join(target, src);
     const ino = lstatSync(join(out, "shared")).ino;
@@ -232,11 +238,7 @@ test("while the walk runs ahead of the writes, every folder gets its times after
     for (const [path, data] of files) writeFileSync(path, data);
     // Deepest first, so that setting a folder's times does not change its parent's.
     dirs.forEach((d, i) => utimesSync(d, 1_000_000 + i, 1_500_000 + i));
-    const repo = await Repository.init(new LocalBackend(join(tmp, "repo")), "pw", { kdf });
-    await repo.loadIndex();
-    const s = await new Archiver(repo, { paths: [src] }).run();
-    const target = join(tmp, "target");
-    const r = await new Restorer(repo, { target }).restore((await repo.loadSnapshot(s.snapshot_id)).tree);
+    const { r, target } = await backUpAndRestore(tmp, src);
     assert.deepEqual(r.errors, []);
     assert.equal(r.files_restored, files.size);
     for (const [path, data] of files) assert.ok(readFileSync(join(target, path)).equals(data), path);
