@@ -175,3 +175,18 @@ test("direct writes are used on disk file systems only, and SITEKEEP_DIRECT_IO=0
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("without aligned memory for a stage, the file is written through the page cache", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "sitekeep-file-writer-"));
+  try {
+    const direct = new DirectWrites(true, () => {
+      throw new Error("out of memory");
+    });
+    const r = await writeAll(Buffer.from(join(dir, "f")), direct, [Buffer.from("bytes")]);
+    assert.equal(r.wasDirect, false);
+    assert.equal(direct.enabled, false);
+    assert.equal(readFileSync(join(dir, "f"), "utf8"), "bytes");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

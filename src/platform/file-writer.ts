@@ -90,7 +90,12 @@ export class DirectWrites {
 
   take(): Buffer | undefined {
     if (!this.usable) return undefined;
-    return this.stages.pop() ?? this.allocate!(STAGE_BYTES);
+    try {
+      return this.stages.pop() ?? this.allocate!(STAGE_BYTES);
+    } catch {
+      this.refuse(); // no aligned memory (out of memory, or a runtime without external buffers): write through the cache
+      return undefined;
+    }
   }
 
   give(stage: Buffer): void {
