@@ -17,7 +17,7 @@ import { chunkBufferSize, forEachChunk, streamReader, type ReadFn } from "./chun
 import { type PathMatcher, compileExcludes } from "./exclude.js";
 import { type ScanTotals, startScan } from "./scanner.js";
 import { type SmallFilesShare, SmallFileReader } from "./small-file-reader.js";
-import { Semaphore, mapLimit } from "../util/concurrency.js";
+import { Semaphore, mapLimit, settleAll } from "../util/concurrency.js";
 import { type NodeJSON, decodeName, encodeName, fileNodeFromNumbers, goModeFromUnix, nodeFromStat, sameNode } from "./node.js";
 import { encodeTree, loadTree } from "./tree.js";
 import { type EncodedBatch, batchBlob } from "../repo/blob-codec.js";
@@ -497,9 +497,7 @@ export class Archiver {
       if (node) nodes.push(node);
     });
     // Both settle before this folder is done, even when one fails.
-    const [a, b] = await Promise.allSettled([small, general]);
-    if (a.status === "rejected") throw a.reason;
-    if (b.status === "rejected") throw b.reason;
+    await settleAll([small, general]);
     return nodes;
   }
 

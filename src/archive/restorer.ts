@@ -14,7 +14,7 @@ import { releaseBuffer } from "../platform/native.js";
 import { compileExcludes, type PathMatcher } from "./exclude.js";
 import { type NodeJSON, decodeName, linkTargetBytes, timeNs, unixPermFromGo, unixTypeBits } from "./node.js";
 import { joinPath, loadTree } from "./tree.js";
-import { Backlog, Semaphore, mapLimit } from "../util/concurrency.js";
+import { Backlog, Semaphore, mapLimit, settleAll } from "../util/concurrency.js";
 
 export interface RestoreOptions {
   target: string;
@@ -260,7 +260,7 @@ export class Restorer {
       await Promise.allSettled(work); // nothing queued outlives the walk that failed
       throw err;
     }
-    const written = allOrFirstError(work);
+    const written = settleAll(work);
     written.catch(() => undefined); // awaited by the caller, perhaps after it walked further
     return { any: restoredAny, written };
   }
@@ -444,12 +444,7 @@ export class Restorer {
     } catch (err) {
       // The loads still running end before the restore goes on (none outlives it).
       await Promise.allSettled(pending);
-      file.close();
-      try {
-        unlinkSync(at);
-      } catch {
-        // already gone
-      }
+      file.discard();
       throw new SitekeepError("restore.file", errorMessage(err), { cause: err });
     }
     file.close();
@@ -504,12 +499,6 @@ interface WalkedTree {
 }
 
 const DONE: Promise<void> = Promise.resolve();
-
-/** Settles when every promise has: with the first rejection's reason, if any. */
-async function allOrFirstError(work: readonly Promise<unknown>[]): Promise<void> {
-  const failure = (await Promise.allSettled(work)).find((r): r is PromiseRejectedResult => r.status === "rejected");
-  if (failure) throw failure.reason;
-}
 
 interface Leaf {
   node: NodeJSON;

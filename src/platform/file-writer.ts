@@ -103,7 +103,7 @@ export class DirectWrites {
   }
 }
 
-/** One new file written front to back: write, write, ..., finish, close (close alone to give up). */
+/** One new file written front to back: write, write, ..., finish, close (discard to give up). */
 export class FileWriter {
   /** File offset of stage[0] (a multiple of STAGE_BYTES), or of the next byte when nothing is staged. */
   private flushed = 0;
@@ -140,7 +140,7 @@ export class FileWriter {
     return this.flushed + this.staged;
   }
 
-  /** Whether the bytes go past the page cache. */
+  /** Whether the file was opened for direct writes (a refused write goes on through the cache). */
   get isDirect(): boolean {
     return this.stage !== undefined;
   }
@@ -175,11 +175,17 @@ export class FileWriter {
     return length;
   }
 
-  /** Closes the file (after finish, or to give up on it: no write may be in flight). */
+  /** Closes the file after finish (no write may be in flight). */
   close(): void {
     if (this.stage) this.direct?.give(this.stage);
     this.stage = undefined;
     closeSync(this.fd);
+  }
+
+  /** Gives up on the file: closes and removes it (no write may be in flight). */
+  discard(): void {
+    this.close();
+    unlinkQuietly(this.path);
   }
 
   private async flush(len: number): Promise<void> {

@@ -45,8 +45,12 @@ export async function mapLimit<T>(items: readonly T[], limit: number, fn: (item:
   };
   // allSettled: when one call fails, the others in flight still finish before we return, so a
   // caller never goes on (releasing a lock, removing temp files) while work is still running.
-  const results = await Promise.allSettled(Array.from({ length: Math.min(limit, items.length) }, worker));
-  const failure = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+  await settleAll(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+/** Waits until every promise has settled, then throws the first rejection's reason (in array order), if any. */
+export async function settleAll(work: readonly Promise<unknown>[]): Promise<void> {
+  const failure = (await Promise.allSettled(work)).find((r): r is PromiseRejectedResult => r.status === "rejected");
   if (failure) throw failure.reason;
 }
 
