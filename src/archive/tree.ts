@@ -8,12 +8,23 @@ export interface TreeJSON {
 }
 
 export function encodeTree(nodes: NodeJSON[]): Buffer {
-  const sorted = nodes
+  return Buffer.from(JSON.stringify({ nodes: sortedByRawName(nodes).map(orderedNode) }) + "\n");
+}
+
+/**
+ * Nodes in the order of their raw name bytes. A stored name of printable ASCII without a backslash
+ * is its own raw bytes (goQuote escapes everything else), and for such strings JavaScript's order
+ * is the bytes' order: only folders with other names decode them to compare.
+ */
+function sortedByRawName(nodes: NodeJSON[]): NodeJSON[] {
+  if (nodes.every((n) => PLAIN_NAME.test(n.name))) return [...nodes].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  return nodes
     .map((n) => ({ n, raw: decodeName(n.name) }))
     .sort((a, b) => Buffer.compare(a.raw, b.raw))
-    .map((x) => orderedNode(x.n));
-  return Buffer.from(JSON.stringify({ nodes: sorted }) + "\n");
+    .map((x) => x.n);
 }
+
+const PLAIN_NAME = /^[\x20-\x5b\x5d-\x7e]*$/;
 
 export async function loadTree(repo: Repository, id: string): Promise<NodeJSON[]> {
   const raw = await repo.loadBlob("tree", Buffer.from(id, "hex"));

@@ -2,6 +2,7 @@
 // thin; every error becomes one line (or a JSON object with --json) and restic's exit codes.
 import { Command, CommanderError, Option } from "commander";
 import { printError } from "./output.js";
+import { keepHeapCompact } from "../platform/heap-policy.js";
 import { returnLargeBuffersToTheSystem } from "../platform/native.js";
 import type { GlobalOptions } from "./context.js";
 import { PROGRAM_VERSION } from "../version.js";
@@ -217,6 +218,7 @@ function program(): Command {
 
 export async function main(argv: string[]): Promise<number> {
   returnLargeBuffersToTheSystem();
+  keepHeapCompact();
   const wantsJson = argv.includes("--json");
   try {
     await program().parseAsync(argv, { from: "user" });
