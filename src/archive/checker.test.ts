@@ -306,3 +306,36 @@ test("a check started before a backup finished reads the index again when the li
   assert.equal(r.snapshots, 3);
   assert.equal(r.packsRead, (await listPacks(f.dir)).length);
 });
+
+test("packs larger than the check's pack buffers are read whole, and damage in one is found", async () => {
+  // Packs of ~36 MiB are larger than a reused pack buffer (32 MiB at most): each needs a buffer
+  // of its own, and a smaller one in the pool is given up for it.
+  const src = join(base, "large-packs");
+  await fsp.mkdir(src);
+  for (let i = 0; i < 3; i++) await fsp.writeFile(join(src, `f${i}.bin`), randomBytes(30 * 1024 * 1024));
+  const dir = join(base, `repo${counter++}`);
+  const w = await Repository.init(new LocalBackend(dir), PW, { kdf: { N: 1024, r: 8, p: 1 }, packSize: 34 * 1024 * 1024 });
+  await w.loadIndex();
+  await new Archiver(w, { paths: [src] }).run();
+  await fsp.rm(src, { recursive: true });
+  const packs: { file: string; size: number }[] = [];
+  for (const sub of await fsp.readdir(join(dir, "data"))) {
+    for (const name of await fsp.readdir(join(dir, "data", sub))) {
+      const file = join(dir, "data", sub, name);
+      packs.push({ file, size: (await fsp.stat(file)).size });
+    }
+  }
+  packs.sort((a, b) => b.size - a.size);
+  assert.ok(packs.length >= 4, `${packs.length} packs`);
+  assert.ok(packs[0].size > 32 * 1024 * 1024, `largest pack ${packs[0].size} bytes`);
+
+  const repo = await Repository.open(new LocalBackend(dir), PW);
+  const clean = await checkRepository(repo, { readData: true });
+  assert.deepEqual(clean.errors, []);
+  assert.equal(clean.packsRead, packs.length);
+
+  await flipByte(packs[0].file, Math.floor(packs[0].size / 2));
+  const r = await checkRepository(await Repository.open(new LocalBackend(dir), PW), { readData: true });
+  assert.deepEqual(kinds(r), ["pack"]);
+  assert.match(r.errors[0].message, /does not match its name/);
+});

@@ -21,6 +21,7 @@ import { type IndexFileJSON, parseIndexFile } from "../repo/index-file.js";
 import { type PackedBlob, headerSize, parsePackTail } from "../repo/pack.js";
 import { type Repository, mapLimit } from "../repo/repository.js";
 import { type Snapshot, byTimeDesc } from "../repo/snapshot.js";
+import { releaseBuffer } from "../platform/native.js";
 import { type NodeJSON, decodeName } from "./node.js";
 import { joinPath } from "./tree.js";
 
@@ -61,6 +62,8 @@ const DATA_CONCURRENCY = Math.min(5, availableParallelism() + 1);
 const INDEX_CONCURRENCY = 4;
 /** Smallest pack buffer allocated: packs are written up to 16 MiB and a little over. */
 const PACK_BUFFER_MIN = 17 * 1024 * 1024;
+/** Pack buffers are as large as the largest pack to read, up to this (larger packs get their own). */
+const PACK_BUFFER_MAX = 32 * 1024 * 1024;
 const TREE_CONCURRENCY = 8;
 
 /** What the index files say about one pack. */
@@ -147,6 +150,8 @@ class Checker {
   private treeSlots = TREE_CONCURRENCY;
   /** Buffers of packs verified (back from a worker, or here), to read the next packs into (at most DATA_CONCURRENCY). */
   private readonly packBuffers: ArrayBuffer[] = [];
+  /** The size of a new pack buffer (see checkData). */
+  private packBufferSize = PACK_BUFFER_MIN;
   /** While the data is read: the walk's latest progress, held back (null: none yet). */
   private walkProgress?: { done: number; total: number } | null;
   private readonly treeWaiters: (() => void)[] = [];
@@ -356,6 +361,11 @@ class Checker {
     const chosen = subset ? candidates.filter((id) => subset(id, candidates)) : candidates;
     let done = 0;
     const findings = new Map<string, PackFinding>();
+    // One buffer size for every pack (a tenth of them are a little over 17 MiB): a buffer too small
+    // for the next pack was replaced, and each replaced one stayed allocated until V8 collected it.
+    let largest = 0;
+    for (const id of chosen) largest = Math.max(largest, this.present.get(id) ?? 0);
+    this.packBufferSize = Math.min(Math.max(largest, PACK_BUFFER_MIN), PACK_BUFFER_MAX);
     this.progress("data", 0, chosen.length, 0);
     await mapLimit(chosen, DATA_CONCURRENCY, async (id) => {
       const f = await this.readPack(id);
@@ -410,6 +420,7 @@ class Checker {
       // Back from the worker, or still here when the pack was verified on the pool or this thread.
       const back = v.buffer ?? (lend && buf.buffer.byteLength ? (buf.buffer as ArrayBuffer) : undefined);
       if (back && this.packBuffers.length < DATA_CONCURRENCY) this.packBuffers.push(back);
+      else if (back) releaseBuffer(new Uint8Array(back));
       verdict = v;
     } catch (err) {
       // Only when a worker died with the pack and reading it again failed, or the pool's job did
@@ -436,8 +447,9 @@ class Checker {
   private packBuffer(size: number): ArrayBuffer {
     const i = this.packBuffers.findIndex((b) => b.byteLength >= size);
     if (i >= 0) return this.packBuffers.splice(i, 1)[0];
-    this.packBuffers.pop(); // too small for this pack: replaced by a larger one
-    return new ArrayBuffer(Math.max(size, PACK_BUFFER_MIN));
+    const small = this.packBuffers.pop(); // too small for this pack: replaced by a larger one, freed now
+    if (small) releaseBuffer(new Uint8Array(small));
+    return new ArrayBuffer(Math.max(size, this.packBufferSize));
   }
 
   // ---- snapshots and trees --------------------------------------------------------------------
