@@ -45,11 +45,11 @@ function heapGrowth(
 
 const MiB = 1024 * 1024;
 
-test("the policy holds the young generation at 2 × 4 MiB and the old one well under V8's default", () => {
+test("the policy holds the young generation at 2 × 8 MiB and the old one well under V8's default", () => {
   const compact = heapGrowth({});
   const usual = heapGrowth({ SITEKEEP_COMPACT_HEAP: "0" });
-  assert.equal(compact.newSpace, 8 * MiB);
-  assert.ok(usual.newSpace > 8 * MiB, `V8's default young generation: ${usual.newSpace / MiB} MiB`);
+  assert.equal(compact.newSpace, 16 * MiB);
+  assert.ok(usual.newSpace > 16 * MiB, `V8's default young generation: ${usual.newSpace / MiB} MiB`);
   assert.ok(
     compact.oldSpace < usual.oldSpace * 0.75,
     `old space ${compact.oldSpace / MiB} MiB against ${usual.oldSpace / MiB} MiB`,
@@ -58,5 +58,5 @@ test("the policy holds the young generation at 2 × 4 MiB and the old one well u
 
 test("a semi-space size given to Node wins over the policy", () => {
   const given = heapGrowth({}, ["--max-semi-space-size=16"]);
-  assert.ok(given.newSpace > 8 * MiB, `young generation ${given.newSpace / MiB} MiB`);
+  assert.ok(given.newSpace > 16 * MiB, `young generation ${given.newSpace / MiB} MiB`);
 });

@@ -18,10 +18,13 @@ export interface HeapPolicy {
 }
 
 /**
- * Measured on the bench's mixed initial backup (by hand, bench/README.md): peak RSS 250-270 MiB by
- * default, ~175 MiB with this policy, for 0.6 s more of collections on the main thread.
+ * Measured by hand on the bench's datasets (bench/README.md, "What session 14 changed"): the mixed
+ * initial backup peaks at 182-191 MiB instead of 277-284 MiB, for ~0.4 s more of collections on
+ * the main thread; the many-files one at 257-267 instead of 376-395 MiB, in the same time. Two
+ * 4 MiB semi-spaces saved ~10 MiB more and made the many-files backup 20-30 % slower: its
+ * entries live long enough to be copied by every scavenge.
  */
-export const COMPACT_HEAP: HeapPolicy = { growingPercent: 50, semiSpaceMiB: 4 };
+export const COMPACT_HEAP: HeapPolicy = { growingPercent: 50, semiSpaceMiB: 8 };
 
 const NODE_FLAGS = {
   growing: /(^|\s)--heap[-_]growing[-_]percent\b/,
