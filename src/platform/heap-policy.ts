@@ -1,8 +1,8 @@
 // How large V8 lets its heap grow between collections. By default it sizes the heap for
 // throughput: the young generation grows to two 16 MiB semi-spaces, and after each full
-// collection the old generation may grow to up to four times what survived. A backup holds ~25 MiB
-// of live JavaScript objects, and its heap reached 100-110 MiB (bench/README.md, "Peak RSS"): a
-// third of its peak RSS was garbage awaiting a collection.
+// collection the old generation may grow to up to four times what survived. The mixed initial
+// backup keeps ~25 MiB of JavaScript objects alive, and its heap reached 96-112 MiB: a third of
+// its peak RSS was garbage awaiting a collection (bench/README.md, "What session 14 changed").
 //
 // Both knobs are V8 flags that V8 reads again at each collection, so they can be set once the
 // process runs (only the semi-space's maximum is fixed when the heap is created, hence the growth
