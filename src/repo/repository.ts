@@ -120,6 +120,8 @@ export class Repository {
   /** Blobs in open or uploading packs, keyed "type:hex", so a backup never stores one twice. */
   private readonly inflight = new Set<string>();
   private readonly uploads = new Set<Promise<void>>();
+  /** Packs handed to upload() that wait for an upload slot (see upload). */
+  private readonly queuedUploads = new Set<Promise<void>>();
   private readonly encodeSlots = new Semaphore(ENCODE_CONCURRENCY);
   private readonly encoding = new Set<Promise<void>>();
   /** Trees given to queueTree, not yet sent to be encoded. */
@@ -327,7 +329,7 @@ export class Repository {
   }
 
   private pendingWrites(): number {
-    return this.encoding.size + this.treeBatch.length + this.uploads.size + (this.builders.data?.blobs.length ?? 0) + (this.builders.tree?.blobs.length ?? 0) + this.unindexed.length;
+    return this.encoding.size + this.treeBatch.length + this.queuedUploads.size + this.uploads.size + (this.builders.data?.blobs.length ?? 0) + (this.builders.tree?.blobs.length ?? 0) + this.unindexed.length;
   }
 
   // ---- blobs ----------------------------------------------------------------------------------
@@ -489,7 +491,9 @@ export class Repository {
     this.treeBatch = [];
     this.treeBatchBytes = 0;
     this.uploadError ??= new SitekeepError("repo.abandoned", "the repository's writes were abandoned after an error");
-    while (this.encoding.size || this.uploads.size) await Promise.allSettled([...this.encoding, ...this.uploads]);
+    while (this.encoding.size || this.queuedUploads.size || this.uploads.size) {
+      await Promise.allSettled([...this.encoding, ...this.queuedUploads, ...this.uploads]);
+    }
     await this.indexWrite.catch(() => undefined);
   }
 
@@ -709,7 +713,19 @@ export class Repository {
     return this.index.get(id, type);
   }
 
-  private async upload(b: PackBuilder | StreamedPack): Promise<void> {
+  /**
+   * Stores a full pack once fewer than uploadConcurrency are being written. Its caller has taken
+   * it from the builders, so until it is among the uploads only queuedUploads knows of it:
+   * abandonWrites waits for these too, or a pack still waiting for a slot would be aborted (its
+   * staged file removed) after the failed backup had already given up its lock.
+   */
+  private upload(b: PackBuilder | StreamedPack): Promise<void> {
+    const p = this.uploadWhenFree(b).finally(() => this.queuedUploads.delete(p));
+    this.queuedUploads.add(p);
+    return p;
+  }
+
+  private async uploadWhenFree(b: PackBuilder | StreamedPack): Promise<void> {
     // The pack's memory is given back (its slot released) once it is stored or given up.
     const done = (): void => {
       if (b.type === "data") this.packSlots.release();
