@@ -318,18 +318,16 @@ test("packs larger than the check's pack buffers are read whole, and damage in o
   await w.loadIndex();
   await new Archiver(w, { paths: [src] }).run();
   await fsp.rm(src, { recursive: true });
+  const repo = await Repository.open(new LocalBackend(dir), PW);
   const packs: { file: string; size: number }[] = [];
-  for (const sub of await fsp.readdir(join(dir, "data"))) {
-    for (const name of await fsp.readdir(join(dir, "data", sub))) {
-      const file = join(dir, "data", sub, name);
-      packs.push({ file, size: (await fsp.stat(file)).size });
-    }
+  for (const id of await repo.listIds("data")) {
+    const file = packPath(dir, id);
+    packs.push({ file, size: (await fsp.stat(file)).size });
   }
   packs.sort((a, b) => b.size - a.size);
   assert.ok(packs.length >= 4, `${packs.length} packs`);
   assert.ok(packs[0].size > 32 * 1024 * 1024, `largest pack ${packs[0].size} bytes`);
 
-  const repo = await Repository.open(new LocalBackend(dir), PW);
   const clean = await checkRepository(repo, { readData: true });
   assert.deepEqual(clean.errors, []);
   assert.equal(clean.packsRead, packs.length);
