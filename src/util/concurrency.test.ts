@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Backlog, mapLimit } from "./concurrency.js";
+import { Backlog, Semaphore, mapLimit, mapWithSpare } from "./concurrency.js";
 
 test("a backlog lets its producer on while below the limit, and wakes it when work is done", async () => {
   const backlog = new Backlog(10);
@@ -34,4 +34,63 @@ test("mapLimit runs at most `limit` at once and throws the first error after the
   assert.equal(most, 2);
   assert.equal(running, 0, "nothing still running when it throws");
   assert.ok(!settled.includes(6), "no new work after the failure");
+});
+
+/** A tree `depth` levels deep with `fanOut` children per node, walked with mapWithSpare. */
+async function walkTree(depth: number, fanOut: number, spare: Semaphore): Promise<{ visited: number; mostLeaves: number; mostOpen: number }> {
+  let open = 0;
+  let leaves = 0;
+  const r = { visited: 0, mostLeaves: 0, mostOpen: 0 };
+  const visit = async (level: number): Promise<void> => {
+    open++;
+    r.visited++;
+    r.mostOpen = Math.max(r.mostOpen, open);
+    if (level === depth) {
+      leaves++;
+      r.mostLeaves = Math.max(r.mostLeaves, leaves);
+      await new Promise((resolve) => setTimeout(resolve, 1));
+      leaves--;
+    } else {
+      await mapWithSpare(Array.from({ length: fanOut }, () => level + 1), spare, visit);
+    }
+    open--;
+  };
+  await visit(0);
+  return r;
+}
+
+test("mapWithSpare walks a tree with at most (spare units + 1) branches, and one branch without any", async () => {
+  const all = (4 ** 5 - 1) / 3; // nodes of a 4-ary tree of depth 4
+  const four = await walkTree(4, 4, new Semaphore(4));
+  assert.equal(four.visited, all);
+  assert.equal(four.mostLeaves, 5, "four spare units: five leaves at once");
+  assert.ok(four.mostOpen <= 5 * 5, `at most (units + 1) x (depth + 1) open, was ${four.mostOpen}`);
+  const none = await walkTree(4, 4, new Semaphore(0));
+  assert.equal(none.visited, all);
+  assert.equal(none.mostLeaves, 1, "no spare unit: depth first, one leaf at a time");
+  assert.equal(none.mostOpen, 5);
+  // Without a bound (mapLimit of 4 at every level) the same tree opens every leaf at once.
+  const spare = new Semaphore(1_000_000);
+  const wide = await walkTree(4, 4, spare);
+  assert.equal(wide.mostLeaves, 4 ** 4);
+  assert.equal(spare.tryAcquire(), true, "units are given back");
+});
+
+test("mapWithSpare stops at the first error and throws it once the work beside has settled", async () => {
+  const spare = new Semaphore(1);
+  const started: number[] = [];
+  let running = 0;
+  await assert.rejects(
+    mapWithSpare([1, 2, 3, 4, 5], spare, async (n) => {
+      started.push(n);
+      running++;
+      await new Promise((r) => setTimeout(r, n === 1 ? 20 : 1));
+      running--;
+      if (n === 2) throw new Error("two");
+    }),
+    /two/,
+  );
+  assert.equal(running, 0, "item 1, beside, finished before the error was thrown");
+  assert.deepEqual(started, [1, 2], "nothing started after the failure");
+  assert.equal(spare.tryAcquire(), true, "the unit came back");
 });

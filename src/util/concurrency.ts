@@ -13,6 +13,13 @@ export class Semaphore {
     await new Promise<void>((resolve) => this.waiting.push(resolve));
   }
 
+  /** Takes a unit if one is free now, without waiting. */
+  tryAcquire(): boolean {
+    if (this.free === 0) return false;
+    this.free--;
+    return true;
+  }
+
   release(): void {
     const next = this.waiting.shift();
     if (next) next();
@@ -46,6 +53,40 @@ export async function mapLimit<T>(items: readonly T[], limit: number, fn: (item:
   // allSettled: when one call fails, the others in flight still finish before we return, so a
   // caller never goes on (releasing a lock, removing temp files) while work is still running.
   await settleAll(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+/**
+ * Runs fn over items one at a time in order, and starts an item beside that one whenever `spare`
+ * has a unit free at that moment (given back when the item is done). It never waits for a unit, so
+ * nested calls sharing one Semaphore cannot deadlock: a recursive walk has at most (units + 1)
+ * branches at once. The first error stops new work and is thrown once work in flight has settled.
+ */
+export async function mapWithSpare<T>(items: readonly T[], spare: Semaphore, fn: (item: T) => Promise<void>): Promise<void> {
+  const beside: Promise<void>[] = [];
+  let failed = false;
+  let inlineError: { err: unknown } | undefined;
+  for (const item of items) {
+    if (failed) break;
+    if (spare.tryAcquire()) {
+      beside.push(
+        fn(item)
+          .catch((err: unknown) => {
+            failed = true;
+            throw err;
+          })
+          .finally(() => spare.release()),
+      );
+      continue;
+    }
+    try {
+      await fn(item);
+    } catch (err) {
+      failed = true;
+      inlineError = { err };
+    }
+  }
+  await settleAll(beside);
+  if (inlineError) throw inlineError.err;
 }
 
 /** Waits until every promise has settled, then throws the first rejection's reason (in array order), if any. */
