@@ -8,7 +8,12 @@ export interface TreeJSON {
 }
 
 export function encodeTree(nodes: NodeJSON[]): Buffer {
-  return Buffer.from(JSON.stringify({ nodes: sortedByRawName(nodes).map(orderedNode) }) + "\n");
+  return Buffer.from(treeText(nodes));
+}
+
+/** A tree blob's plaintext as a string (its UTF-8 bytes are the blob). */
+export function treeText(nodes: NodeJSON[]): string {
+  return JSON.stringify({ nodes: sortedByRawName(nodes).map(orderedNode) }) + "\n";
 }
 
 /**

@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { nativeAddon } from "../platform/native.js";
-import { hashHex, hashHexAsync, sha256, sha256Async, sha256Stream } from "./id.js";
+import { hashHex, hashHexAsync, sha256, sha256Async, sha256Stream, sha256Text } from "./id.js";
 
 test("sha256Async (native on the thread pool where built) equals sha256, for Buffers and views", async () => {
   if (process.env.SITEKEEP_NO_NATIVE !== "1") assert.ok(nativeAddon?.sha256, "the native sha256 is not loaded");
@@ -40,4 +40,11 @@ test("sha256Stream: pieces of any size hash to the whole's SHA-256; misuse is re
   assert.throws(() => a.sha256End!(h), /has ended/);
   assert.throws(() => a.sha256UpdateAsync!(h, Buffer.from("c")), /has ended/);
   assert.throws(() => a.sha256UpdateAsync!({} as never, Buffer.from("c")), /a hash from sha256Begin/);
+});
+
+test("sha256Text hashes a string's UTF-8 bytes", () => {
+  for (const text of ["", "plain\n", "é€😀", '{"nodes":[{"name":"caf\u00e9"}]}\n']) {
+    assert.ok(sha256Text(text).equals(sha256(Buffer.from(text, "utf8"))), JSON.stringify(text));
+  }
+  assert.equal(sha256Text("abc").toString("hex"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 });

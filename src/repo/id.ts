@@ -9,6 +9,11 @@ export function sha256(data: Uint8Array): Buffer {
   return createHash("sha256").update(data).digest();
 }
 
+/** The SHA-256 of `text`'s UTF-8 bytes, without a Buffer of them. */
+export function sha256Text(text: string): Buffer {
+  return createHash("sha256").update(text, "utf8").digest();
+}
+
 export function hashHex(data: Uint8Array): string {
   return createHash("sha256").update(data).digest("hex");
 }

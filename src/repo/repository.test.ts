@@ -140,19 +140,21 @@ test("loadBlobs reads neighbouring blobs of a pack together and returns each in 
 
 test("trees queued in batches are each stored once and read back by their ID; abandoned ones are never written", async () => {
   await withNewRepo("sitekeep-tree-batch-", undefined, async (repo, dir) => {
-    // 150 trees: two full batches and a last one that only flush sends; one large tree; repeats.
-    const trees = Array.from({ length: 150 }, (_, i) => Buffer.from(JSON.stringify({ nodes: [{ name: `f${i}`, pad: (i === 70 ? "y" : "x").repeat(i === 70 ? 2_000_000 : i) }] }) + "\n"));
+    // 150 trees: two full batches and a last one that only flush sends; one large tree; repeats;
+    // names of two-, three- and four-byte characters (the text's UTF-8 bytes are the blob).
+    const trees = Array.from({ length: 150 }, (_, i) => JSON.stringify({ nodes: [{ name: i % 3 ? `f${i}` : `é€😀${i}`, pad: (i === 70 ? "y" : "x").repeat(i === 70 ? 2_000_000 : i) }] }) + "\n");
+    const id = (t: string): Buffer => sha256(Buffer.from(t));
     let stored = 0;
     let added = 0;
-    for (const t of [...trees, ...trees.slice(0, 10)]) if (await repo.queueTree(t, sha256(t), () => stored++)) added++;
+    for (const t of [...trees, ...trees.slice(0, 10)]) if (await repo.queueTree(t, id(t), () => stored++)) added++;
     assert.equal(added, 150, "a tree queued twice is stored once");
     await repo.flush();
     assert.equal(stored, 150);
     const again = await reopen(dir);
-    for (const t of trees) assert.deepEqual(await again.loadBlob("tree", sha256(t)), t);
+    for (const t of trees) assert.deepEqual(await again.loadBlob("tree", id(t)), Buffer.from(t));
 
     await withNewRepo("sitekeep-tree-abandon-", undefined, async (other) => {
-      for (const t of trees.slice(0, 10)) await other.queueTree(t, sha256(t));
+      for (const t of trees.slice(0, 10)) await other.queueTree(t, id(t));
       await other.abandonWrites();
       await assert.rejects(other.flush());
       assert.deepEqual(await other.listIds("data"), [], "nothing of an abandoned batch reaches the repository");

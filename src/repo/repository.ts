@@ -101,11 +101,11 @@ export class Repository {
     return this.version >= 2 && this.compression === "auto";
   }
   /**
-   * Packs being filled. Data packs stream to a staged file where the backend can (local paths and
-   * shares: see StreamedPack) and are built in memory where it cannot (S3); tree packs, small,
-   * are built in memory.
+   * Packs being filled. They stream to a staged file where the backend can (local paths and
+   * shares: see StreamedPack) and are built in memory where it cannot (S3). Tree packs stream too:
+   * a site of many small folders fills them, and one built in memory grew to a 16 MiB buffer.
    */
-  private readonly builders: { data: PackBuilder | StreamedPack | undefined; tree: PackBuilder | undefined } = { data: undefined, tree: undefined };
+  private readonly builders: { data: PackBuilder | StreamedPack | undefined; tree: PackBuilder | StreamedPack | undefined } = { data: undefined, tree: undefined };
   /** Buffers of stored packs, to build the next packs in. */
   private readonly packBuffers: Buffer[] = [];
   /** Segments of streamed packs, reused (pack-stream.ts). */
@@ -125,7 +125,7 @@ export class Repository {
   private readonly encodeSlots = new Semaphore(ENCODE_CONCURRENCY);
   private readonly encoding = new Set<Promise<void>>();
   /** Trees given to queueTree, not yet sent to be encoded. */
-  private treeBatch: { plain: Buffer; id: Buffer; onStored?: (storedSize: number) => void }[] = [];
+  private treeBatch: { text: string; length: number; id: Buffer; onStored?: (storedSize: number) => void }[] = [];
   private treeBatchBytes = 0;
   private readonly treeSlots = new Semaphore(TREE_BATCHES);
   /** Recently read windows of tree packs, keyed "packId:offset", least recently used first. */
@@ -407,13 +407,14 @@ export class Repository {
    * and seals (encodeSmallBlobs), so the caller has the tree's ID (`id`, its SHA-256) at once and
    * the packing follows. drainEncodes() (and flush()) send the last batch and wait for it.
    */
-  async queueTree(plain: Buffer, id: Buffer, onStored?: (storedSize: number) => void): Promise<boolean> {
+  async queueTree(text: string, id: Buffer, onStored?: (storedSize: number) => void): Promise<boolean> {
     if (this.uploadError) throw this.uploadError;
     const key = "tree:" + id.toString("hex");
     if (this.index.has(id, "tree") || this.inflight.has(key)) return false;
     this.inflight.add(key);
-    this.treeBatch.push({ plain, id, onStored });
-    this.treeBatchBytes += plain.length;
+    const length = Buffer.byteLength(text);
+    this.treeBatch.push({ text, length, id, onStored });
+    this.treeBatchBytes += length;
     if (this.treeBatch.length >= TREE_BATCH || this.treeBatchBytes >= TREE_BATCH_BYTES) await this.encodeTreeBatch();
     return true;
   }
@@ -434,11 +435,13 @@ export class Repository {
     let at = 0;
     for (const t of batch) {
       offsets.push(at);
-      at += t.plain.length;
+      at += t.length;
     }
-    const data = Buffer.concat(batch.map((t) => t.plain), at);
+    // The trees' text is written straight into the batch (freed once encoded): no Buffer per tree.
+    const data = Buffer.allocUnsafeSlow(at);
+    for (let i = 0; i < batch.length; i++) data.write(batch[i].text, offsets[i], batch[i].length, "utf8");
     this.trackEncode(
-      this.encodeSmallBlobs(data, offsets, batch.map((t) => t.plain.length)).then(async (encoded) => {
+      this.encodeSmallBlobs(data, offsets, batch.map((t) => t.length)).then(async (encoded) => {
         releaseBuffer(data);
         for (let i = 0; i < batch.length; i++) {
           const b = batchBlob(encoded, i);
@@ -484,10 +487,11 @@ export class Repository {
     if (!this.pendingWrites()) return; // nothing in flight: the repository stays usable (a failed read, say)
     this.abandoned = true;
     const open = this.builders.data;
+    const openTrees = this.builders.tree;
     if (open) this.packSlots.release();
     this.builders.data = undefined;
     this.builders.tree = undefined;
-    if (open instanceof StreamedPack) await open.abort();
+    for (const b of [open, openTrees]) if (b instanceof StreamedPack) await b.abort();
     this.treeBatch = [];
     this.treeBatchBytes = 0;
     this.uploadError ??= new SitekeepError("repo.abandoned", "the repository's writes were abandoned after an error");
@@ -522,7 +526,7 @@ export class Repository {
       });
       try {
         if (b.size >= this.packSize) {
-          this.builders.data = undefined;
+          this.builders[type] = undefined;
           await this.upload(b);
         }
       } finally {
@@ -540,8 +544,8 @@ export class Repository {
   /** A new pack for blobs of `type` (see builders). */
   private startPack(type: BlobType): PackBuilder | StreamedPack {
     const backend = this.backend;
-    if (type === "data" && backend.stage) {
-      return (this.builders.data = new StreamedPack("data", () => backend.stage!("data"), this.segments));
+    if (backend.stage) {
+      return (this.builders[type] = new StreamedPack(type, () => backend.stage!("data"), this.segments));
     }
     // Data packs fill up to the pack size; tree packs usually stay small and start small.
     const buffer = type === "data" ? this.packBuffers.pop() : undefined;
