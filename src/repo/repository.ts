@@ -339,7 +339,7 @@ export class Repository {
 
   /** Stores a blob unless the repository already has it. `id` may be passed when already computed. */
   async saveBlob(type: BlobType, plain: Buffer, id: Buffer = sha256(plain)): Promise<SaveBlobResult> {
-    if (this.uploadError) throw this.uploadError;
+    if (this.uploadError) await this.failedWrites();
     const key = type + ":" + id.toString("hex");
     if (this.index.has(id, type) || this.inflight.has(key)) return { id, added: false, storedSize: 0 };
     this.inflight.add(key);
@@ -359,7 +359,7 @@ export class Repository {
    * after which the caller may overwrite it (a chunk of a read buffer is then sealed without a copy).
    */
   async queueBlob(type: BlobType, plain: Buffer, id: Buffer, onStored?: (storedSize: number) => void, plainUse?: PlainUse): Promise<boolean> {
-    if (this.uploadError) throw this.uploadError;
+    if (this.uploadError) await this.failedWrites();
     const key = type + ":" + id.toString("hex");
     if (this.index.has(id, type) || this.inflight.has(key)) return false;
     this.inflight.add(key);
@@ -407,7 +407,7 @@ export class Repository {
    * the packing follows. drainEncodes() (and flush()) send the last batch and wait for it.
    */
   async queueTree(text: string, id: Buffer, onStored?: (storedSize: number) => void): Promise<boolean> {
-    if (this.uploadError) throw this.uploadError;
+    if (this.uploadError) await this.failedWrites();
     const key = "tree:" + id.toString("hex");
     if (this.index.has(id, "tree") || this.inflight.has(key)) return false;
     this.inflight.add(key);
@@ -467,7 +467,7 @@ export class Repository {
 
   /** Stores one blob of an encodeSmallBlobs batch unless the repository has it (then false). */
   async queueEncoded(type: BlobType, id: Buffer, sealed: Buffer, uncompressedLength: number): Promise<boolean> {
-    if (this.uploadError) throw this.uploadError;
+    if (this.uploadError) await this.failedWrites();
     const key = type + ":" + id.toString("hex");
     if (this.index.has(id, type) || this.inflight.has(key)) return false;
     this.inflight.add(key);
@@ -485,12 +485,7 @@ export class Repository {
   async abandonWrites(): Promise<void> {
     if (!this.pendingWrites()) return; // nothing in flight: the repository stays usable (a failed read, say)
     this.abandoned = true;
-    const open = this.builders.data;
-    const openTrees = this.builders.tree;
-    if (open) this.packSlots.release();
-    this.builders.data = undefined;
-    this.builders.tree = undefined;
-    for (const b of [open, openTrees]) if (b instanceof StreamedPack) await b.abort();
+    await this.dropOpenPacks();
     this.treeBatch = [];
     this.treeBatchBytes = 0;
     this.uploadError ??= new SitekeepError("repo.abandoned", "the repository's writes were abandoned after an error");
@@ -500,21 +495,41 @@ export class Repository {
     await this.indexWrite.catch(() => undefined);
   }
 
+  /**
+   * Throws the upload error once the open packs are dropped: after a failed write none of them
+   * can be finished, and their staged files go before the failure reaches the caller, whether or
+   * not it goes on to abandonWrites.
+   */
+  private async failedWrites(): Promise<never> {
+    await this.dropOpenPacks();
+    throw this.uploadError;
+  }
+
+  private async dropOpenPacks(): Promise<void> {
+    const open = [this.builders.data, this.builders.tree];
+    if (this.builders.data) this.packSlots.release();
+    this.builders.data = undefined;
+    this.builders.tree = undefined;
+    for (const b of open) if (b instanceof StreamedPack) await b.abort();
+  }
+
   /** Waits until every blob given to queueBlob is packed (or has failed: then it throws). */
   async drainEncodes(): Promise<void> {
     await this.encodeTreeBatch();
     while (this.encoding.size) await Promise.all(this.encoding);
-    if (this.uploadError) throw this.uploadError;
+    if (this.uploadError) await this.failedWrites();
   }
 
   private async addToPack(type: BlobType, id: Buffer, sealed: Buffer, uncompressedLength: number): Promise<void> {
-    if (this.abandoned) return;
+    // After a failed write nothing more is packed: a pack started now could never be finished.
+    if (this.abandoned || this.uploadError) return;
     let b = this.builders[type];
     if (!b && type === "data") {
       await this.packSlots.acquire();
       b = this.builders.data; // started by another caller while this one waited
-      if (b || this.abandoned) this.packSlots.release();
-      if (this.abandoned) return;
+      const stop = this.abandoned || this.uploadError !== undefined;
+      if (b || stop) this.packSlots.release();
+      if (stop) return;
     }
     if (!b) b = this.startPack(type);
     if (b instanceof StreamedPack) {
@@ -554,7 +569,7 @@ export class Repository {
   /** Adds an already sealed blob to a new pack as it is (prune's repacking: no decrypt, no re-encrypt).
    *  It is stored even when the index already knows the blob in another pack. */
   async addSealedBlob(type: BlobType, id: Buffer, sealed: Buffer, uncompressedLength: number): Promise<void> {
-    if (this.uploadError) throw this.uploadError;
+    if (this.uploadError) await this.failedWrites();
     await this.addToPack(type, id, sealed, uncompressedLength);
   }
 
@@ -805,7 +820,7 @@ export class Repository {
     }
     while (this.uploads.size) await Promise.race(this.uploads);
     await this.indexWrite;
-    if (this.uploadError) throw this.uploadError;
+    if (this.uploadError) await this.failedWrites();
     await this.writeIndex();
   }
 
