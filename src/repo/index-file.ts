@@ -48,11 +48,15 @@ interface PackBlobs {
  */
 export class UnindexedPacks {
   private packs: PackBlobs[] = [];
-  /** Blobs in the packs held. */
-  blobs = 0;
+  private blobCount = 0;
 
   get packCount(): number {
     return this.packs.length;
+  }
+
+  /** Blobs in the packs held. */
+  get blobs(): number {
+    return this.blobCount;
   }
 
   add(packId: string, blobs: readonly PackedBlob[]): void {
@@ -69,7 +73,7 @@ export class UnindexedPacks {
       numbers[3 * i + 2] = b.uncompressedLength;
     }
     this.packs.push({ id: packId, ids, trees, numbers });
-    this.blobs += n;
+    this.blobCount += n;
   }
 
   /**
@@ -80,9 +84,11 @@ export class UnindexedPacks {
     const packs = this.packs;
     if (packs.length === 0) return undefined;
     this.packs = [];
+    this.blobCount = 0;
     let most = '{"packs":[]}'.length;
     for (const p of packs) most += '{"id":"","blobs":[]},'.length + p.id.length + p.trees.length * (MAX_ENTRY_TEXT + 1);
-    // Allocated for the longest numbers; only the pages written are touched.
+    // Room for the longest numbers (a write past the end would be cut short, silently); only the
+    // pages written are touched.
     const out = Buffer.allocUnsafeSlow(most);
     let at = out.write('{"packs":[', 0, "latin1");
     packs.forEach((p, k) => {
@@ -96,7 +102,6 @@ export class UnindexedPacks {
       at += out.write("]}", at, "latin1");
     });
     at += out.write("]}", at, "latin1");
-    this.blobs = 0;
     return out.subarray(0, at);
   }
 }
