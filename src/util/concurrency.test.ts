@@ -94,3 +94,27 @@ test("mapWithSpare stops at the first error and throws it once the work beside h
   assert.deepEqual(started, [1, 2], "nothing started after the failure");
   assert.equal(spare.tryAcquire(), true, "the unit came back");
 });
+
+test("mapWithSpare: work beside that fails while an item runs inline is reported, not left unhandled", async () => {
+  const unhandled: unknown[] = [];
+  const onUnhandled = (reason: unknown): void => {
+    unhandled.push(reason);
+  };
+  process.on("unhandledRejection", onUnhandled);
+  try {
+    const started: number[] = [];
+    await assert.rejects(
+      mapWithSpare([1, 2, 3], new Semaphore(1), async (n) => {
+        started.push(n);
+        if (n === 1) throw new Error("one, beside");
+        await new Promise((r) => setTimeout(r, 30)); // item 2, inline, outlives item 1's failure
+      }),
+      /one, beside/,
+    );
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(unhandled, []);
+    assert.deepEqual(started, [1, 2], "nothing started after the failure");
+  } finally {
+    process.off("unhandledRejection", onUnhandled);
+  }
+});

@@ -68,14 +68,16 @@ export async function mapWithSpare<T>(items: readonly T[], spare: Semaphore, fn:
   for (const item of items) {
     if (failed) break;
     if (spare.tryAcquire()) {
-      beside.push(
-        fn(item)
-          .catch((err: unknown) => {
-            failed = true;
-            throw err;
-          })
-          .finally(() => spare.release()),
-      );
+      const work = fn(item)
+        .catch((err: unknown) => {
+          failed = true;
+          throw err;
+        })
+        .finally(() => spare.release());
+      // Handled here: it may fail while this loop still awaits an item, long before settleAll
+      // looks at it, and an unhandled rejection would end the process.
+      work.catch(() => undefined);
+      beside.push(work);
       continue;
     }
     try {
