@@ -490,7 +490,7 @@ export class Archiver {
     const folders: number[] = [];
     if (fast) {
       const rest: number[] = [];
-      for (const i of slow) (fast.stats[i * STAT_FIELDS + StatField.errno] === 0 && (fast.stats[i * STAT_FIELDS + StatField.mode] & 0o170000) === 0o040000 ? folders : rest).push(i);
+      for (const i of slow) (listedAs(fast, i, 0o040000) ? folders : rest).push(i);
       slow = rest;
     }
     // Entries are handled concurrently so that file system latency overlaps with hashing and
@@ -520,9 +520,7 @@ export class Archiver {
 
   /** A regular file below the minimum chunk size, listed without error: one read, one blob. */
   private batchable(fast: DirStats, i: number): boolean {
-    const b = i * STAT_FIELDS;
-    const f = fast.stats;
-    return f[b + StatField.errno] === 0 && (f[b + StatField.mode] & 0o170000) === 0o100000 && f[b + StatField.size] < this.chunker.options.min;
+    return listedAs(fast, i, 0o100000) && fast.stats[i * STAT_FIELDS + StatField.size] < this.chunker.options.min;
   }
 
   /**
@@ -628,7 +626,7 @@ export class Archiver {
   private unchangedFile(fast: DirStats, i: number, absDir: Buffer, displayDir: string, sep: Buffer, parent: Map<string, NodeJSON> | undefined): NodeJSON | null | undefined {
     const b = i * STAT_FIELDS;
     const f = fast.stats;
-    if (!parent || f[b + StatField.errno] !== 0 || (f[b + StatField.mode] & 0o170000) !== 0o100000) return undefined;
+    if (!parent || !listedAs(fast, i, 0o100000)) return undefined;
     // A folder of plain ASCII names needs no Buffer per name: the stored name is the name.
     const simple = fast.simpleNames;
     const stored = simple ? simple[i] : encodeName(fast.names[i]);
@@ -954,6 +952,12 @@ export class Archiver {
     const totals = this.scan?.done ? { totalFiles: this.scan.files, totalBytes: this.scan.bytes } : {};
     cb({ ...this.progress, ...totals });
   }
+}
+
+/** Entry i of a listing was stat'ed without error and has the file type `type` (S_IFREG, S_IFDIR, ...). */
+function listedAs(fast: DirStats, i: number, type: number): boolean {
+  const b = i * STAT_FIELDS;
+  return fast.stats[b + StatField.errno] === 0 && (fast.stats[b + StatField.mode] & 0o170000) === type;
 }
 
 const O_NOATIME = (fsConstants as Record<string, number>).O_NOATIME ?? 0;

@@ -21,10 +21,9 @@ export interface HeapPolicy {
  * Measured by hand on the bench's datasets (bench/README.md, "What session 14 changed"): the mixed
  * initial backup peaks at 198-203 MiB instead of 277-284 MiB for ~0.5 s (6 %) more, the
  * many-files one at 282-283 MiB instead of 368-405 MiB in about V8's time. Growth by 50 % saved
- * another ~15 MiB and cost the
- * many-files backup 10-20 % (its live heap is 35-60 MiB, and each full collection marks all of
- * it); two 4 MiB semi-spaces saved ~10 MiB and cost it 20-30 % (its entries live long enough to be
- * copied by every scavenge).
+ * another ~15 MiB and cost the many-files backup 10-20 % (its live heap is 35-60 MiB, and each
+ * full collection marks all of it); two 4 MiB semi-spaces saved ~10 MiB and cost it 20-30 % (its
+ * entries live long enough to be copied by every scavenge).
  */
 export const COMPACT_HEAP: HeapPolicy = { growingPercent: 100, semiSpaceMiB: 8 };
 
