@@ -794,6 +794,42 @@ test("GET /api/snapshots lists the site's snapshots (the repository password com
   }
 });
 
+test("POST /api/recover: a polled run is 'running' until its report is there, then the deleted file is back", async () => {
+  const site = await makeSite("recover-poll");
+  writeConfig(site, {});
+  const h = await serve(site);
+  try {
+    const backup = await runNow(h);
+    assert.equal(backup.status, "succeeded", JSON.stringify(backup.messages));
+    const doc = join(site.data, "docs", "doc1.txt");
+    const before = fs.readFileSync(doc);
+    fs.unlinkSync(doc);
+
+    const r = await h.api<{ run_id: string; kind: string }>("POST", "/api/recover", { body: { only: ["files"], dryRun: false } });
+    assert.equal(r.status, 202, r.text);
+    // The console polls like this and reads the first answer that is not "running" as the end.
+    // The run's record is finished inside the recovery, before the service keeps its report:
+    // an answer in between must still say "running", or the console shows "no report".
+    const seen: string[] = [];
+    let last: RunWithMessages & { result?: { ok: boolean; dryRun: boolean; items: unknown[] } };
+    for (const end = Date.now() + 30_000; ; ) {
+      const g = await h.api<typeof last>("GET", `/api/runs/${r.body.run_id}`);
+      assert.equal(g.status, 200, g.text);
+      last = g.body;
+      if (seen.at(-1) !== last.status) seen.push(last.status);
+      if (last.status !== "running") break;
+      assert.ok(Date.now() < end, "the recovery finished within 30 s");
+    }
+    assert.ok(last.result, `the first answer that is not "running" (${last.status}) carries the report; statuses seen: ${seen.join(" → ")}`);
+    assert.equal(last.status, "succeeded");
+    assert.equal(last.result.ok, true, JSON.stringify(last.result));
+    assert.equal(last.result.dryRun, false);
+    assert.deepEqual(fs.readFileSync(doc), before, "the deleted file is back with the same bytes");
+  } finally {
+    await h.stop();
+  }
+});
+
 // ---- 5. reload ------------------------------------------------------------------------------------
 
 test("reload: a bad control file is refused (422, 5002, config-invalid alert) and the old schedule stays; a good one closes the alert", async () => {

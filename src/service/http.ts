@@ -65,10 +65,14 @@ export async function startHttp(svc: SiteService, listen: string, tls?: { certFi
     ["GET", /^\/api\/runs\/([^/]+)$/, async (_req, [id]) => {
       const run = svc.store.run(id);
       const result = svc.result(id);
-      if (!run && result === undefined && svc.activeRun?.runId === id) return { json: { id, kind: svc.activeRun.kind, status: "running", messages: [] } };
-      if (!run && result === undefined) return { status: 404, json: apiError("api.notfound", `no run ${id}`, "see GET /api/runs") };
-      const base = run ?? { id, kind: "recovery", status: (result as { ok?: boolean }).ok === false ? "failed" : "succeeded" };
-      return { json: { ...base, messages: svc.store.messages(svc.config.site, { runId: id, limit: 500 }).reverse(), ...(result !== undefined ? { result } : {}) } };
+      // A run of this service is running until its result is kept: a recovery or a backup finishes
+      // its record before it returns (and releases its locks), and a poller that read "succeeded"
+      // without a result in between would take the run as ended with no report.
+      const active = svc.activeRun?.runId === id && result === undefined ? svc.activeRun : undefined;
+      if (!run && result === undefined && !active) return { status: 404, json: apiError("api.notfound", `no run ${id}`, "see GET /api/runs") };
+      const base = run ?? { id, kind: active?.kind ?? "recovery", status: (result as { ok?: boolean } | undefined)?.ok === false ? "failed" : "succeeded" };
+      const messages = svc.store.messages(svc.config.site, { runId: id, limit: 500 }).reverse();
+      return { json: { ...base, ...(active ? { status: "running" } : {}), messages, ...(result !== undefined ? { result } : {}) } };
     }],
     ["GET", /^\/api\/messages$/, async (req) => {
       const q = query(req);
