@@ -39,9 +39,10 @@
  *   each (a blob that failed keeps its place, with undefined bytes); without, both are null.
  * decodeblobsAsync(key, src, spans, ids) -> Promise<[status, out, ends]>: decodeblobs with `keep`,
  *   on the thread pool. `src` must not change until it settles.
- * verifypackAsync(key, pack, spans, ids) -> Promise<[status, hash]>: decodeblobs without `keep`,
- *   and the SHA-256 of all of `pack`, on the thread pool (check --read-data). `pack` must not change
- *   until it settles.
+ * verifypackAsync(key, pack, spans, ids, hash) -> Promise<[status, hash]>: decodeblobs without
+ *   `keep`, and with `hash` the SHA-256 of all of `pack` (else null: a check that streams a pack in
+ *   pieces hashes them with sha256UpdateAsync, beside), on the thread pool (check --read-data).
+ *   `pack` must not change until it settles.
  * sealblobAsync(key, data, level) -> Promise<[sealed, uncompressed length or 0]>: one blob
  *   compressed (when that makes it shorter) and sealed on the thread pool, without its ID (a large
  *   blob's ID is known before it is stored: chunkhash). `data` must not change until it settles.
@@ -69,6 +70,8 @@
 #define SK_DECODE_MAX (64u << 20)
 /* Scratch buffers grown past this are given back after the call. */
 #define SK_SCRATCH_KEEP (16u << 20)
+/* verify_one's step: zstd's recommended output size is 128 KiB plus a block. */
+#define SK_VERIFY_STEP (256u << 10)
 #define SK_ZSTD_DST_TOO_SMALL 70 /* ZSTD_error_dstSize_tooSmall, zstd_errors.h (a stable value) */
 
 enum {
@@ -84,6 +87,18 @@ enum {
 
 /* OpenSSL's and zstd's types, opaque here: their headers are not needed to call them. */
 typedef struct sk_opaque sk_opaque;
+/* ZSTD_inBuffer and ZSTD_outBuffer (zstd.h, stable since zstd 1.3), and ZSTD_reset_session_only. */
+typedef struct {
+  const void *src;
+  size_t size;
+  size_t pos;
+} sk_zstd_in;
+typedef struct {
+  void *dst;
+  size_t size;
+  size_t pos;
+} sk_zstd_out;
+#define SK_ZSTD_RESET_SESSION 1
 
 static struct {
   sk_opaque *(*cipher_ctx_new)(void);
@@ -114,6 +129,8 @@ static struct {
   size_t (*zstd_dctx_free)(sk_opaque *);
   size_t (*zstd_compress)(sk_opaque *, void *, size_t, const void *, size_t, int);
   size_t (*zstd_decompress)(sk_opaque *, void *, size_t, const void *, size_t);
+  size_t (*zstd_decompress_stream)(sk_opaque *, sk_zstd_out *, sk_zstd_in *);
+  size_t (*zstd_dctx_reset)(sk_opaque *, int);
   size_t (*zstd_bound)(size_t);
   unsigned (*zstd_is_error)(size_t);
   int (*zstd_error_code)(size_t);
@@ -156,6 +173,7 @@ static void find_lib(void) {
   bool zstd = z != NULL && FIND(z, zstd_cctx_new, "ZSTD_createCCtx") && FIND(z, zstd_cctx_free, "ZSTD_freeCCtx") &&
               FIND(z, zstd_dctx_new, "ZSTD_createDCtx") && FIND(z, zstd_dctx_free, "ZSTD_freeDCtx") &&
               FIND(z, zstd_compress, "ZSTD_compressCCtx") && FIND(z, zstd_decompress, "ZSTD_decompressDCtx") &&
+              FIND(z, zstd_decompress_stream, "ZSTD_decompressStream") && FIND(z, zstd_dctx_reset, "ZSTD_DCtx_reset") &&
               FIND(z, zstd_bound, "ZSTD_compressBound") && FIND(z, zstd_is_error, "ZSTD_isError") &&
               FIND(z, zstd_error_code, "ZSTD_getErrorCode");
   if (!zstd) return;
@@ -278,17 +296,6 @@ static void codec_trim(sk_codec *c) {
   scratch_release(&c->body, SK_SCRATCH_KEEP);
   scratch_release(&c->extra, SK_SCRATCH_KEEP);
   scratch_release(&c->ivs, SK_SCRATCH_KEEP);
-}
-
-/*
- * Gives back every scratch buffer. For a check's pack jobs: they wander over all the pool's threads,
- * and each thread kept up to 2 x 8 MiB (a large blob's body and plaintext): a check of the mixed
- * benchmark set peaked at ~255 MiB with that, ~222 MiB without, in the same time.
- */
-static void codec_release(sk_codec *c) {
-  scratch_release(&c->body, 0);
-  scratch_release(&c->extra, 0);
-  scratch_release(&c->ivs, 0);
 }
 
 /* ---- the format's primitives (each false when OpenSSL or zstd fails) ------- */
@@ -752,6 +759,57 @@ fail:
   return SK_DECODE_OK;
 }
 
+/*
+ * Verifies a blob as decode_one does (the same statuses) without its plaintext: it is decrypted,
+ * decompressed and hashed SK_VERIFY_STEP bytes at a time through two small scratch buffers. A check
+ * decoding whole blobs needed two buffers of up to 8 MiB per pool thread, grown and freed again.
+ */
+static int verify_one(sk_codec *c, const uint8_t *sealed, size_t len, size_t ulen, const uint8_t *id, bool *failed) {
+  if (len < SK_IV + SK_MAC) return SK_DECODE_SHORT;
+  if (!within_limit(len, ulen)) return SK_DECODE_TOO_LARGE;
+  const uint8_t *iv = sealed, *ct = sealed + SK_IV;
+  size_t clen = len - SK_IV - SK_MAC;
+  uint8_t tag[SK_MAC], digest[SK_ID];
+  unsigned int dlen = 0;
+  if (!poly1305_aes(c, iv, ct, clen, tag)) goto fail;
+  if (lib.memcmp(tag, ct + clen, SK_MAC) != 0) return SK_DECODE_MAC;
+  if (!scratch_fit(&c->body, SK_VERIFY_STEP) || (ulen > 0 && !scratch_fit(&c->extra, SK_VERIFY_STEP)) ||
+      lib.digest_init(c->md, lib.sha256, NULL) != 1 || lib.encrypt_init(c->ctr, NULL, NULL, NULL, iv) != 1 ||
+      (ulen > 0 && lib.zstd_is_error(lib.zstd_dctx_reset(c->dctx, SK_ZSTD_RESET_SESSION)))) {
+    goto fail;
+  }
+  size_t plen = 0, last = 0;
+  for (size_t done = 0; done < clen;) {
+    size_t n = clen - done < SK_VERIFY_STEP ? clen - done : SK_VERIFY_STEP;
+    int outl = 0;
+    if (lib.encrypt_update(c->ctr, c->body.p, &outl, ct + done, (int)n) != 1 || (size_t)outl != n) goto fail;
+    done += n;
+    if (ulen == 0) {
+      if (lib.digest_update(c->md, c->body.p, n) != 1) goto fail;
+      plen += n;
+      continue;
+    }
+    /* zstd keeps the last byte of a frame until all of its output is flushed, so consuming all
+     * input also drains the output; `last` is 0 once a frame has ended there. */
+    sk_zstd_in in = {c->body.p, n, 0};
+    while (in.pos < in.size) {
+      sk_zstd_out out = {c->extra.p, SK_VERIFY_STEP, 0};
+      last = lib.zstd_decompress_stream(c->dctx, &out, &in);
+      if (lib.zstd_is_error(last)) return SK_DECODE_CORRUPT;
+      if (out.pos > ulen - plen) return SK_DECODE_LENGTH;
+      if (out.pos > 0 && lib.digest_update(c->md, c->extra.p, out.pos) != 1) goto fail;
+      plen += out.pos;
+    }
+  }
+  if (ulen > 0 && (clen == 0 || last != 0)) return SK_DECODE_CORRUPT; /* no frame, or a frame cut short */
+  if (ulen > 0 && plen != ulen) return SK_DECODE_LENGTH;
+  if (lib.digest_final(c->md, digest, &dlen) != 1 || dlen != SK_ID) goto fail;
+  return memcmp(digest, id, SK_ID) == 0 ? SK_DECODE_OK : SK_DECODE_ID;
+fail:
+  *failed = true;
+  return SK_DECODE_OK;
+}
+
 /* Decodes blobs of src: a status per blob and, with `keep`, their plaintexts back to back in out (ends[i]
  * the end of blob i's room). False when OpenSSL failed or memory ran out. */
 static bool decode_all(sk_codec *c, const uint8_t *src, size_t srclen, const double *spans, const uint8_t *ids, size_t n,
@@ -764,12 +822,7 @@ static bool decode_all(sk_codec *c, const uint8_t *src, size_t srclen, const dou
     if (off > srclen || len > srclen - off) {
       status[i] = SK_DECODE_BEYOND_END;
     } else {
-      uint8_t *dst = keep ? out + pos : NULL;
-      if (!keep) {
-        if (!scratch_fit(&c->extra, plen > 0 ? plen : 1)) return false;
-        dst = c->extra.p;
-      }
-      status[i] = decode_one(c, src + off, len, ulen, ids + i * SK_ID, dst, &failed);
+      status[i] = keep ? decode_one(c, src + off, len, ulen, ids + i * SK_ID, out + pos, &failed) : verify_one(c, src + off, len, ulen, ids + i * SK_ID, &failed);
     }
     pos += plen;
     if (keep) ends[i] = (double)pos;
@@ -869,6 +922,7 @@ typedef struct {
   size_t total;
   int32_t *status;
   bool keep;          /* decodeblobsAsync: the plaintexts are kept (out, ends) */
+  bool hash_src;      /* verifypackAsync: hash all of src too */
   double *ends;
   uint8_t *out;
   uint8_t hash[SK_ID]; /* verifypackAsync: SHA-256 of all of src */
@@ -891,11 +945,10 @@ static void decode_execute(napi_env env, void *arg) {
   sk_codec *c = pool_codec(job->key, &job->failed);
   if (c == NULL) return;
   if (!decode_all(c, job->src, job->srclen, job->spans, job->ids, job->n, job->keep, job->status, job->out, job->ends) ||
-      (!job->keep && !sha256(c, job->src, job->srclen, job->hash))) {
+      (job->hash_src && !sha256(c, job->src, job->srclen, job->hash))) {
     job->failed = job->keep ? "decodeblobsAsync: OpenSSL failed, or out of memory" : "verifypackAsync: OpenSSL failed, or out of memory";
   }
-  if (job->keep) codec_trim(c);
-  else codec_release(c);
+  codec_trim(c);
 }
 
 static napi_value decode_result(napi_env env, sk_decode_job *job) {
@@ -911,7 +964,7 @@ static napi_value decode_result(napi_env env, sk_decode_job *job) {
 static napi_value verify_result(napi_env env, sk_decode_job *job) {
   napi_value out[2];
   if (!typed_copy(env, napi_int32_array, job->n, 4, job->status, &out[0])) return NULL;
-  if (napi_create_buffer_copy(env, SK_ID, job->hash, NULL, &out[1]) != napi_ok) {
+  if ((job->hash_src ? napi_create_buffer_copy(env, SK_ID, job->hash, NULL, &out[1]) : napi_get_null(env, &out[1])) != napi_ok) {
     ensure_thrown(env);
     return NULL;
   }
@@ -930,7 +983,7 @@ static void decode_complete(napi_env env, napi_status status, void *arg) {
 }
 
 /* A decode job over argv[1] (the pack or blobs), queued; keep: decodeblobsAsync, else verifypackAsync. */
-static napi_value queue_decode(napi_env env, napi_value *argv, const sk_decode_args *a, bool keep) {
+static napi_value queue_decode(napi_env env, napi_value *argv, const sk_decode_args *a, bool keep, bool hash_src) {
   const char *name = keep ? "decodeblobsAsync: out of memory" : "verifypackAsync: out of memory";
   sk_decode_job *job = calloc(1, sizeof *job);
   if (job == NULL || (job->spans = malloc(a->n * 3 * sizeof(double) + 1)) == NULL || (job->ids = malloc(a->n * SK_ID + 1)) == NULL ||
@@ -948,6 +1001,7 @@ static napi_value queue_decode(napi_env env, napi_value *argv, const sk_decode_a
   job->n = a->n;
   job->total = a->total;
   job->keep = keep;
+  job->hash_src = !keep && hash_src;
   return queue_holding(env, keep ? "sitekeep.decodeblobs" : "sitekeep.verifypack", argv[1], decode_execute, decode_complete, job,
                        free_decode_job, &job->src_ref, &job->work, &job->deferred);
 }
@@ -956,15 +1010,20 @@ static napi_value sk_decodeblobs_async(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   sk_decode_args a;
   if (!get_args(env, info, 4, argv) || !get_decode_args(env, argv, &a)) return NULL;
-  return queue_decode(env, argv, &a, true);
+  return queue_decode(env, argv, &a, true, false);
 }
 
-/* verifypackAsync(key, pack, spans, ids) -> Promise<[status, sha256 of pack]>; `pack` must not change until it settles. */
+/* verifypackAsync(key, pack, spans, ids, hash) -> Promise<[status, sha256 of pack or null]>; `pack` must not change until it settles. */
 static napi_value sk_verifypack_async(napi_env env, napi_callback_info info) {
-  napi_value argv[4];
+  napi_value argv[5];
   sk_decode_args a;
-  if (!get_args(env, info, 4, argv) || !get_decode_args(env, argv, &a)) return NULL;
-  return queue_decode(env, argv, &a, false);
+  bool hash_src;
+  if (!get_args(env, info, 5, argv) || !get_decode_args(env, argv, &a)) return NULL;
+  if (napi_get_value_bool(env, argv[4], &hash_src) != napi_ok) {
+    throw_arg_type(env, "hash", "a boolean");
+    return NULL;
+  }
+  return queue_decode(env, argv, &a, false, hash_src);
 }
 
 /* ---- sha256Begin / sha256UpdateAsync / sha256End: a SHA-256 fed piece by piece ----------- */

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { type BlobCodec, type EncodedBatch, type PackEntry, batchBlob, decodeBlobsInBackground, encodeBatchInBackground, jsBlobCodec, nativeBlobCodec, packEntries, sealInBackground, verifyPackInBackground } from "./blob-codec.js";
+import { type BlobCodec, type EncodedBatch, type PackEntry, batchBlob, decodeBlobsInBackground, encodeBatchInBackground, jsBlobCodec, nativeBlobCodec, packEntries, sealInBackground, verifyBlobsInBackground, verifyPackInBackground } from "./blob-codec.js";
 import { compress, decompress } from "./compression.js";
 import { type MasterKey, newRandomKey, open, seal } from "./crypto.js";
 import { sha256 } from "./id.js";
@@ -218,6 +218,9 @@ for (const [name, codec] of forms) {
     }
     if (name === "native" && verifyPackInBackground) {
       assert.deepEqual(await verifyPackInBackground(key, full, packEntries(cases.map((c) => c[0]))), verdict, "a pack verified on the thread pool");
+    }
+    if (name === "native" && verifyBlobsInBackground) {
+      assert.deepEqual(await verifyBlobsInBackground(key, full, packEntries(cases.map((c) => c[0]))), verdict.bad, "blobs verified on the thread pool, unhashed");
     }
   });
 }

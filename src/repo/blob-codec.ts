@@ -368,12 +368,28 @@ export type BackgroundPackVerifier = (key: MasterKey, pack: Uint8Array, entries:
 
 function backgroundPackVerifier(addon: CodecAddon): BackgroundPackVerifier {
   return async (key, pack, entries) => {
-    const [status, hash] = await addon.verifypackAsync(keyBytes(key), asBuffer(pack), entries.spans, asBuffer(entries.ids));
-    return packVerdict(key, pack, entries, status, hash.toString("hex"));
+    const [status, hash] = await addon.verifypackAsync(keyBytes(key), asBuffer(pack), entries.spans, asBuffer(entries.ids), true);
+    return packVerdict(key, pack, entries, status, (hash as Buffer).toString("hex"));
   };
 }
 
 export const verifyPackInBackground: BackgroundPackVerifier | undefined = codecAddon ? backgroundPackVerifier(codecAddon) : undefined;
+
+/**
+ * Decodes and verifies the blobs in `bytes` (a piece of a pack: offsets are relative to it) on the
+ * thread pool without hashing the piece, for a check that streams a pack and hashes it beside
+ * (the addon's form only). Returns the entries that fail. `bytes` must not change until it settles.
+ */
+export type BackgroundBlobVerifier = (key: MasterKey, bytes: Uint8Array, entries: PackEntries) => Promise<PackVerdict["bad"]>;
+
+function backgroundBlobVerifier(addon: CodecAddon): BackgroundBlobVerifier {
+  return async (key, bytes, entries) => {
+    const [status] = await addon.verifypackAsync(keyBytes(key), asBuffer(bytes), entries.spans, asBuffer(entries.ids), false);
+    return packVerdict(key, bytes, entries, status, "").bad;
+  };
+}
+
+export const verifyBlobsInBackground: BackgroundBlobVerifier | undefined = codecAddon ? backgroundBlobVerifier(codecAddon) : undefined;
 
 /**
  * Encodes the blobs data[offsets[i] .. offsets[i] + lengths[i]]. The results are in arrays of
