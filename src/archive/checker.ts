@@ -13,15 +13,17 @@
 import { availableParallelism } from "node:os";
 import { SitekeepError, errorMessage } from "../errors.js";
 import { BlobIndex, type BlobLocation } from "../repo/blob-index.js";
-import { type PackVerdict, packEntries, verifyPackInBackground } from "../repo/blob-codec.js";
+import { type PackVerdict, packEntries, verifyBlobsInBackground, verifyPackInBackground } from "../repo/blob-codec.js";
 import { verifyPackInWorker } from "../repo/blob-workers.js";
 import { EXTENSION } from "../repo/crypto.js";
 import { isIdHex, shortId } from "../repo/id.js";
 import { type IndexFileJSON, parseIndexFile } from "../repo/index-file.js";
 import { type PackedBlob, headerSize, parsePackTail } from "../repo/pack.js";
+import { PieceBuffers, type StreamedVerdict, streamable, verifyPackStreamed } from "../repo/pack-verifier.js";
 import { type Repository, mapLimit } from "../repo/repository.js";
 import { type Snapshot, byTimeDesc } from "../repo/snapshot.js";
 import { releaseBuffer } from "../platform/native.js";
+import { Semaphore, mapWithSpare } from "../util/concurrency.js";
 import { type NodeJSON, decodeName } from "./node.js";
 import { joinPath } from "./tree.js";
 
@@ -65,6 +67,12 @@ const PACK_BUFFER_MIN = 17 * 1024 * 1024;
 /** Pack buffers are as large as the largest pack to read, up to this (larger packs get their own). */
 const PACK_BUFFER_MAX = 32 * 1024 * 1024;
 const TREE_CONCURRENCY = 8;
+/**
+ * Subtrees walked beside the one each tree walks itself (mapWithSpare), for the whole walk. Four
+ * per tree at every level let the walk's breadth grow with the depth, and it read the many-files
+ * set's tree packs ~20 times over through the repository's window cache.
+ */
+const TREE_BRANCHES = 8;
 
 /** What the index files say about one pack. */
 interface PackInfo {
@@ -148,8 +156,12 @@ class Checker {
   private bytesRead = 0;
   private snapshotCount = 0;
   private treeSlots = TREE_CONCURRENCY;
+  /** Subtrees walked beside the one each tree walks itself (see TREE_BRANCHES). */
+  private readonly branches = new Semaphore(TREE_BRANCHES);
   /** Buffers of packs verified (back from a worker, or here), to read the next packs into (at most DATA_CONCURRENCY). */
   private readonly packBuffers: ArrayBuffer[] = [];
+  /** Buffers of the packs read piece by piece: one per pack in flight. */
+  private readonly pieceBuffers = new PieceBuffers(DATA_CONCURRENCY);
   /** The size of a new pack buffer (see checkData). */
   private packBufferSize = PACK_BUFFER_MIN;
   /** While the data is read: the walk's latest progress, held back (null: none yet). */
@@ -367,11 +379,15 @@ class Checker {
     for (const id of chosen) largest = Math.max(largest, this.present.get(id) ?? 0);
     this.packBufferSize = Math.min(Math.max(largest, PACK_BUFFER_MIN), PACK_BUFFER_MAX);
     this.progress("data", 0, chosen.length, 0);
-    await mapLimit(chosen, DATA_CONCURRENCY, async (id) => {
-      const f = await this.readPack(id);
-      if (f) findings.set(id, f);
-      this.progress("data", ++done, chosen.length, this.bytesRead);
-    });
+    try {
+      await mapLimit(chosen, DATA_CONCURRENCY, async (id) => {
+        const f = await this.readPack(id);
+        if (f) findings.set(id, f);
+        this.progress("data", ++done, chosen.length, this.bytesRead);
+      });
+    } finally {
+      this.pieceBuffers.clear();
+    }
     return chosen.flatMap((id) => findings.get(id) ?? []);
   }
 
@@ -386,8 +402,51 @@ class Checker {
     const info = this.packs.get(packId);
     if (!info) return undefined;
     const name = packFile(packId);
-    const backend = this.repo.backend;
     const size = this.present.get(packId);
+    const entries = this.packEntries(info);
+    const backend = this.repo.backend;
+    const h = { type: "data" as const, name: packId };
+    let verdict: PackVerdict;
+    let headerProblem: string | undefined;
+    if (verifyBlobsInBackground && backend.loadInto && size !== undefined && streamable(entries, size)) {
+      // Piece by piece: the blobs verified and the file hashed on the thread pool.
+      let v: StreamedVerdict;
+      try {
+        v = await verifyPackStreamed(this.repo.key, size, entries, (into, offset) => backend.loadInto!(h, into, offset), this.pieceBuffers, verifyBlobsInBackground);
+      } catch (err) {
+        return { packId, problem: { kind: "pack", file: name, message: `pack ${name} cannot be read: ${oneLine(errorMessage(err))}` } };
+      }
+      this.packsRead++;
+      this.bytesRead += size;
+      headerProblem = await this.tailHeaderProblem(v.tail, size, packId, entries);
+      verdict = v;
+    } else {
+      const whole = await this.verifyWholePack(packId, size, entries);
+      if ("problem" in whole) return whole;
+      ({ verdict, headerProblem } = whole);
+    }
+    return this.packFinding(packId, entries, verdict, headerProblem);
+  }
+
+  /** The header problem of a pack read piece by piece, from the bytes after its last blob. */
+  private async tailHeaderProblem(tail: Buffer, size: number, packId: string, entries: PackedBlob[]): Promise<string | undefined> {
+    try {
+      // The index says where the blobs end; a damaged pack's header may start elsewhere.
+      const h = { type: "data" as const, name: packId };
+      let t = tail;
+      if (t.length < 4 && size >= 4) t = await this.repo.backend.load(h, size - 4, 4);
+      const hlen = t.length >= 4 ? t.readUInt32LE(t.length - 4) : 0;
+      if (t.length >= 4 && hlen + 4 > t.length && hlen + 4 <= size) t = await this.repo.backend.load(h, size - hlen - 4, hlen + 4);
+      return compareHeader(parsePackTail(this.repo.key, t, size, packId), entries);
+    } catch (err) {
+      return `its header cannot be read (${oneLine(errorMessage(err))})`;
+    }
+  }
+
+  /** Reads a pack whole and verifies it (without the addon, or where the backend cannot read into a buffer). */
+  private async verifyWholePack(packId: string, size: number | undefined, entries: PackedBlob[]): Promise<PackFinding | { verdict: PackVerdict; headerProblem: string | undefined }> {
+    const name = packFile(packId);
+    const backend = this.repo.backend;
     const lend = backend.loadInto !== undefined && size !== undefined;
     let buf: Buffer;
     try {
@@ -402,7 +461,6 @@ class Checker {
     }
     this.packsRead++;
     this.bytesRead += buf.length;
-    const entries = this.packEntries(info);
     let headerProblem: string | undefined;
     try {
       headerProblem = compareHeader(parsePackTail(this.repo.key, buf, buf.length, packId), entries);
@@ -412,7 +470,6 @@ class Checker {
     // Hashing the file and decoding every blob run on the thread pool (a worker thread per core
     // without the addon), while this thread reads the next packs: on this thread alone, check was
     // bound to one core.
-    let verdict: PackVerdict;
     try {
       const v: PackVerdict & { buffer?: ArrayBuffer } = verifyPackInBackground
         ? await verifyPackInBackground(this.repo.key, buf, packEntries(entries))
@@ -421,12 +478,17 @@ class Checker {
       const back = v.buffer ?? (lend && buf.buffer.byteLength ? (buf.buffer as ArrayBuffer) : undefined);
       if (back && this.packBuffers.length < DATA_CONCURRENCY) this.packBuffers.push(back);
       else if (back) releaseBuffer(new Uint8Array(back));
-      verdict = v;
+      return { verdict: v, headerProblem };
     } catch (err) {
       // Only when a worker died with the pack and reading it again failed, or the pool's job did
       // (OpenSSL failed or memory ran out).
       return { packId, problem: { kind: "pack", file: name, message: `pack ${name} cannot be read: ${oneLine(errorMessage(err))}` } };
     }
+  }
+
+  /** What is wrong with a pack, from its verdict and header (undefined: nothing). */
+  private packFinding(packId: string, entries: PackedBlob[], verdict: PackVerdict, headerProblem: string | undefined): PackFinding | undefined {
+    const name = packFile(packId);
     const failures: string[] = [];
     if (verdict.hash !== packId) failures.push(`its content does not match its name (SHA-256 ${shortId(verdict.hash)}…)`);
     const headerOk = headerProblem === undefined;
@@ -549,9 +611,9 @@ class Checker {
       }
     }
     const subs = new Array<TreeDamage>(dirs.length);
-    await mapLimit(
+    await mapWithSpare(
       dirs.map((d, i) => ({ ...d, i })),
-      4,
+      this.branches,
       async (d) => {
         subs[d.i] = await this.visitTree(d.subtree, snapshot, joinPath(path, d.name));
       },

@@ -48,10 +48,12 @@ export interface Backend {
   /** Reads a whole file, or `length` bytes at `offset` (a negative offset counts from the end). */
   load(h: Handle, offset?: number, length?: number): Promise<Buffer>;
   /**
-   * Reads a whole file of exactly `into.length` bytes (known from a listing) into `into`: for
-   * callers that reuse their buffers (check reads every pack). Optional: without it, use load.
+   * Reads a whole file of exactly `into.length` bytes (known from a listing) into `into`, or with
+   * `offset` up to `into.length` bytes from there (fewer only where the file ends). Returns the
+   * bytes read. For callers that reuse their buffers (a check's packs, the tree windows). Optional:
+   * without it, use load.
    */
-  loadInto?(h: Handle, into: Uint8Array): Promise<void>;
+  loadInto?(h: Handle, into: Uint8Array, offset?: number): Promise<number>;
   stat(h: Handle): Promise<FileInfo>;
   remove(h: Handle): Promise<void>;
   /** Files of a type whose names are valid IDs (temporary files are not listed). */

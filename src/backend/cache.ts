@@ -28,7 +28,7 @@ export class CachedBackend implements Backend {
     private readonly dir: string,
   ) {
     this.location = inner.location;
-    if (inner.loadInto) this.loadInto = (h, into) => inner.loadInto!(h, into);
+    if (inner.loadInto) this.loadInto = (h, into, offset) => inner.loadInto!(h, into, offset);
     if (inner.stage) this.stage = (type) => inner.stage!(type);
   }
 

@@ -116,15 +116,26 @@ export class LocalBackend implements Backend {
     }
   }
 
-  async loadInto(h: Handle, into: Uint8Array): Promise<void> {
+  async loadInto(h: Handle, into: Uint8Array, offset?: number): Promise<number> {
+    const p = this.path(h);
     try {
-      const fh = await fsp.open(this.path(h), "r");
+      if (offset !== undefined) {
+        // Ranged, like load's: the open handle is reused.
+        const { entry, fh } = await this.handles.acquire(p);
+        try {
+          return await readFully(fh, into, offset);
+        } finally {
+          this.handles.release(entry);
+        }
+      }
+      const fh = await fsp.open(p, "r");
       try {
         const got = await readFully(fh, into, 0);
         if (got < into.length || (await fh.read(Buffer.alloc(1), 0, 1, got)).bytesRead) {
           const { size } = await fh.stat();
           throw new Error(`it has ${size} bytes, not ${into.length}`);
         }
+        return got;
       } finally {
         await fh.close();
       }

@@ -1,0 +1,124 @@
+// Verifies a pack file read in pieces, for check --read-data: each piece holds whole blobs, which
+// are decoded and verified on the thread pool while the same piece feeds the file's SHA-256 (its
+// name) beside, and the bytes after the last blob (the header) are returned for the caller to
+// compare with the index. A whole pack in one buffer took 17-19 MiB per pack in flight; pieces of
+// PIECE_SIZE take a quarter of that (bench/README.md, "What session 16 changed").
+import { releaseBuffer } from "../platform/native.js";
+import type { BackgroundBlobVerifier, PackEntry, PackVerdict } from "./blob-codec.js";
+import type { MasterKey } from "./crypto.js";
+import { ID_SIZE, sha256Stream } from "./id.js";
+
+/** A piece holds whole blobs up to this many bytes; a larger blob is a piece of its own. */
+export const PIECE_SIZE = 4 * 1024 * 1024;
+
+/** Reads up to `into.length` bytes of the pack from `offset` into `into`; returns how many it read. */
+export type RangeReader = (into: Uint8Array, offset: number) => Promise<number>;
+
+async function readAll(read: RangeReader, into: Uint8Array, offset: number): Promise<void> {
+  const got = await read(into, offset);
+  if (got < into.length) throw new Error(`it ends at ${offset + got} bytes, before the ${offset + into.length} its listing and index imply`);
+}
+
+export interface StreamedVerdict extends PackVerdict {
+  /** The file's bytes after its last blob: the encrypted header and its length. */
+  tail: Buffer;
+}
+
+/** Buffers of PIECE_SIZE bytes, reused from pack to pack; larger pieces get one of their own. */
+export class PieceBuffers {
+  private readonly free: ArrayBuffer[] = [];
+
+  constructor(private readonly keep: number) {}
+
+  take(size: number): Uint8Array {
+    if (size > PIECE_SIZE) return new Uint8Array(size);
+    return new Uint8Array(this.free.pop() ?? new ArrayBuffer(PIECE_SIZE), 0, size);
+  }
+
+  give(buf: Uint8Array): void {
+    if (buf.buffer.byteLength === PIECE_SIZE && this.free.length < this.keep) this.free.push(buf.buffer as ArrayBuffer);
+    else releaseBuffer(new Uint8Array(buf.buffer));
+  }
+
+  /** Frees the buffers kept. */
+  clear(): void {
+    for (const b of this.free.splice(0)) releaseBuffer(new Uint8Array(b));
+  }
+}
+
+/**
+ * Whether `entries` (in offset order) can be verified piece by piece: blobs that neither overlap
+ * nor reach past `size`. An index that says otherwise is damaged; the whole-pack path reports it.
+ */
+export function streamable(entries: readonly PackEntry[], size: number): boolean {
+  let end = 0;
+  for (const e of entries) {
+    if (e.offset < end || e.length <= 0) return false;
+    end = e.offset + e.length;
+  }
+  return end <= size;
+}
+
+/** Cuts [0, end of the last blob) into pieces of whole blobs: [start, end, first entry, entry count]. */
+export function pieces(entries: readonly PackEntry[]): [number, number, number, number][] {
+  const out: [number, number, number, number][] = [];
+  let i = 0;
+  let start = 0;
+  while (i < entries.length) {
+    const first = i;
+    let end = entries[i].offset + entries[i].length;
+    i++;
+    while (i < entries.length && entries[i].offset + entries[i].length - start <= PIECE_SIZE) {
+      end = entries[i].offset + entries[i].length;
+      i++;
+    }
+    out.push([start, end, first, i - first]);
+    start = end;
+  }
+  return out;
+}
+
+/**
+ * Reads a pack of `size` bytes piece by piece (entries in offset order, `streamable`), verifying
+ * every blob and hashing the whole file. `bad` indexes `entries`, as verifyPack's does.
+ */
+export async function verifyPackStreamed(
+  key: MasterKey,
+  size: number,
+  entries: readonly PackEntry[],
+  read: RangeReader,
+  buffers: PieceBuffers,
+  verifyBlobs: BackgroundBlobVerifier,
+): Promise<StreamedVerdict> {
+  const hash = sha256Stream();
+  const bad: PackVerdict["bad"] = [];
+  for (const [start, end, first, count] of pieces(entries)) {
+    const buf = buffers.take(end - start);
+    try {
+      await readAll(read, buf, start);
+      const ids = new Uint8Array(ID_SIZE * count);
+      const spans = new Float64Array(3 * count);
+      for (let k = 0; k < count; k++) {
+        const e = entries[first + k];
+        ids.set(e.id, ID_SIZE * k);
+        spans[3 * k] = e.offset - start;
+        spans[3 * k + 1] = e.length;
+        spans[3 * k + 2] = e.uncompressedLength;
+      }
+      // Both read `buf` on the thread pool; neither changes it. Both settle before `buf` is given
+      // back (and maybe freed), even when one fails.
+      const [found, hashed] = await Promise.allSettled([verifyBlobs(key, buf, { ids, spans }), hash.update(buf)]);
+      if (found.status === "rejected") throw found.reason;
+      if (hashed.status === "rejected") throw hashed.reason;
+      for (const b of found.value) bad.push({ entry: first + b.entry, message: b.message });
+    } finally {
+      buffers.give(buf);
+    }
+  }
+  const last = entries.at(-1);
+  const dataEnd = last ? last.offset + last.length : 0;
+  const tail = Buffer.alloc(size - dataEnd);
+  if (tail.length) await readAll(read, tail, dataEnd);
+  await hash.update(tail);
+  return { hash: hash.digestHex(), bad, tail };
+}
