@@ -66,6 +66,26 @@ test("tree blobs are read a window of their pack at a time, and a damaged one is
   });
 });
 
+test("tree blobs loaded many at once from more windows than are kept come back whole (window buffers are reused)", async () => {
+  await withNewRepo("sitekeep-tree-window-reuse-", 32 * 1024 * 1024, async (repo, dir) => {
+    // ~12 MiB of incompressible trees: ~48 windows of 256 KiB, more than the 32 kept, so windows
+    // are dropped while loads still read from them and their buffers take other windows.
+    const trees = Array.from({ length: 6000 }, (_, i) => Buffer.from(JSON.stringify({ nodes: [{ name: `t${i}`, pad: randomBytes(1500).toString("base64") }] })));
+    for (const t of trees) await repo.saveBlob("tree", t);
+    await repo.flush();
+    const again = await reopen(dir);
+    assert.ok(again.backend.loadInto, "the local backend reads into given buffers");
+    for (let round = 0; round < 2; round++) {
+      const order = trees.map((_, i) => i).sort(() => Math.random() - 0.5);
+      for (let k = 0; k < order.length; k += 200) {
+        const batch = order.slice(k, k + 200);
+        const got = await Promise.all(batch.map((i) => again.loadBlob("tree", sha256(trees[i]))));
+        got.forEach((g, j) => assert.deepEqual(g, trees[batch[j]], `tree ${batch[j]}`));
+      }
+    }
+  });
+});
+
 test("packs built one after another in the same reused memory each hold their own blobs", async () => {
   await withNewRepo("sitekeep-pack-reuse-", 64 * 1024, async (repo, dir) => {
     // Small packs: 60 blobs make over 10; blobs of different sizes, one larger than a whole pack.

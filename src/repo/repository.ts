@@ -80,6 +80,15 @@ const TREE_BATCHES = 4;
 /** Tree blobs are read in aligned windows of this size, the last TREE_WINDOWS_KEPT kept (8 MiB). */
 const TREE_WINDOW = 256 * 1024;
 const TREE_WINDOWS_KEPT = 32;
+/** Buffers of dropped windows kept for the next reads (beyond them, left to the collector). */
+const WINDOW_BUFFERS_SPARE = 8;
+
+/** A window of a tree pack: its bytes (read once), the loads reading from it, whether it is still kept. */
+interface TreeWindow {
+  bytes: Promise<Buffer>;
+  users: number;
+  dropped: boolean;
+}
 /** loadBlobs reads blobs of a pack in one request when at most NEAR_GAP bytes lie between them, up to NEAR_RANGE bytes. */
 const NEAR_GAP = 64 * 1024;
 const NEAR_RANGE = 4 * 1024 * 1024;
@@ -129,7 +138,9 @@ export class Repository {
   private treeBatchBytes = 0;
   private readonly treeSlots = new Semaphore(TREE_BATCHES);
   /** Recently read windows of tree packs, keyed "packId:offset", least recently used first. */
-  private readonly treeWindows = new Map<string, Promise<Buffer>>();
+  private readonly treeWindows = new Map<string, TreeWindow>();
+  /** Buffers of windows no longer kept, to read the next windows into (backends with loadInto). */
+  private readonly windowBuffers: ArrayBuffer[] = [];
   private uploadError: unknown;
   /** Durable packs not yet named by an index file. */
   private readonly unindexed = new UnindexedPacks();
@@ -703,7 +714,9 @@ export class Repository {
    * A blob's sealed bytes as stored in its pack. Tree blobs are read with their neighbours: a
    * walk over a parent snapshot (or a restore, or a check) loads thousands of small tree blobs
    * that were packed next to each other, and one read per blob cost more than decoding it (on S3,
-   * a request each). Packs never change under their ID, so a window read once stays valid.
+   * a request each). Packs never change under their ID, so a window read once stays valid. A tree
+   * blob is a copy of its bytes: a window's buffer is read into again once it is no longer kept
+   * (a check of the many-files set read ~2,000 windows, 500 MiB, each left to the garbage collector).
    */
   async loadSealed(loc: BlobLocation): Promise<Buffer> {
     const h = { type: "data" as const, name: loc.packId };
@@ -711,20 +724,64 @@ export class Repository {
     const start = loc.offset - (loc.offset % TREE_WINDOW);
     const end = loc.offset + loc.length;
     if (end > start + TREE_WINDOW) return this.backend.load(h, loc.offset, loc.length); // crosses a window edge
-    const key = `${loc.packId}:${start}`;
+    const w = this.treeWindow(loc.packId, start);
+    w.users++;
+    try {
+      const buf = await w.bytes;
+      // A window cut short by the end of the pack holds every blob in it; shorter still means the
+      // pack is damaged, and the exact read reports that as the other blob reads do.
+      if (buf.length < end - start) return await this.backend.load(h, loc.offset, loc.length);
+      return Buffer.from(buf.subarray(loc.offset - start, end - start));
+    } finally {
+      w.users--;
+      if (w.dropped && w.users === 0) this.recycleWindow(w);
+    }
+  }
+
+  /** The window of a tree pack at `start`, kept or read now (the least recently used one dropped). */
+  private treeWindow(packId: string, start: number): TreeWindow {
+    const key = `${packId}:${start}`;
     let w = this.treeWindows.get(key);
-    if (w) this.treeWindows.delete(key); // re-inserted below: the Map's order is the LRU order
-    else {
-      w = this.backend.load(h, start, TREE_WINDOW);
-      w.catch(() => this.treeWindows.delete(key));
-      if (this.treeWindows.size >= TREE_WINDOWS_KEPT) this.treeWindows.delete(this.treeWindows.keys().next().value as string);
+    if (w) {
+      this.treeWindows.delete(key); // re-inserted below: the Map's order is the LRU order
+    } else {
+      if (this.treeWindows.size >= TREE_WINDOWS_KEPT) {
+        const [oldest, old] = this.treeWindows.entries().next().value as [string, TreeWindow];
+        this.treeWindows.delete(oldest);
+        old.dropped = true;
+        if (old.users === 0) this.recycleWindow(old);
+      }
+      w = { bytes: this.readWindow(packId, start), users: 0, dropped: false };
+      const read = w;
+      read.bytes.catch(() => {
+        if (this.treeWindows.get(key) === read) this.treeWindows.delete(key);
+      });
     }
     this.treeWindows.set(key, w);
-    const buf = await w;
-    // A window cut short by the end of the pack holds every blob in it; shorter still means the
-    // pack is damaged, and the exact read reports that as the other blob reads do.
-    if (buf.length < end - start) return this.backend.load(h, loc.offset, loc.length);
-    return buf.subarray(loc.offset - start, end - start);
+    return w;
+  }
+
+  private async readWindow(packId: string, start: number): Promise<Buffer> {
+    const h = { type: "data" as const, name: packId };
+    if (!this.backend.loadInto) return this.backend.load(h, start, TREE_WINDOW);
+    const buf = Buffer.from(this.windowBuffers.pop() ?? new ArrayBuffer(TREE_WINDOW));
+    try {
+      return buf.subarray(0, await this.backend.loadInto(h, buf, start));
+    } catch (err) {
+      this.windowBuffers.push(buf.buffer as ArrayBuffer);
+      throw err;
+    }
+  }
+
+  /** A window no longer kept and no longer read from: its buffer takes the next window. */
+  private recycleWindow(w: TreeWindow): void {
+    if (!this.backend.loadInto) return; // windows from load: left to the collector
+    w.bytes.then(
+      (buf) => {
+        if (buf.buffer.byteLength === TREE_WINDOW && this.windowBuffers.length < WINDOW_BUFFERS_SPARE) this.windowBuffers.push(buf.buffer as ArrayBuffer);
+      },
+      () => undefined,
+    );
   }
 
   lookup(type: BlobType, id: Uint8Array): BlobLocation | undefined {
