@@ -16,8 +16,9 @@ import { BlobIndex, type BlobLocation } from "../repo/blob-index.js";
 import { type PackVerdict, packEntries, verifyBlobsInBackground, verifyPackInBackground } from "../repo/blob-codec.js";
 import { verifyPackInWorker } from "../repo/blob-workers.js";
 import { EXTENSION } from "../repo/crypto.js";
-import { isIdHex, shortId } from "../repo/id.js";
+import { ID_SIZE, isIdHex, shortId } from "../repo/id.js";
 import { type IndexFileJSON, parseIndexFile } from "../repo/index-file.js";
+import { type IndexTable, scanIndexText } from "../repo/index-table.js";
 import { type PackedBlob, headerSize, parsePackTail } from "../repo/pack.js";
 import { PieceBuffers, type StreamedVerdict, streamable, verifyPackStreamed } from "../repo/pack-verifier.js";
 import { type Repository, mapLimit } from "../repo/repository.js";
@@ -237,15 +238,20 @@ class Checker {
     const multiply = new Set<string>();
     await mapLimit(ids, INDEX_CONCURRENCY, async (id) => {
       let file: IndexFileJSON | undefined;
+      let table: IndexTable | undefined;
       try {
-        file = parseIndexFile(await this.repo.loadJSON<unknown>("index", id), id);
+        const text = await this.repo.loadUnpacked("index", id);
+        // Straight into arrays; as JSON (checked entry by entry) when not in the shape restic writes.
+        table = scanIndexText(text);
+        if (!table) file = parseIndexFile(JSON.parse(text.toString("utf8")), id);
       } catch (err) {
         this.indexProblems.push(
           this.problem({ kind: "index", file: `index/${id}`, message: `index file index/${id} cannot be read: ${oneLine(errorMessage(err))}` }),
         );
       }
       // Added as each arrives, so only a few parsed files are held at once.
-      if (file) this.addIndexFile(id, file, multiply);
+      if (table) this.addIndexTable(id, table, multiply);
+      else if (file) this.addIndexFile(id, file, multiply);
       this.progress("index", ++done, ids.length);
     });
     if (multiply.size) {
@@ -256,6 +262,39 @@ class Checker {
     }
     for (let i = 0; i < this.idx.size; i++) this.packs.get(this.idx.at(i).packId)?.entries.push(i);
     return ids;
+  }
+
+  /** addIndexFile for a file read into arrays (its IDs, types and numbers are valid by then). */
+  private addIndexTable(indexId: string, t: IndexTable, multiply: Set<string>): void {
+    const bad: string[] = [];
+    let i = 0;
+    t.packs.forEach((packId, p) => {
+      const first = i;
+      while (i < t.count && t.packOf[i] === p) i++;
+      if (this.packs.has(packId)) {
+        multiply.add(packId);
+        return;
+      }
+      const ulens: PackedBlob[] = [];
+      let dataBytes = 0;
+      for (let k = first; k < i; k++) {
+        dataBytes += t.numbers[3 * k + 1];
+        ulens.push({ uncompressedLength: t.numbers[3 * k + 2] } as PackedBlob);
+      }
+      if (ulens.some((_, k) => t.numbers[3 * (first + k) + 1] < EXTENSION)) {
+        bad.push(`pack ${shortId(packId)} has an invalid blob entry`);
+        return;
+      }
+      const info: PackInfo = { count: i - first, dataBytes, headerBytes: headerSize(ulens), indexFile: indexId, entries: [] };
+      for (let k = first; k < i; k++) {
+        const id = t.ids.subarray(k * ID_SIZE, (k + 1) * ID_SIZE);
+        const type = t.trees[k] ? "tree" : "data";
+        const [offset, length, ulen] = [t.numbers[3 * k], t.numbers[3 * k + 1], t.numbers[3 * k + 2]];
+        if (!this.idx.add(id, type, packId, offset, length, ulen)) (info.dups ??= []).push({ id: Buffer.from(id), type, offset, length, uncompressedLength: ulen });
+      }
+      this.packs.set(packId, info);
+    });
+    this.reportInvalid(indexId, bad);
   }
 
   private addIndexFile(indexId: string, file: IndexFileJSON, multiply: Set<string>): void {
@@ -296,6 +335,11 @@ class Checker {
       }
       this.packs.set(p.id, info);
     }
+    this.reportInvalid(indexId, bad);
+  }
+
+  /** The problem of an index file with invalid entries (none: nothing). */
+  private reportInvalid(indexId: string, bad: string[]): void {
     if (bad.length) {
       this.indexProblems.push(
         this.problem({

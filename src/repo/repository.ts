@@ -13,8 +13,9 @@ import { encodeInWorker } from "./blob-workers.js";
 import { packUnpacked, packUnpackedAsync, unpackUnpacked, unpackUnpackedAsync, compress, compressAsync, compressesInBackground, decompressAsync } from "./compression.js";
 import { type RepoConfig, SUPPORTED_VERSIONS } from "./config.js";
 import { type MasterKey, newRandomKey, open, openAsync, seal, sealAsync } from "./crypto.js";
-import { hashHex, hashHexAsync, isIdHex, sha256, sha256Async } from "./id.js";
+import { ID_SIZE, hashHex, hashHexAsync, isIdHex, sha256, sha256Async } from "./id.js";
 import { type IndexFileJSON, UnindexedPacks, parseIndexFile } from "./index-file.js";
+import { type IndexTable, scanIndexText } from "./index-table.js";
 import { addKey, openWithPassword, type KdfParams } from "./keyfile.js";
 import { type BlobType, PackBuilder, type PackedBlob } from "./pack.js";
 import { StreamedPack } from "./pack-stream.js";
@@ -314,9 +315,13 @@ export class Repository {
     const fresh = new BlobIndex();
     const ids = await this.listIds("index");
     await mapLimit(ids, 4, async (id) => {
-      let file: IndexFileJSON;
+      let table: IndexTable | undefined;
+      let file: IndexFileJSON | undefined;
       try {
-        file = parseIndexFile(await this.loadJSON<unknown>("index", id), id);
+        const text = await this.loadUnpacked("index", id);
+        // Straight into arrays; as JSON only when it is not in the shape restic writes.
+        table = scanIndexText(text);
+        if (!table) file = parseIndexFile(JSON.parse(text.toString("utf8")), id);
       } catch (err) {
         if (onError) return onError(id, err);
         throw new SitekeepError("repo.index", `index file ${id} cannot be read: ${errorMessage(err)}`, {
@@ -324,7 +329,8 @@ export class Repository {
           cause: err,
         });
       }
-      addIndexFile(fresh, file);
+      if (table) addIndexTable(fresh, table);
+      else if (file) addIndexFile(fresh, file);
     });
     this.#index = fresh;
     return ids;
@@ -930,6 +936,12 @@ export class Repository {
 }
 
 export { mapLimit } from "../util/concurrency.js";
+
+function addIndexTable(index: BlobIndex, t: IndexTable): void {
+  for (let i = 0; i < t.count; i++) {
+    index.add(t.ids.subarray(i * ID_SIZE, (i + 1) * ID_SIZE), t.trees[i] ? "tree" : "data", t.packs[t.packOf[i]], t.numbers[3 * i], t.numbers[3 * i + 1], t.numbers[3 * i + 2]);
+  }
+}
 
 function addIndexFile(index: BlobIndex, file: IndexFileJSON): void {
   for (const p of file.packs) {
