@@ -70,8 +70,8 @@
 #define SK_DECODE_MAX (64u << 20)
 /* Scratch buffers grown past this are given back after the call. */
 #define SK_SCRATCH_KEEP (16u << 20)
-/* verify_one's step: zstd's recommended output size is 128 KiB plus a block. */
-#define SK_VERIFY_STEP (256u << 10)
+/* decode_one and verify_one decrypt and decompress in steps of this (zstd suggests 128 KiB plus a block). */
+#define SK_STREAM_STEP (256u << 10)
 #define SK_ZSTD_DST_TOO_SMALL 70 /* ZSTD_error_dstSize_tooSmall, zstd_errors.h (a stable value) */
 
 enum {
@@ -128,7 +128,6 @@ static struct {
   sk_opaque *(*zstd_dctx_new)(void);
   size_t (*zstd_dctx_free)(sk_opaque *);
   size_t (*zstd_compress)(sk_opaque *, void *, size_t, const void *, size_t, int);
-  size_t (*zstd_decompress)(sk_opaque *, void *, size_t, const void *, size_t);
   size_t (*zstd_decompress_stream)(sk_opaque *, sk_zstd_out *, sk_zstd_in *);
   size_t (*zstd_dctx_reset)(sk_opaque *, int);
   size_t (*zstd_bound)(size_t);
@@ -172,7 +171,7 @@ static void find_lib(void) {
   void *z = open_zstd();
   bool zstd = z != NULL && FIND(z, zstd_cctx_new, "ZSTD_createCCtx") && FIND(z, zstd_cctx_free, "ZSTD_freeCCtx") &&
               FIND(z, zstd_dctx_new, "ZSTD_createDCtx") && FIND(z, zstd_dctx_free, "ZSTD_freeDCtx") &&
-              FIND(z, zstd_compress, "ZSTD_compressCCtx") && FIND(z, zstd_decompress, "ZSTD_decompressDCtx") &&
+              FIND(z, zstd_compress, "ZSTD_compressCCtx") &&
               FIND(z, zstd_decompress_stream, "ZSTD_decompressStream") && FIND(z, zstd_dctx_reset, "ZSTD_DCtx_reset") &&
               FIND(z, zstd_bound, "ZSTD_compressBound") && FIND(z, zstd_is_error, "ZSTD_isError") &&
               FIND(z, zstd_error_code, "ZSTD_getErrorCode");
@@ -746,10 +745,31 @@ static int decode_one(sk_codec *c, const uint8_t *sealed, size_t len, size_t ule
   if (ulen == 0) {
     if (!ctr(c, iv, ct, clen, dst)) goto fail;
   } else {
-    if (!scratch_fit(&c->body, clen > 0 ? clen : 1) || !ctr(c, iv, ct, clen, c->body.p)) goto fail;
-    size_t r = lib.zstd_decompress(c->dctx, dst, ulen, c->body.p, clen);
-    if (lib.zstd_is_error(r)) return lib.zstd_error_code(r) == SK_ZSTD_DST_TOO_SMALL ? SK_DECODE_LENGTH : SK_DECODE_CORRUPT;
-    if (r != ulen) return SK_DECODE_LENGTH;
+    /* Decrypted SK_STREAM_STEP bytes at a time and decompressed into dst as a stream: decrypting
+     * a compressed blob whole took a scratch buffer its size, which each pool thread kept (up to
+     * 16 MiB) through a restore. */
+    if (!scratch_fit(&c->body, SK_STREAM_STEP) || lib.encrypt_init(c->ctr, NULL, NULL, NULL, iv) != 1 ||
+        lib.zstd_is_error(lib.zstd_dctx_reset(c->dctx, SK_ZSTD_RESET_SESSION))) {
+      goto fail;
+    }
+    sk_zstd_out out = {dst, ulen, 0};
+    size_t last = 0;
+    for (size_t done = 0; done < clen;) {
+      size_t n = clen - done < SK_STREAM_STEP ? clen - done : SK_STREAM_STEP;
+      int outl = 0;
+      if (lib.encrypt_update(c->ctr, c->body.p, &outl, ct + done, (int)n) != 1 || (size_t)outl != n) goto fail;
+      done += n;
+      sk_zstd_in in = {c->body.p, n, 0};
+      while (in.pos < in.size) {
+        size_t in0 = in.pos, out0 = out.pos;
+        last = lib.zstd_decompress_stream(c->dctx, &out, &in);
+        if (lib.zstd_is_error(last)) return SK_DECODE_CORRUPT;
+        if (in.pos == in0 && out.pos == out0) return SK_DECODE_LENGTH; /* dst is full: longer than the index says */
+      }
+    }
+    if (clen == 0) return SK_DECODE_CORRUPT;
+    if (last != 0) return out.pos == ulen ? SK_DECODE_LENGTH : SK_DECODE_CORRUPT; /* more to come, or cut short */
+    if (out.pos != ulen) return SK_DECODE_LENGTH;
     plen = ulen;
   }
   if (!sha256(c, dst, plen, digest)) goto fail;
@@ -761,7 +781,7 @@ fail:
 
 /*
  * Verifies a blob as decode_one does (the same statuses) without its plaintext: it is decrypted,
- * decompressed and hashed SK_VERIFY_STEP bytes at a time through two small scratch buffers. A check
+ * decompressed and hashed SK_STREAM_STEP bytes at a time through two small scratch buffers. A check
  * decoding whole blobs needed two buffers of up to 8 MiB per pool thread, grown and freed again.
  */
 static int verify_one(sk_codec *c, const uint8_t *sealed, size_t len, size_t ulen, const uint8_t *id, bool *failed) {
@@ -773,14 +793,14 @@ static int verify_one(sk_codec *c, const uint8_t *sealed, size_t len, size_t ule
   unsigned int dlen = 0;
   if (!poly1305_aes(c, iv, ct, clen, tag)) goto fail;
   if (lib.memcmp(tag, ct + clen, SK_MAC) != 0) return SK_DECODE_MAC;
-  if (!scratch_fit(&c->body, SK_VERIFY_STEP) || (ulen > 0 && !scratch_fit(&c->extra, SK_VERIFY_STEP)) ||
+  if (!scratch_fit(&c->body, SK_STREAM_STEP) || (ulen > 0 && !scratch_fit(&c->extra, SK_STREAM_STEP)) ||
       lib.digest_init(c->md, lib.sha256, NULL) != 1 || lib.encrypt_init(c->ctr, NULL, NULL, NULL, iv) != 1 ||
       (ulen > 0 && lib.zstd_is_error(lib.zstd_dctx_reset(c->dctx, SK_ZSTD_RESET_SESSION)))) {
     goto fail;
   }
   size_t plen = 0, last = 0;
   for (size_t done = 0; done < clen;) {
-    size_t n = clen - done < SK_VERIFY_STEP ? clen - done : SK_VERIFY_STEP;
+    size_t n = clen - done < SK_STREAM_STEP ? clen - done : SK_STREAM_STEP;
     int outl = 0;
     if (lib.encrypt_update(c->ctr, c->body.p, &outl, ct + done, (int)n) != 1 || (size_t)outl != n) goto fail;
     done += n;
@@ -793,7 +813,7 @@ static int verify_one(sk_codec *c, const uint8_t *sealed, size_t len, size_t ule
      * input also drains the output; `last` is 0 once a frame has ended there. */
     sk_zstd_in in = {c->body.p, n, 0};
     while (in.pos < in.size) {
-      sk_zstd_out out = {c->extra.p, SK_VERIFY_STEP, 0};
+      sk_zstd_out out = {c->extra.p, SK_STREAM_STEP, 0};
       last = lib.zstd_decompress_stream(c->dctx, &out, &in);
       if (lib.zstd_is_error(last)) return SK_DECODE_CORRUPT;
       if (out.pos > ulen - plen) return SK_DECODE_LENGTH;
