@@ -100,6 +100,9 @@ interface TreeDamage {
 }
 
 const NO_DAMAGE: TreeDamage = { self: [], inner: new Map() };
+const NO_PROBLEMS: ReadonlySet<number> = new Set();
+/** A blob ID's bytes for an index lookup (the walk runs on this thread, one lookup at a time). */
+const ID_SCRATCH = Buffer.alloc(ID_SIZE);
 
 /** A problem found in a pack's data: it damages the blobs named, or the whole pack. */
 interface PackFinding {
@@ -260,7 +263,7 @@ class Checker {
     if (this.idx.duplicates) {
       this.notices.push(`${this.idx.duplicates} blob(s) are stored more than once (harmless; prune removes the extra copies)`);
     }
-    for (let i = 0; i < this.idx.size; i++) this.packs.get(this.idx.at(i).packId)?.entries.push(i);
+    for (let i = 0; i < this.idx.size; i++) this.packs.get(this.idx.packIdAt(i))?.entries.push(i);
     return ids;
   }
 
@@ -617,7 +620,7 @@ class Checker {
       const p = this.problem({ kind: "tree", message: `tree ${shortId(id)}… (${this.where(snapshot, path)}) is not in the index` });
       return { self: [p, ...this.indexProblems], inner: new Map() };
     }
-    const self = this.blobProblems(id, loc);
+    const self = this.blobProblems(id, loc.packId);
     let nodes: NodeJSON[];
     if (this.packDamage.has(loc.packId) && !this.present.has(loc.packId)) {
       self.push(this.problem({ kind: "tree", file: packFile(loc.packId), message: `tree ${shortId(id)}… (${this.where(snapshot, path)}) is in missing pack ${packFile(loc.packId)}` }));
@@ -643,15 +646,14 @@ class Checker {
     const dirs: { name: string; subtree: string }[] = [];
     for (const node of nodes) {
       const name = displayName(node);
-      const at = joinPath(path, name);
       if (node.type === "dir") {
         if (typeof node.subtree !== "string" || !isIdHex(node.subtree)) {
-          add([this.problem({ kind: "tree", message: `tree ${shortId(id)}…: directory ${this.where(snapshot, at)} has no valid subtree` })], name);
+          add([this.problem({ kind: "tree", message: `tree ${shortId(id)}…: directory ${this.where(snapshot, joinPath(path, name))} has no valid subtree` })], name);
         } else {
           dirs.push({ name, subtree: node.subtree });
         }
       } else if (node.type === "file") {
-        add(this.checkFile(node, snapshot, at, id), name);
+        add(this.checkFile(node, snapshot, path, name, id), name);
       }
     }
     const subs = new Array<TreeDamage>(dirs.length);
@@ -677,50 +679,53 @@ class Checker {
     return self.length || inner.size ? { self, inner } : NO_DAMAGE;
   }
 
-  /** Problems that endanger a blob at `loc`: its pack damaged as a whole, or the blob itself damaged. */
-  private blobProblems(hex: string, loc: BlobLocation): number[] {
-    return [...(this.packDamage.get(loc.packId) ?? []), ...(this.blobDamage.get(hex) ?? [])];
+  /** Problems that endanger a blob in `packId`: its pack damaged as a whole, or the blob itself damaged. */
+  private blobProblems(hex: string, packId: string): number[] {
+    return [...(this.packDamage.get(packId) ?? []), ...(this.blobDamage.get(hex) ?? [])];
   }
 
-  /** Checks a file node's content; returns the problems that affect it. */
-  private checkFile(node: NodeJSON, snapshot: string, at: string, treeId: string): Set<number> {
-    const problems = new Set<number>();
+  /**
+   * Checks a file node's content (at `name` in the tree at `path`); returns the problems that
+   * affect it. Called for every file of every snapshot walked: nothing is allocated for a file
+   * without problems (a Set, a path, a location and an ID buffer per blob were most of the
+   * many-files check's garbage).
+   */
+  private checkFile(node: NodeJSON, snapshot: string, path: string, name: string, treeId: string): ReadonlySet<number> {
+    let problems: Set<number> | undefined;
+    const found = (p: number): Set<number> => (problems ??= new Set()).add(p);
+    const where = (): string => this.where(snapshot, joinPath(path, name));
     const content = node.content ?? [];
-    if (!Array.isArray(content)) {
-      problems.add(this.problem({ kind: "tree", message: `tree ${shortId(treeId)}…: file ${this.where(snapshot, at)} has an invalid content list` }));
-      return problems;
-    }
+    if (!Array.isArray(content)) return found(this.problem({ kind: "tree", message: `tree ${shortId(treeId)}…: file ${where()} has an invalid content list` }));
+    const damaged = this.packDamage.size > 0 || this.blobDamage.size > 0;
     let size = 0;
     let missing = 0;
     let firstMissing = "";
     for (const hex of content) {
       if (typeof hex !== "string" || !isIdHex(hex)) {
-        problems.add(this.problem({ kind: "tree", message: `tree ${shortId(treeId)}…: file ${this.where(snapshot, at)} names an invalid blob ID` }));
-        return problems;
+        return found(this.problem({ kind: "tree", message: `tree ${shortId(treeId)}…: file ${where()} names an invalid blob ID` }));
       }
-      const loc = this.idx.get(Buffer.from(hex, "hex"), "data");
-      if (!loc) {
+      ID_SCRATCH.write(hex, "hex");
+      const i = this.idx.find(ID_SCRATCH, "data");
+      if (i < 0) {
         if (!missing) firstMissing = hex;
         missing++;
         continue;
       }
-      size += loc.uncompressedLength || loc.length - EXTENSION;
-      for (const p of this.blobProblems(hex, loc)) problems.add(p);
+      size += this.idx.uncompressedLengthAt(i) || this.idx.lengthAt(i) - EXTENSION;
+      if (damaged) for (const p of this.blobProblems(hex, this.idx.packIdAt(i))) found(p);
     }
     if (missing) {
-      problems.add(
+      found(
         this.problem({
           kind: "missing-blob",
-          message: `file ${this.where(snapshot, at)}: ${missing} of ${content.length} content blobs are not in the index (first: ${shortId(firstMissing)}…)`,
+          message: `file ${where()}: ${missing} of ${content.length} content blobs are not in the index (first: ${shortId(firstMissing)}…)`,
         }),
       );
-      for (const p of this.indexProblems) problems.add(p);
+      for (const p of this.indexProblems) found(p);
     } else if (size !== (node.size ?? 0)) {
-      problems.add(
-        this.problem({ kind: "tree", message: `tree ${shortId(treeId)}…: file ${this.where(snapshot, at)} has size ${node.size ?? 0} but its content holds ${size} bytes` }),
-      );
+      found(this.problem({ kind: "tree", message: `tree ${shortId(treeId)}…: file ${where()} has size ${node.size ?? 0} but its content holds ${size} bytes` }));
     }
-    return problems;
+    return problems ?? NO_PROBLEMS;
   }
 
   private async loadTree(id: string, loc: BlobLocation): Promise<NodeJSON[]> {

@@ -66,6 +66,19 @@ export class BlobIndex {
     };
   }
 
+  /** Entry i's pack, stored length and uncompressed length (0: not compressed), without a location object. */
+  packIdAt(i: number): string {
+    return this.packIds[this.packOf[i]];
+  }
+
+  lengthAt(i: number): number {
+    return this.lengths[i];
+  }
+
+  uncompressedLengthAt(i: number): number {
+    return this.ulens[i];
+  }
+
   idAt(i: number): Buffer {
     return Buffer.from(this.keys.idAt(i));
   }
