@@ -280,11 +280,13 @@ class Checker {
       }
       const ulens: PackedBlob[] = [];
       let dataBytes = 0;
+      let invalid = false;
       for (let k = first; k < i; k++) {
         dataBytes += t.numbers[3 * k + 1];
+        invalid ||= t.numbers[3 * k + 1] < EXTENSION;
         ulens.push({ uncompressedLength: t.numbers[3 * k + 2] } as PackedBlob);
       }
-      if (ulens.some((_, k) => t.numbers[3 * (first + k) + 1] < EXTENSION)) {
+      if (invalid) {
         bad.push(`pack ${shortId(packId)} has an invalid blob entry`);
         return;
       }
