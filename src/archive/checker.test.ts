@@ -218,6 +218,29 @@ test("a flipped byte in an index file is an error naming it", async () => {
   assert.ok(!kinds(r).includes("missing-pack"));
 });
 
+test("an index entry that differs from its pack's header is a pack error naming the entry", async () => {
+  const f = await makeRepo();
+  // Rewrite the index so that the second blob of a pack with several (a tree pack here: each data
+  // blob fills a pack of its own) has the other type: the pack's bytes and size still match, only
+  // the header comparison can see it.
+  const [indexId] = (await fsp.readdir(join(f.dir, "index"))).sort();
+  const file = JSON.parse((await f.repo.loadUnpacked("index", indexId)).toString("utf8")) as {
+    packs: { id: string; blobs: { id: string; type: string; offset: number }[] }[];
+  };
+  const pack = file.packs.find((p) => p.blobs.length >= 2);
+  assert.ok(pack, "a pack with two blobs or more");
+  const changed = [...pack.blobs].sort((a, b) => a.offset - b.offset)[1];
+  const was = changed.type;
+  changed.type = was === "tree" ? "data" : "tree";
+  await f.repo.saveUnpacked("index", Buffer.from(JSON.stringify(file)));
+  await fsp.rm(join(f.dir, "index", indexId));
+  const r = await checkRepository(await Repository.open(new LocalBackend(f.dir), PW), { readData: true });
+  const e = r.errors.find((x) => x.kind === "pack");
+  assert.ok(e, JSON.stringify(r.errors));
+  assert.equal(e.file, `data/${pack.id.slice(0, 2)}/${pack.id}`);
+  assert.match(e.message, new RegExp(`header entry 1 \\(${was} blob ${changed.id.slice(0, 8)}… at ${changed.offset}\\+\\d+\\) differs from the index \\(${changed.type} blob ${changed.id.slice(0, 8)}…`));
+});
+
 test("a flipped byte in a snapshot file is an error naming it", async () => {
   const f = await makeRepo();
   const id = f.snapshots[1];

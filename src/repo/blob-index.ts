@@ -79,8 +79,21 @@ export class BlobIndex {
     return this.ulens[i];
   }
 
+  offsetAt(i: number): number {
+    return this.offsets[i];
+  }
+
+  typeAt(i: number): BlobType {
+    return this.keys.typeAt(i);
+  }
+
   idAt(i: number): Buffer {
     return Buffer.from(this.keys.idAt(i));
+  }
+
+  /** Entry i's ID as a view into the index (valid until the next add): for copying, without a buffer per call. */
+  idBytesAt(i: number): Uint8Array {
+    return this.keys.idAt(i);
   }
 
   /** Adds a blob; returns false when it was already indexed (the first location wins). */

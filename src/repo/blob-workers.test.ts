@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { batchBlob, encodeBatch } from "./blob-codec.js";
+import { batchBlob, encodeBatch, packEntries } from "./blob-codec.js";
 import { decompress } from "./compression.js";
 import { newRandomKey, open } from "./crypto.js";
 import { blobWorkerState, encodeInWorker } from "./blob-workers.js";
@@ -44,13 +44,14 @@ test("a pack is verified on a worker (damage found per blob), and again on this 
   // A pack large enough (~16 MB) that the worker is still at it when it is killed below.
   const blobs = [Buffer.from("a".repeat(5000)), randomBytes(16_000_000), Buffer.from("last")];
   const enc = encodeBatch(key, true, Buffer.concat(blobs), [0, 5000, 16_005_000], blobs.map((b) => b.length));
-  const entries = blobs.map((_, i) => {
+  const list = blobs.map((_, i) => {
     const b = batchBlob(enc, i);
     return { id: b.id, offset: i === 0 ? 0 : enc.ends[i - 1], length: b.sealed.length, uncompressedLength: b.uncompressedLength };
   });
+  const entries = packEntries(list);
   const pack = Buffer.from(enc.sealed); // a "pack" of three blobs, without a header
   const damaged = Buffer.from(pack);
-  damaged[entries[1].offset + 100] ^= 1;
+  damaged[list[1].offset + 100] ^= 1;
   const fresh = (b: Buffer): Uint8Array => new Uint8Array(b); // owns its memory: handed to the worker
 
   const good = await verifyPackInWorker(key, fresh(pack), entries, async () => fresh(pack));

@@ -7,7 +7,7 @@
 // thread with the same code (blob-codec.ts).
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import { type EncodedBatch, type KeyBytes, type PackEntry, type PackVerdict, encodeBatch, keyFromBytes, packEntries, verifyPack } from "./blob-codec.js";
+import { type EncodedBatch, type KeyBytes, type PackEntries, type PackVerdict, encodeBatch, keyFromBytes, verifyPack } from "./blob-codec.js";
 import type { BlobRequest } from "./blob-worker.js";
 
 interface Slot {
@@ -167,7 +167,7 @@ export async function encodeInWorker(key: KeyBytes, compress: boolean, data: Uin
 export async function verifyPackInWorker(
   key: KeyBytes,
   pack: Uint8Array,
-  entries: PackEntry[],
+  entries: PackEntries,
   reload: () => Promise<Uint8Array>,
   lend = false,
 ): Promise<PackVerdict & { buffer?: ArrayBuffer }> {
@@ -175,7 +175,7 @@ export async function verifyPackInWorker(
   if (w.usable) {
     const own = pack.byteOffset === 0 && pack.buffer instanceof ArrayBuffer && (lend || pack.byteLength === pack.buffer.byteLength);
     const sent = own ? pack : new Uint8Array(pack);
-    const packed = packEntries(entries);
+    const packed: PackEntries = { ids: entries.ids.slice(), spans: entries.spans.slice() }; // copies: these go to the worker
     try {
       const req: Request = { kind: "verify", key, pack: sent, entries: packed, lend: lend && own };
       const transfer = [sent.buffer, packed.ids.buffer, packed.spans.buffer] as ArrayBuffer[];
@@ -184,5 +184,5 @@ export async function verifyPackInWorker(
       pack = await reload();
     }
   }
-  return verifyPack(keyFromBytes(key), pack, packEntries(entries));
+  return verifyPack(keyFromBytes(key), pack, entries);
 }

@@ -4,7 +4,7 @@
 // compare with the index. A whole pack in one buffer took 17-19 MiB per pack in flight; pieces of
 // PIECE_SIZE take a quarter of that (bench/README.md, "What session 16 changed").
 import { releaseBuffer } from "../platform/native.js";
-import type { BackgroundBlobVerifier, PackEntry, PackVerdict } from "./blob-codec.js";
+import type { BackgroundBlobVerifier, PackEntries, PackVerdict } from "./blob-codec.js";
 import type { MasterKey } from "./crypto.js";
 import { ID_SIZE, sha256Stream } from "./id.js";
 
@@ -46,30 +46,41 @@ export class PieceBuffers {
   }
 }
 
+/** How many blobs `entries` lists. */
+function countOf(entries: PackEntries): number {
+  return entries.spans.length / 3;
+}
+
+/** Where entry i ends in the pack. */
+function endOf(entries: PackEntries, i: number): number {
+  return entries.spans[3 * i] + entries.spans[3 * i + 1];
+}
+
 /**
  * Whether `entries` (in offset order) can be verified piece by piece: blobs that neither overlap
  * nor reach past `size`. An index that says otherwise is damaged; the whole-pack path reports it.
  */
-export function streamable(entries: readonly PackEntry[], size: number): boolean {
+export function streamable(entries: PackEntries, size: number): boolean {
   let end = 0;
-  for (const e of entries) {
-    if (e.offset < end || e.length <= 0) return false;
-    end = e.offset + e.length;
+  for (let i = 0; i < countOf(entries); i++) {
+    if (entries.spans[3 * i] < end || entries.spans[3 * i + 1] <= 0) return false;
+    end = endOf(entries, i);
   }
   return end <= size;
 }
 
 /** Cuts [0, end of the last blob) into pieces of whole blobs: [start, end, first entry, entry count]. */
-export function pieces(entries: readonly PackEntry[]): [number, number, number, number][] {
+export function pieces(entries: PackEntries): [number, number, number, number][] {
   const out: [number, number, number, number][] = [];
+  const n = countOf(entries);
   let i = 0;
   let start = 0;
-  while (i < entries.length) {
+  while (i < n) {
     const first = i;
-    let end = entries[i].offset + entries[i].length;
+    let end = endOf(entries, i);
     i++;
-    while (i < entries.length && entries[i].offset + entries[i].length - start <= PIECE_SIZE) {
-      end = entries[i].offset + entries[i].length;
+    while (i < n && endOf(entries, i) - start <= PIECE_SIZE) {
+      end = endOf(entries, i);
       i++;
     }
     out.push([start, end, first, i - first]);
@@ -85,7 +96,7 @@ export function pieces(entries: readonly PackEntry[]): [number, number, number, 
 export async function verifyPackStreamed(
   key: MasterKey,
   size: number,
-  entries: readonly PackEntry[],
+  entries: PackEntries,
   read: RangeReader,
   buffers: PieceBuffers,
   verifyBlobs: BackgroundBlobVerifier,
@@ -96,15 +107,9 @@ export async function verifyPackStreamed(
     const buf = buffers.take(end - start);
     try {
       await readAll(read, buf, start);
-      const ids = new Uint8Array(ID_SIZE * count);
-      const spans = new Float64Array(3 * count);
-      for (let k = 0; k < count; k++) {
-        const e = entries[first + k];
-        ids.set(e.id, ID_SIZE * k);
-        spans[3 * k] = e.offset - start;
-        spans[3 * k + 1] = e.length;
-        spans[3 * k + 2] = e.uncompressedLength;
-      }
+      const ids = entries.ids.subarray(ID_SIZE * first, ID_SIZE * (first + count));
+      const spans = entries.spans.slice(3 * first, 3 * (first + count));
+      for (let k = 0; k < count; k++) spans[3 * k] -= start; // offsets within the piece
       // Both read `buf` on the thread pool; neither changes it. Both settle before `buf` is given
       // back (and maybe freed), even when one fails.
       const [found, hashed] = await Promise.allSettled([verifyBlobs(key, buf, { ids, spans }), hash.update(buf)]);
@@ -115,8 +120,8 @@ export async function verifyPackStreamed(
       buffers.give(buf);
     }
   }
-  const last = entries.at(-1);
-  const dataEnd = last ? last.offset + last.length : 0;
+  const n = countOf(entries);
+  const dataEnd = n ? endOf(entries, n - 1) : 0;
   const tail = Buffer.alloc(size - dataEnd);
   if (tail.length) await readAll(read, tail, dataEnd);
   await hash.update(tail);

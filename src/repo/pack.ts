@@ -52,9 +52,40 @@ export function encodeHeader(key: MasterKey, blobs: readonly PackedBlob[]): Buff
   return out;
 }
 
-export function decodeHeader(key: MasterKey, sealedHeader: Buffer, packName: string): PackedBlob[] {
+/**
+ * A pack's blobs as arrays: one allocation per field rather than an object and an ID buffer per
+ * blob (a pack of tiny files lists ~40,000 blobs). Its `ids` and `spans` are a PackEntries.
+ */
+export interface BlobTable {
+  count: number;
+  /** 32 bytes per blob. */
+  ids: Uint8Array;
+  /** 1 for a tree blob, 0 for a data blob. */
+  trees: Uint8Array;
+  /** (offset, sealed length, plaintext length when compressed else 0) per blob. */
+  spans: Float64Array;
+}
+
+/** Entry i of a table as a PackedBlob (its ID copied). */
+export function tableEntry(t: BlobTable, i: number): PackedBlob {
+  return {
+    id: Buffer.from(t.ids.subarray(32 * i, 32 * i + 32)),
+    type: t.trees[i] ? "tree" : "data",
+    offset: t.spans[3 * i],
+    length: t.spans[3 * i + 1],
+    uncompressedLength: t.spans[3 * i + 2],
+  };
+}
+
+/** Decrypts and reads a pack header into a table. */
+export function decodeHeaderTable(key: MasterKey, sealedHeader: Buffer, packName: string): BlobTable {
   const plain = open(key, sealedHeader);
-  const blobs: PackedBlob[] = [];
+  // Every entry takes at least ENTRY_PLAIN bytes: the arrays are sized for that many and cut.
+  const most = Math.floor(plain.length / ENTRY_PLAIN);
+  const ids = new Uint8Array(32 * most);
+  const trees = new Uint8Array(most);
+  const spans = new Float64Array(3 * most);
+  let n = 0;
   let o = 0;
   let offset = 0;
   while (o < plain.length) {
@@ -69,29 +100,39 @@ export function decodeHeader(key: MasterKey, sealedHeader: Buffer, packName: str
       uncompressedLength = plain.readUInt32LE(o);
       o += 4;
     }
-    const id = Buffer.from(plain.subarray(o, o + 32));
+    ids.set(plain.subarray(o, o + 32), 32 * n);
     o += 32;
-    blobs.push({ id, type: t === T_DATA || t === T_DATA_Z ? "data" : "tree", offset, length, uncompressedLength });
+    trees[n] = t === T_TREE || t === T_TREE_Z ? 1 : 0;
+    spans[3 * n] = offset;
+    spans[3 * n + 1] = length;
+    spans[3 * n + 2] = uncompressedLength;
     offset += length;
+    n++;
   }
-  return blobs;
+  return { count: n, ids: ids.subarray(0, 32 * n), trees: trees.subarray(0, n), spans: spans.subarray(0, 3 * n) };
 }
 
-/** Reads the header of a pack given its tail bytes (at least the header and length field). */
-export function parsePackTail(key: MasterKey, tail: Buffer, packSize: number, packName: string): PackedBlob[] {
+/** Reads the header of a pack, as a table, given its tail bytes (at least the header and length field). */
+export function parsePackTailTable(key: MasterKey, tail: Buffer, packSize: number, packName: string): BlobTable {
   if (tail.length < 4) throw new SitekeepError("pack.short", `pack ${packName} is too short (${packSize} bytes)`);
   const hlen = tail.readUInt32LE(tail.length - 4);
   if (hlen + 4 > packSize || hlen < EXTENSION) {
     throw new SitekeepError("pack.header", `pack ${packName}: header length ${hlen} is invalid for a ${packSize}-byte file`);
   }
   if (hlen + 4 > tail.length) throw new RangeError(`need ${hlen + 4} tail bytes`);
-  const blobs = decodeHeader(key, tail.subarray(tail.length - 4 - hlen, tail.length - 4), packName);
+  const t = decodeHeaderTable(key, tail.subarray(tail.length - 4 - hlen, tail.length - 4), packName);
   const dataEnd = packSize - hlen - 4;
-  const last = blobs.length ? blobs[blobs.length - 1] : undefined;
-  if ((last ? last.offset + last.length : 0) !== dataEnd) {
-    throw new SitekeepError("pack.header", `pack ${packName}: header describes ${last ? last.offset + last.length : 0} bytes of blobs, file holds ${dataEnd}`);
+  const described = t.count ? t.spans[3 * t.count - 3] + t.spans[3 * t.count - 2] : 0;
+  if (described !== dataEnd) {
+    throw new SitekeepError("pack.header", `pack ${packName}: header describes ${described} bytes of blobs, file holds ${dataEnd}`);
   }
-  return blobs;
+  return t;
+}
+
+/** Reads the header of a pack given its tail bytes (at least the header and length field). */
+export function parsePackTail(key: MasterKey, tail: Buffer, packSize: number, packName: string): PackedBlob[] {
+  const t = parsePackTailTable(key, tail, packSize, packName);
+  return Array.from({ length: t.count }, (_, i) => tableEntry(t, i));
 }
 
 /**
