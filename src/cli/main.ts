@@ -2,7 +2,7 @@
 // thin; every error becomes one line (or a JSON object with --json) and restic's exit codes.
 import { Command, CommanderError, Option } from "commander";
 import { printError } from "./output.js";
-import { keepHeapCompact } from "../platform/heap-policy.js";
+import { heapPolicyFor, keepHeapCompact } from "../platform/heap-policy.js";
 import { returnLargeBuffersToTheSystem } from "../platform/native.js";
 import type { GlobalOptions } from "./context.js";
 import { PROGRAM_VERSION } from "../version.js";
@@ -213,12 +213,13 @@ function program(): Command {
     .action(run(async (dir: string | undefined, _o, cmd: Command) => (await import("./commands/demo.js")).demoCommand(g(cmd), dir)));
 
   for (const c of [p, ...p.commands, ...key.commands]) c.exitOverride();
+  // Before any command's action: the heap policy that command is measured with.
+  p.hook("preAction", (_p, action) => keepHeapCompact(heapPolicyFor(action.name())));
   return p;
 }
 
 export async function main(argv: string[]): Promise<number> {
   returnLargeBuffersToTheSystem();
-  keepHeapCompact();
   const wantsJson = argv.includes("--json");
   try {
     await program().parseAsync(argv, { from: "user" });

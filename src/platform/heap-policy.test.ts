@@ -10,8 +10,8 @@ const policyUrl = pathToFileURL(fileURLToPath(new URL("./heap-policy.ts", import
 
 const WORKLOAD = `
 import v8 from "node:v8";
-const { keepHeapCompact } = await import(${JSON.stringify(policyUrl)});
-keepHeapCompact();
+const { keepHeapCompact, heapPolicyFor } = await import(${JSON.stringify(policyUrl)});
+keepHeapCompact(heapPolicyFor(process.env.COMMAND ?? "backup"));
 const window = new Array(150000);
 let newSpace = 0, oldSpace = 0;
 for (let i = 0; i < 4000000; i++) {
@@ -59,4 +59,10 @@ test("the policy holds the young generation at 2 × 8 MiB and the old one well u
 test("a semi-space size given to Node wins over the policy", () => {
   const given = heapGrowth({}, ["--max-semi-space-size=16"]);
   assert.ok(given.newSpace > 16 * MiB, `young generation ${given.newSpace / MiB} MiB`);
+});
+
+test("check and restore hold the young generation at 2 × 2 MiB; other commands at 2 × 8 MiB", () => {
+  assert.equal(heapGrowth({ COMMAND: "check" }).newSpace, 4 * MiB);
+  assert.equal(heapGrowth({ COMMAND: "restore" }).newSpace, 4 * MiB);
+  assert.equal(heapGrowth({ COMMAND: "forget" }).newSpace, 16 * MiB);
 });

@@ -27,6 +27,20 @@ export interface HeapPolicy {
  */
 export const COMPACT_HEAP: HeapPolicy = { growingPercent: 100, semiSpaceMiB: 8 };
 
+/**
+ * For commands whose bytes live outside V8's heap and whose objects die young: `check` and
+ * `restore` keep their packs, pieces and blobs in ArrayBuffers, and their live heap is 10-25 MiB.
+ * Two 2 MiB semi-spaces (4 MiB was passed: the policy sees a collection after it, and the many
+ * set's check doubled them twice to 8) took 13-25 MiB off their peaks for the same time
+ * (bench/README.md, "What session 17 changed").
+ */
+export const LEAN_HEAP: HeapPolicy = { growingPercent: 100, semiSpaceMiB: 2 };
+
+/** The policy for a command of the CLI, by its name. */
+export function heapPolicyFor(command: string): HeapPolicy {
+  return command === "check" || command === "restore" ? LEAN_HEAP : COMPACT_HEAP;
+}
+
 const NODE_FLAGS = {
   growing: /(^|\s)--heap[-_]growing[-_]percent\b/,
   semiSpace: /(^|\s)--(max[-_]semi[-_]space[-_]size|semi[-_]space[-_]growth[-_]factor|max[-_]heap[-_]size)\b/,
