@@ -1,5 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { createCipheriv, randomBytes } from "node:crypto";
+import { createRequire } from "node:module";
+import { nativeAddon } from "../platform/native.js";
 import { newRandomKey, open, seal, sealAsync, verifies, keyFromJSON, keyToJSON } from "./crypto.js";
 
 test("sealed data opens with its key, and any flipped bit or other key is refused", () => {
@@ -39,4 +42,19 @@ test("sealAsync (AES-CTR on the thread pool) makes what open() and a counter cro
   const viaWeb = Buffer.from(await webcrypto.subtle.encrypt({ name: "AES-CTR", counter: iv, length: 128 }, k, Buffer.alloc(4096, 7)));
   const c = createCipheriv("aes-256-ctr", key.encrypt, iv);
   assert.deepEqual(viaWeb, Buffer.concat([c.update(Buffer.alloc(4096, 7)), c.final()]));
+});
+
+test("the addon's Poly1305-AES gives libsodium's tags (each is the MAC in one form of the program)", { skip: nativeAddon?.poly1305aes ? false : "needs the addon" }, () => {
+  const sodium = createRequire(import.meta.url)("sodium-native") as { crypto_onetimeauth(out: Buffer, msg: Buffer, key: Buffer): void };
+  for (let t = 0; t < 100; t++) {
+    const key = newRandomKey();
+    const iv = randomBytes(16);
+    const msg = randomBytes(t * 37);
+    const aes = createCipheriv("aes-128-ecb", key.macK, null).setAutoPadding(false);
+    const expected = Buffer.alloc(16);
+    sodium.crypto_onetimeauth(expected, msg, Buffer.concat([key.macR, aes.update(iv)]));
+    const got = nativeAddon!.poly1305aes!(Buffer.concat([key.encrypt, key.macK, key.macR]), iv, msg);
+    assert.ok(got.equals(expected), `message of ${msg.length} bytes`);
+  }
+  assert.throws(() => nativeAddon!.poly1305aes!(Buffer.alloc(64), Buffer.alloc(15), Buffer.alloc(1)), /"iv" is out of range/);
 });

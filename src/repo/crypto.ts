@@ -1,10 +1,13 @@
 // restic's authenticated encryption: AES-256-CTR with a random 16-byte IV, authenticated with
 // Poly1305-AES over the ciphertext; the sealed form is IV || ciphertext || MAC.
-// AES comes from node:crypto; Poly1305 from libsodium (sodium-native) because a JS Poly1305 is
-// several times slower and it sits on the hot path of every blob.
+// AES comes from node:crypto; Poly1305 from our addon (OpenSSL's, native/sitekeep_codec.c) or,
+// without it, from libsodium (sodium-native), because a JS Poly1305 is several times slower and it
+// sits on the hot path of every blob. sodium-native is loaded only then: its JavaScript wrapper
+// and loader cost ~8 MiB of every command's RSS (bench/README.md, "Peak RSS").
 import { type Cipher, createCipheriv, createDecipheriv, randomBytes, randomFillSync, timingSafeEqual, webcrypto } from "node:crypto";
-import sodium from "sodium-native";
+import { createRequire } from "node:module";
 import { SitekeepError } from "../errors.js";
+import { nativeAddon } from "../platform/native.js";
 import { asBuffer } from "../util/bytes.js";
 
 export const IV_SIZE = 16;
@@ -37,6 +40,12 @@ function clampR(r: Buffer): void {
   r[12] &= 252;
 }
 
+/** The 64 bytes the addon takes for a key (AES key, then Poly1305-AES's k and r), made once per key. */
+const addonKeys = new WeakMap<MasterKey, Buffer>();
+
+/** libsodium's Poly1305, loaded the first time it is needed (only without the addon). */
+let sodium: { crypto_onetimeauth(out: Buffer, msg: Buffer, key: Buffer): void } | undefined;
+
 /**
  * One AES-128-ECB cipher per MAC key, reused for every nonce: ECB keeps no state between blocks,
  * and creating a cipher object per blob cost more than the MAC of a small blob itself.
@@ -44,6 +53,11 @@ function clampR(r: Buffer): void {
 const nonceCiphers = new WeakMap<MasterKey, Cipher>();
 
 function poly1305Aes(key: MasterKey, iv: Uint8Array, msg: Uint8Array): Buffer {
+  if (nativeAddon?.poly1305aes) {
+    let k = addonKeys.get(key);
+    if (!k) addonKeys.set(key, (k = Buffer.concat([key.encrypt, key.macK, key.macR])));
+    return nativeAddon.poly1305aes(k, iv, msg);
+  }
   // s = AES-128_k(nonce); the Poly1305 one-time key is r || s.
   let aes = nonceCiphers.get(key);
   if (!aes) {
@@ -56,6 +70,7 @@ function poly1305Aes(key: MasterKey, iv: Uint8Array, msg: Uint8Array): Buffer {
   key.macR.copy(otk, 0);
   s.copy(otk, 16);
   const out = Buffer.allocUnsafe(MAC_SIZE);
+  sodium ??= createRequire(import.meta.url)("sodium-native") as NonNullable<typeof sodium>;
   sodium.crypto_onetimeauth(out, asBuffer(msg), otk);
   return out;
 }
