@@ -1172,6 +1172,17 @@ static napi_value sk_sha256_update_async(napi_env env, napi_callback_info info) 
 }
 
 /* sha256End(hash) -> the 32-byte digest of everything given to sha256UpdateAsync. */
+/* A new Buffer holding a copy of n bytes; NULL with an exception pending when it cannot be made. */
+static napi_value buffer_of(napi_env env, const uint8_t *bytes, size_t n) {
+  napi_value out;
+  void *p;
+  if (napi_create_buffer_copy(env, n, bytes, &p, &out) != napi_ok) {
+    ensure_thrown(env);
+    return NULL;
+  }
+  return out;
+}
+
 static napi_value sk_sha256_end(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   sk_hash_stream *h;
@@ -1183,13 +1194,7 @@ static napi_value sk_sha256_end(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "sha256End: OpenSSL's SHA-256 failed");
     return NULL;
   }
-  napi_value out;
-  void *p;
-  if (napi_create_buffer_copy(env, SK_ID, digest, &p, &out) != napi_ok) {
-    ensure_thrown(env);
-    return NULL;
-  }
-  return out;
+  return buffer_of(env, digest, SK_ID);
 }
 
 /*
@@ -1216,13 +1221,7 @@ static napi_value sk_poly1305aes(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "poly1305aes: OpenSSL's Poly1305 failed");
     return NULL;
   }
-  napi_value out;
-  void *p;
-  if (napi_create_buffer_copy(env, SK_MAC, tag, &p, &out) != napi_ok) {
-    ensure_thrown(env);
-    return NULL;
-  }
-  return out;
+  return buffer_of(env, tag, SK_MAC);
 }
 
 bool sk_codec_define(napi_env env, napi_value exports) {
