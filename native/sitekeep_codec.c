@@ -1171,7 +1171,6 @@ static napi_value sk_sha256_update_async(napi_env env, napi_callback_info info) 
                        &job->deferred);
 }
 
-/* sha256End(hash) -> the 32-byte digest of everything given to sha256UpdateAsync. */
 /* A new Buffer holding a copy of n bytes; NULL with an exception pending when it cannot be made. */
 static napi_value buffer_of(napi_env env, const uint8_t *bytes, size_t n) {
   napi_value out;
@@ -1183,6 +1182,7 @@ static napi_value buffer_of(napi_env env, const uint8_t *bytes, size_t n) {
   return out;
 }
 
+/* sha256End(hash) -> the 32-byte digest of everything given to sha256UpdateAsync. */
 static napi_value sk_sha256_end(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   sk_hash_stream *h;

@@ -10,7 +10,7 @@ import { SitekeepError } from "../errors.js";
 import { type NativeAddon, nativeAddon } from "../platform/native.js";
 import { asBuffer } from "../util/bytes.js";
 import { ZSTD_LEVEL, compress, decompress, decompressInto } from "./compression.js";
-import { type MasterKey, macFailure, open, seal, tooShort } from "./crypto.js";
+import { type MasterKey, keyBytes, macFailure, open, seal, tooShort } from "./crypto.js";
 import { ID_SIZE, hashHex, sha256 } from "./id.js";
 
 /** The blobs of a batch, in the order given: IDs, sealed bytes back to back, and their sizes. */
@@ -231,17 +231,6 @@ function decodeError(status: number, id: Uint8Array, sealedLength: number): Erro
   }
 }
 
-/** The 64 bytes the addon takes for a key (AES key, then Poly1305-AES's k and r), made once per key. */
-const keyBytesOf = new WeakMap<MasterKey, Buffer>();
-
-function keyBytes(key: MasterKey): Buffer {
-  let b = keyBytesOf.get(key);
-  if (!b) {
-    b = Buffer.concat([key.encrypt, key.macK, key.macR]);
-    keyBytesOf.set(key, b);
-  }
-  return b;
-}
 
 /** The addon's codec functions: native/sitekeep_codec.c defines all six or none. */
 type CodecAddon = Required<Pick<NativeAddon, "encodeblobs" | "encodeblobsAsync" | "decodeblobs" | "decodeblobsAsync" | "verifypackAsync" | "sealblobAsync">>;

@@ -41,7 +41,16 @@ function clampR(r: Buffer): void {
 }
 
 /** The 64 bytes the addon takes for a key (AES key, then Poly1305-AES's k and r), made once per key. */
-const addonKeys = new WeakMap<MasterKey, Buffer>();
+const keyBytesOf = new WeakMap<MasterKey, Buffer>();
+
+export function keyBytes(key: MasterKey): Buffer {
+  let b = keyBytesOf.get(key);
+  if (!b) {
+    b = Buffer.concat([key.encrypt, key.macK, key.macR]);
+    keyBytesOf.set(key, b);
+  }
+  return b;
+}
 
 /** libsodium's Poly1305, loaded the first time it is needed (only without the addon). */
 let sodium: { crypto_onetimeauth(out: Buffer, msg: Buffer, key: Buffer): void } | undefined;
@@ -53,11 +62,7 @@ let sodium: { crypto_onetimeauth(out: Buffer, msg: Buffer, key: Buffer): void } 
 const nonceCiphers = new WeakMap<MasterKey, Cipher>();
 
 function poly1305Aes(key: MasterKey, iv: Uint8Array, msg: Uint8Array): Buffer {
-  if (nativeAddon?.poly1305aes) {
-    let k = addonKeys.get(key);
-    if (!k) addonKeys.set(key, (k = Buffer.concat([key.encrypt, key.macK, key.macR])));
-    return nativeAddon.poly1305aes(k, iv, msg);
-  }
+  if (nativeAddon?.poly1305aes) return nativeAddon.poly1305aes(keyBytes(key), iv, msg);
   // s = AES-128_k(nonce); the Poly1305 one-time key is r || s.
   let aes = nonceCiphers.get(key);
   if (!aes) {
