@@ -301,7 +301,8 @@ describe("email", () => {
     assert.equal(r.ok, false);
     assert.equal(r.attempts, 3);
     assert.match(r.error ?? "", /ECONNREFUSED/);
-    assert.ok(Date.now() - t0 < 3000, `took ${Date.now() - t0} ms`);
+    // Waiting out the timeout on each of the 3 attempts would take 9 s.
+    assert.ok(Date.now() - t0 < 6000, `took ${Date.now() - t0} ms`);
   });
 
   test("a server that never greets is given up on after timeoutMs", async () => {
@@ -323,7 +324,7 @@ describe("email", () => {
       );
       assert.equal(r.ok, false);
       assert.match(r.error ?? "", /greeting|time/i);
-      assert.ok(Date.now() - t0 < 2000, `took ${Date.now() - t0} ms`);
+      assert.ok(Date.now() - t0 < 10_000, `took ${Date.now() - t0} ms`);
     } finally {
       for (const s of sockets) s.destroy();
       await new Promise<void>((resolve) => silent.close(() => resolve()));
@@ -581,7 +582,7 @@ describe("command", () => {
     const [hung] = await deliverAlert({ command: "sleep 30" }, notice, { retries: 0, timeoutMs: 200 });
     assert.equal(hung.ok, false);
     assert.match(hung.error ?? "", /timed out/);
-    assert.ok(Date.now() - t0 < 2000);
+    assert.ok(Date.now() - t0 < 10_000, "killed at the timeout, not after the 30 s sleep");
   });
 });
 
