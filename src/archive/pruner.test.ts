@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { promises as fsp, mkdtempSync, readdirSync } from "node:fs";
+import { promises as fsp, mkdtempSync, readdirSync, statSync } from "node:fs";
 import { randomBytes, createHash } from "node:crypto";
 import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
@@ -72,13 +72,16 @@ test("prune removes what no snapshot needs, repacks partly used packs, and leave
     }
     // Nothing left to do: a second prune changes nothing but the staged pack of a killed backup.
     const staged = await new LocalBackend(dir).stage("data");
-    await staged.write(randomBytes(5000));
+    // More than a 1 MiB stage: a pack written past the page cache has its full stages on disk.
+    await staged.write(randomBytes(1_500_000));
     const stagedNames = (): string[] => readdirSync(join(dir, "data"), { recursive: true }).map(String).filter((f) => f.includes("-tmp-"));
     assert.equal(stagedNames().length, 1);
+    const stagedSize = statSync(join(dir, "data", stagedNames()[0])).size;
+    assert.ok(stagedSize >= 1024 * 1024, `${stagedSize} bytes on disk`);
     const again = await prune(await open(dir), { maxUnused: "0%" });
     assert.equal(again.packs_removed + again.packs_repacked + again.packs_unreferenced_removed, 0);
     assert.deepEqual(stagedNames(), [], "the staged file is removed");
-    assert.equal(again.bytes_removed, 5000);
+    assert.equal(again.bytes_removed, stagedSize);
     await staged.abort(); // closes the writer's handle; its file is gone already
 
     const ro = await Repository.open(new LocalBackend(dir), "pw", { appendOnly: true });

@@ -43,8 +43,10 @@ export interface Backend {
   /**
    * Starts a file of `type` to be written in pieces and named when committed. Optional: backends
    * that cannot append (object stores) leave it out, and their callers build files in memory.
+   * `readSoon`: the file will be read again soon (a tree pack, read by the next backup), so a
+   * backend that can write past its cache should not.
    */
-  stage?(type: FileType): Promise<StagedFile>;
+  stage?(type: FileType, readSoon?: boolean): Promise<StagedFile>;
   /** Reads a whole file, or `length` bytes at `offset` (a negative offset counts from the end). */
   load(h: Handle, offset?: number, length?: number): Promise<Buffer>;
   /**

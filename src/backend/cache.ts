@@ -29,7 +29,7 @@ export class CachedBackend implements Backend {
   ) {
     this.location = inner.location;
     if (inner.loadInto) this.loadInto = (h, into, offset) => inner.loadInto!(h, into, offset);
-    if (inner.stage) this.stage = (type) => inner.stage!(type);
+    if (inner.stage) this.stage = (type, readSoon) => inner.stage!(type, readSoon);
   }
 
   private file(h: Handle): string {

@@ -74,7 +74,7 @@ export class FaultyBackend implements Backend {
    * commit is a "save" for the faults (its size the bytes written), so the same faults hit packs
    * written whole and packs streamed. Off, callers build every file in memory (as on S3).
    */
-  readonly stage?: (type: FileType) => Promise<StagedFile>;
+  readonly stage?: (type: FileType, readSoon?: boolean) => Promise<StagedFile>;
 
   constructor(
     readonly inner: Backend,
@@ -83,7 +83,7 @@ export class FaultyBackend implements Backend {
   ) {
     this.setFaults(faults);
     const stage = inner.stage?.bind(inner);
-    if (stage && opts.staging !== false) this.stage = async (type) => this.faultyStage(await stage(type), type);
+    if (stage && opts.staging !== false) this.stage = async (type, readSoon) => this.faultyStage(await stage(type, readSoon), type);
   }
 
   private faultyStage(file: StagedFile, type: FileType): StagedFile {

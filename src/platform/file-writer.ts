@@ -10,6 +10,7 @@
 import {
   closeSync,
   constants,
+  fsync,
   ftruncateSync,
   open,
   openSync,
@@ -36,6 +37,7 @@ const O_DIRECT: number = constants.O_DIRECT ?? 0;
 
 const openAsync = promisify(open);
 const writeAsync = promisify(write);
+const fsyncAsync = promisify(fsync);
 
 /**
  * File systems on a block device, where O_DIRECT is the page-cache bypass it is meant to be: ext2-4,
@@ -173,6 +175,11 @@ export class FileWriter {
     const length = this.length;
     ftruncateSync(this.fd, length);
     return length;
+  }
+
+  /** Makes what was written durable (after finish). */
+  sync(): Promise<void> {
+    return fsyncAsync(this.fd);
   }
 
   /** Closes the file after finish (no write may be in flight). */

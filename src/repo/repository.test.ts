@@ -101,6 +101,33 @@ test("packs built one after another in the same reused memory each hold their ow
   });
 });
 
+test("tree packs are staged as read soon (kept in the page cache), data packs are not", async () => {
+  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-read-soon-"));
+  try {
+    const local = new LocalBackend(join(tmp, "repo"));
+    const staged: string[] = [];
+    const backend = Object.assign(Object.create(local) as LocalBackend, {
+      stage: (type: "data", readSoon?: boolean) => {
+        staged.push(`${type}${readSoon ? " read soon" : ""}`);
+        return local.stage(type, readSoon);
+      },
+    });
+    const repo = await Repository.init(backend, "pw", { kdf: { N: 1024, r: 8, p: 1 } });
+    await repo.loadIndex();
+    const data = randomBytes(10_000);
+    const tree = Buffer.from(JSON.stringify({ nodes: [] }) + "\n");
+    await repo.saveBlob("data", data);
+    await repo.saveBlob("tree", tree);
+    await repo.flush();
+    assert.deepEqual(staged.sort(), ["data", "data read soon"]);
+    const again = await reopen(join(tmp, "repo"));
+    assert.deepEqual(await again.loadBlob("data", sha256(data)), data);
+    assert.deepEqual(await again.loadBlob("tree", sha256(tree)), tree);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+});
+
 test("a blob queued as disposable is freed once sealed and stored whole; one that is not is left alone", async () => {
   await withNewRepo("sitekeep-disposable-", undefined, async (repo, dir) => {
     const originals = [Buffer.alloc(600_000, 7), randomBytes(300_000), randomBytes(400_000), Buffer.alloc(500_000, 3)];

@@ -576,7 +576,7 @@ export class Repository {
   private startPack(type: BlobType): PackBuilder | StreamedPack {
     const backend = this.backend;
     if (backend.stage) {
-      return (this.builders[type] = new StreamedPack(type, () => backend.stage!("data"), this.segments));
+      return (this.builders[type] = new StreamedPack(type, () => backend.stage!("data", type === "tree"), this.segments));
     }
     // Data packs fill up to the pack size; tree packs usually stay small and start small.
     const buffer = type === "data" ? this.packBuffers.pop() : undefined;

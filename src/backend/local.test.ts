@@ -1,0 +1,122 @@
+// The local backend's staged files (Backend.stage): data packs written past the page cache where
+// the file system allows it, other files through it; either way the published file holds exactly
+// the bytes written, read-only, and nothing is left behind.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { constants, existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, statfsSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { LocalBackend } from "./local.js";
+import type { FileType } from "./backend.js";
+import { nativeAddon } from "../platform/native.js";
+
+const O_DIRECT = constants.O_DIRECT ?? 0;
+/** Where direct writes can happen here: Linux, the addon's aligned memory, a temp folder on ext4. */
+const directHere =
+  O_DIRECT !== 0 && nativeAddon?.alignedBuffer !== undefined && statfsSync(tmpdir()).type === 0xef53;
+
+/** The open flags of this process's descriptor of `path` (from /proc/self/fdinfo). */
+function openFlags(path: string): number {
+  for (const fd of readdirSync("/proc/self/fd")) {
+    let target: string;
+    try {
+      target = readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      continue; // the descriptor readdir itself used
+    }
+    if (target !== path) continue;
+    const m = /^flags:\s+([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, "utf8"));
+    return parseInt(m![1], 8);
+  }
+  throw new Error(`${path} is not open`);
+}
+
+/** Pieces of odd sizes, one larger than a 1 MiB stage: nothing in them is block-aligned. */
+const pieces = (): Buffer[] => [1, 4095, 3 * 1024 * 1024 + 7, 100, 1024 * 1024].map((n) => randomBytes(n));
+
+async function stageAndCommit(
+  root: string,
+  type: FileType,
+  readSoon?: boolean,
+): Promise<{ flags: number; written: Buffer; path: string }> {
+  const backend = new LocalBackend(root);
+  await backend.create();
+  const staged = await backend.stage(type, readSoon);
+  const parts = pieces();
+  for (const p of parts) await staged.write(p);
+  const tmp = readdirSync(join(root, type === "data" ? "data" : type), { recursive: true })
+    .map(String)
+    .find((n) => n.includes("-tmp-"));
+  const flags = openFlags(join(root, type === "data" ? "data" : type, tmp!));
+  const written = Buffer.concat(parts);
+  const name = randomBytes(32).toString("hex");
+  await staged.commit({ type, name });
+  await backend.close();
+  return { flags, written, path: backend.path({ type, name }) };
+}
+
+function assertPublished(root: string, r: { written: Buffer; path: string }): void {
+  assert.ok(readFileSync(r.path).equals(r.written), "the published file holds the bytes written");
+  assert.equal(statSync(r.path).size, r.written.length);
+  assert.equal(statSync(r.path).mode & 0o777, 0o400, "read-only");
+  const left = readdirSync(root, { recursive: true }).map(String).filter((n) => n.includes("-tmp-"));
+  assert.deepEqual(left, [], "no temporary file left");
+}
+
+test("a data pack is written past the page cache on a disk file system; a pack read soon and other files through it", { skip: process.platform !== "linux" }, async (t) => {
+  const root = mkdtempSync(join(tmpdir(), "sk-local-"));
+  try {
+    const data = await stageAndCommit(join(root, "repo"), "data");
+    assertPublished(join(root, "repo"), data);
+    const tree = await stageAndCommit(join(root, "repo"), "data", true);
+    assertPublished(join(root, "repo"), tree);
+    assert.equal(tree.flags & O_DIRECT, 0, "a pack read soon (trees) goes through the page cache");
+    const index = await stageAndCommit(join(root, "repo"), "index");
+    assertPublished(join(root, "repo"), index);
+    assert.equal(index.flags & O_DIRECT, 0, "an index file goes through the page cache");
+    if (!directHere) return t.skip("no O_DIRECT here (not ext4, or no addon): only the bytes were checked");
+    assert.equal(data.flags & O_DIRECT, O_DIRECT, "the data pack was open with O_DIRECT");
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test("SITEKEEP_DIRECT_IO=0 and a file system without a disk (tmpfs) keep data packs in the page cache", { skip: process.platform !== "linux" }, async () => {
+  const root = mkdtempSync(join(tmpdir(), "sk-local-"));
+  process.env.SITEKEEP_DIRECT_IO = "0";
+  try {
+    const data = await stageAndCommit(join(root, "repo"), "data");
+    assertPublished(join(root, "repo"), data);
+    assert.equal(data.flags & O_DIRECT, 0);
+  } finally {
+    delete process.env.SITEKEEP_DIRECT_IO;
+    rmSync(root, { recursive: true, force: true });
+  }
+  if (!existsSync("/dev/shm") || statfsSync("/dev/shm").type !== 0x01021994) return;
+  const shm = mkdtempSync("/dev/shm/sk-local-");
+  try {
+    const data = await stageAndCommit(join(shm, "repo"), "data");
+    assertPublished(join(shm, "repo"), data);
+    assert.equal(data.flags & O_DIRECT, 0);
+  } finally {
+    rmSync(shm, { recursive: true, force: true });
+  }
+});
+
+test("an aborted data pack leaves nothing behind", async () => {
+  const root = mkdtempSync(join(tmpdir(), "sk-local-"));
+  try {
+    const backend = new LocalBackend(root);
+    await backend.create();
+    const staged = await backend.stage("data");
+    await staged.write(randomBytes(2 * 1024 * 1024 + 3));
+    await staged.abort();
+    await staged.abort(); // twice is harmless
+    await assert.rejects(staged.write(Buffer.from("x")), /committed or aborted/);
+    assert.deepEqual(readdirSync(root, { recursive: true }).map(String).filter((n) => n.includes("-tmp-")), []);
+    await backend.close();
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
