@@ -1,6 +1,6 @@
-// A new file written front to back (a restore's large files): aligned all-zero blocks become
-// holes, and where the file system takes it the bytes go to the disk past the page cache
-// (O_DIRECT) through an aligned staging buffer.
+// A new file written front to back (a restore's large files, a local repository's staged files):
+// aligned all-zero blocks become holes, and where the file system takes it the bytes go to the
+// disk past the page cache (O_DIRECT) through an aligned staging buffer.
 //
 // Why direct: copying a restore's bytes into the page cache was its largest single cost (`perf`
 // of the mixed bench restore: 23 % of all samples in the kernel's copy, more on memory the host
@@ -47,8 +47,9 @@ const fsyncAsync = promisify(fsync);
 const DIRECT_FILE_SYSTEMS = new Set([0xef53, 0x58465342, 0x9123683e, 0xf2f52010]);
 
 /**
- * Direct writes for one restore: whether they are still tried, and the staging buffers of the
- * files being written (reused, so their memory is touched once).
+ * Direct writes for one restore (or one local repository's data packs): whether they are still
+ * tried, and the staging buffers of the files being written (reused, so their memory is touched
+ * once).
  */
 export class DirectWrites {
   private usable: boolean;
