@@ -45,10 +45,10 @@ async function stageAndCommit(
   const staged = await backend.stage(type, readSoon);
   const parts = pieces();
   for (const p of parts) await staged.write(p);
-  const tmp = readdirSync(join(root, type === "data" ? "data" : type), { recursive: true })
+  const tmp = readdirSync(join(root, type), { recursive: true })
     .map(String)
     .find((n) => n.includes("-tmp-"));
-  const flags = openFlags(join(root, type === "data" ? "data" : type, tmp!));
+  const flags = openFlags(join(root, type, tmp!));
   const written = Buffer.concat(parts);
   const name = randomBytes(32).toString("hex");
   await staged.commit({ type, name });

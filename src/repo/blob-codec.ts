@@ -231,7 +231,6 @@ function decodeError(status: number, id: Uint8Array, sealedLength: number): Erro
   }
 }
 
-
 /** The addon's codec functions: native/sitekeep_codec.c defines all six or none. */
 type CodecAddon = Required<Pick<NativeAddon, "encodeblobs" | "encodeblobsAsync" | "decodeblobs" | "decodeblobsAsync" | "verifypackAsync" | "sealblobAsync">>;
 
