@@ -75,27 +75,42 @@ static napi_value sk_batch_this_thread(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* ---- the allocator's threshold for memory of its own --------------------- */
+/* ---- the allocator's settings ------------------------------------------- */
 
 /*
- * mmapThreshold(bytes) -> boolean: blocks of `bytes` and more get memory of their own from the
- * kernel, given back when they are freed. glibc starts at 128 KiB but raises the threshold to the
- * size of each such block that is freed (up to 32 MiB), so after the first 16 MiB pack or read
- * buffer was freed, every later one came from the heaps and arenas, where freed memory stays
- * resident: a backup of large files kept ~100 MiB more. Setting it fixes it (and the trim
- * threshold) for the process. False where the C library has no such setting.
+ * mallocOption(option, value) -> boolean: sets one of glibc's malloc settings (mallopt) for the
+ * process; false where the C library has no such setting. Options, by number:
+ *
+ * 0, M_MMAP_THRESHOLD: blocks of `value` bytes and more get memory of their own from the kernel,
+ *    given back when they are freed. glibc starts at 128 KiB but raises the threshold to the size
+ *    of each such block that is freed (up to 32 MiB), so after the first 16 MiB pack or read
+ *    buffer was freed, every later one came from the heaps and arenas, where freed memory stays
+ *    resident: a backup of large files kept ~100 MiB more. Setting it fixes it for the process.
+ * 1, M_TRIM_THRESHOLD: free memory at the top of a heap is given back to the kernel once it
+ *    exceeds `value` bytes (128 KiB once the threshold above is fixed). A restore allocates and
+ *    frees a sealed and a plain buffer per blob (~1 MiB each, hundreds a second); each freed one
+ *    was given back and the next faulted in afresh, zeroed: ~200,000 page faults in a restore of
+ *    the bench's mixed set, ~60,000 with 16 MiB kept.
  */
-static napi_value sk_mmap_threshold(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  int32_t bytes;
-  if (!get_args(env, info, 1, argv)) return NULL;
-  if (napi_get_value_int32(env, argv[0], &bytes) != napi_ok || bytes <= 0) {
-    throw_arg_type(env, "bytes", "a positive number");
+static napi_value sk_malloc_option(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int32_t option, value;
+  if (!get_args(env, info, 2, argv)) return NULL;
+  if (napi_get_value_int32(env, argv[0], &option) != napi_ok || option < 0 || option > 1) {
+    throw_arg_type(env, "option", "0 or 1");
+    return NULL;
+  }
+  if (napi_get_value_int32(env, argv[1], &value) != napi_ok || value <= 0) {
+    throw_arg_type(env, "value", "a positive number");
     return NULL;
   }
   bool set = false;
 #if defined(__GLIBC__)
-  set = mallopt(M_MMAP_THRESHOLD, bytes) == 1;
+  static const int params[] = {M_MMAP_THRESHOLD, M_TRIM_THRESHOLD};
+  set = mallopt(params[option], value) == 1;
+#else
+  (void)option;
+  (void)value;
 #endif
   napi_value result;
   napi_get_boolean(env, set, &result);
@@ -1330,7 +1345,7 @@ NAPI_MODULE_INIT() {
       {"readfiles", NULL, sk_readfiles, NULL, NULL, NULL, napi_enumerable, NULL},
       {"writefiles", NULL, sk_writefiles, NULL, NULL, NULL, napi_enumerable, NULL},
       {"batchThisThread", NULL, sk_batch_this_thread, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"mmapThreshold", NULL, sk_mmap_threshold, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"mallocOption", NULL, sk_malloc_option, NULL, NULL, NULL, napi_enumerable, NULL},
       {"release", NULL, sk_release, NULL, NULL, NULL, napi_enumerable, NULL},
       {"alignedBuffer", NULL, sk_aligned_buffer, NULL, NULL, NULL, napi_enumerable, NULL},
   };

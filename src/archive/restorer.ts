@@ -10,7 +10,7 @@ import { SitekeepError, errorMessage, isErrnoError } from "../errors.js";
 import type { Repository } from "../repo/repository.js";
 import { type NewFile, WriteStep, canWriteFiles, lutimesNs, mknod, setXattr, isUnsupportedXattrError, writeFiles } from "../platform/fsx.js";
 import { DirectWrites, FileWriter } from "../platform/file-writer.js";
-import { releaseBuffer } from "../platform/native.js";
+import { keepFreedMemoryForReuse, releaseBuffer } from "../platform/native.js";
 import { compileExcludes, type PathMatcher } from "./exclude.js";
 import { type NodeJSON, decodeName, linkTargetBytes, timeNs, unixPermFromGo, unixTypeBits } from "./node.js";
 import { joinPath, loadTree } from "./tree.js";
@@ -124,7 +124,10 @@ export class Restorer {
         });
       }
     }
-    if (!this.opts.dryRun) this.direct = DirectWrites.forFolder(this.opts.target);
+    if (!this.opts.dryRun) {
+      this.direct = DirectWrites.forFolder(this.opts.target);
+      keepFreedMemoryForReuse(); // a sealed and a plain buffer per blob, freed as soon as it is written
+    }
     if (this.opts.onProgress && !this.opts.dryRun) {
       // A first pass over the trees (no data) gives the totals that make an ETA possible.
       const plan = await new Restorer(this.repo, { ...this.opts, dryRun: true, onProgress: undefined, onItem: undefined }).restore(treeId);

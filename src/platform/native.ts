@@ -25,8 +25,8 @@ export interface NativeAddon {
   chunkhash?(buf: Buffer, start: number, end: number, eof: boolean, params: Buffer): Promise<Buffer>;
   /** Marks the calling thread SCHED_BATCH on Linux (helper threads yield to the main thread; see sitekeep_fs.c). */
   batchThisThread?(): void;
-  /** Sets glibc's M_MMAP_THRESHOLD (false elsewhere; see sitekeep_fs.c). */
-  mmapThreshold?(bytes: number): boolean;
+  /** Sets one of glibc's malloc settings, by MallocOption (false elsewhere; see sitekeep_fs.c). */
+  mallocOption?(option: number, value: number): boolean;
   /** Detaches the ArrayBuffer under `buf` when `buf` spans all of it, freeing its memory now (see sitekeep_fs.c). */
   release?(buf: Uint8Array): boolean;
   /** `size` zeroed bytes at a multiple of `align` (a power of two), for O_DIRECT writes (see sitekeep_fs.c). */
@@ -77,6 +77,9 @@ function loadNative(): NativeAddon | undefined {
 
 export const nativeAddon: NativeAddon | undefined = loadNative();
 
+/** The addon's numbers for glibc's malloc settings (sitekeep_fs.c, mallocOption). */
+const MallocOption = { mmapThreshold: 0, trimThreshold: 1 } as const;
+
 /**
  * Buffers of 4 MiB and more (packs, read buffers, the largest blobs) get memory of their own from the
  * kernel, returned as soon as they are freed, instead of the allocator's heaps where it stayed
@@ -84,7 +87,20 @@ export const nativeAddon: NativeAddon | undefined = loadNative();
  * without the addon or off glibc.
  */
 export function returnLargeBuffersToTheSystem(): void {
-  nativeAddon?.mmapThreshold?.(4 * 1024 * 1024);
+  nativeAddon?.mallocOption?.(MallocOption.mmapThreshold, 4 * 1024 * 1024);
+}
+
+/**
+ * From now on the allocator keeps up to 16 MiB of freed memory at the top of its heap for the next
+ * allocations instead of giving it back to the kernel at once. For a restore, which allocates and
+ * frees two buffers of ~1 MiB per blob: each was otherwise faulted in afresh (by hand on the mixed
+ * set: ~200,000 page faults down to ~70,000, 0.4-0.8 s less CPU of 8.7-9.4 s, 13 MiB more at the
+ * peak). Not for a backup: its buffers come from the thread pool's arenas, each of which would keep
+ * as much (its initial backup peaked 8-15 MiB higher for 0.4 s less system time). Lasts for the
+ * process; a no-op without the addon or off glibc.
+ */
+export function keepFreedMemoryForReuse(): void {
+  nativeAddon?.mallocOption?.(MallocOption.trimThreshold, 16 * 1024 * 1024);
 }
 
 /**
