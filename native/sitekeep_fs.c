@@ -90,7 +90,7 @@ static napi_value sk_batch_this_thread(napi_env env, napi_callback_info info) {
  *    exceeds `value` bytes (128 KiB once the threshold above is fixed). A restore allocates and
  *    frees a sealed and a plain buffer per blob (~1 MiB each, hundreds a second); each freed one
  *    was given back and the next faulted in afresh, zeroed: ~200,000 page faults in a restore of
- *    the bench's mixed set, ~60,000 with 16 MiB kept.
+ *    the bench's mixed set, ~70,000 with 16 MiB kept.
  */
 static napi_value sk_malloc_option(napi_env env, napi_callback_info info) {
   napi_value argv[2];
