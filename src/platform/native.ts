@@ -94,7 +94,7 @@ export function returnLargeBuffersToTheSystem(): void {
  * From now on the allocator keeps up to 16 MiB of freed memory at the top of its heap for the next
  * allocations instead of giving it back to the kernel at once. For a restore, which allocates and
  * frees two buffers of ~1 MiB per blob: each was otherwise faulted in afresh (by hand on the mixed
- * set: ~200,000 page faults down to ~70,000, 0.4-0.8 s less CPU of 8.7-9.4 s, 13 MiB more at the
+ * set: ~200,000 page faults down to ~70,000, 0.4-0.8 s less CPU of 8.7-10.2 s, 13 MiB more at the
  * peak). Not for a backup: its buffers come from the thread pool's arenas, each of which would keep
  * as much (its initial backup peaked 8-18 MiB higher for 0.3-0.6 s less system time). Lasts for the
  * process; a no-op without the addon or off glibc.
