@@ -66,7 +66,9 @@ async function backupWith(
   // Faults are armed only now, so opening the repository and reading the index are not affected.
   backend.setFaults(faults);
   try {
-    return { summary: await new Archiver(repo, { paths: [srcA, changed] }).run(), backend };
+    // Under a lock, as every command runs a backup: on a failure it waits for the writes still
+    // in flight (abandonWrites) before the caller goes on, so nothing lands or stays afterwards.
+    return { summary: await withLock(repo, false, () => new Archiver(repo, { paths: [srcA, changed] }).run()), backend };
   } catch (error) {
     return { error, backend };
   }
