@@ -120,3 +120,23 @@ test("an aborted data pack leaves nothing behind", async () => {
     rmSync(root, { recursive: true, force: true });
   }
 });
+
+test("without data/xx folders (a repository another tool made), a saved file and a staged pack create theirs", async () => {
+  const root = mkdtempSync(join(tmpdir(), "sk-local-"));
+  try {
+    const backend = new LocalBackend(root);
+    await backend.create();
+    for (const d of readdirSync(join(root, "data"))) rmSync(join(root, "data", d), { recursive: true });
+    const saved = { type: "data" as const, name: randomBytes(32).toString("hex") };
+    await backend.save(saved, Buffer.from("saved whole"));
+    const staged = await backend.stage("data");
+    await staged.write(Buffer.from("staged"));
+    const committed = { type: "data" as const, name: randomBytes(32).toString("hex") };
+    await staged.commit(committed);
+    assert.equal(readFileSync(backend.path(saved), "utf8"), "saved whole");
+    assert.equal(readFileSync(backend.path(committed), "utf8"), "staged");
+    await backend.close();
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});

@@ -68,12 +68,11 @@ export class LocalBackend implements Backend {
 
   async save(h: Handle, data: Uint8Array): Promise<void> {
     const final = this.path(h);
-    const dir = dirname(final);
     const tmp = `${final}-tmp-${randomBytes(8).toString("hex")}`;
     let fh: fsp.FileHandle | undefined;
     try {
-      fh = await openForWrite(tmp, dir);
-      await writeAll(fh, data, null);
+      fh = await openForWrite(tmp);
+      await writeAll(fh, data);
       await publishWritten(fh, tmp, final, h);
       fh = undefined;
     } catch (err) {
@@ -273,14 +272,8 @@ class LocalStagedFile implements StagedFile {
   }
 }
 
-async function createStaged(tmp: string, direct: DirectWrites | undefined): Promise<FileWriter> {
-  try {
-    return await FileWriter.create(Buffer.from(tmp), direct);
-  } catch (err) {
-    if (!isErrnoError(err, "ENOENT")) throw err;
-    await fsp.mkdir(dirname(tmp), { recursive: true, mode: DIR_MODE });
-    return await FileWriter.create(Buffer.from(tmp), direct);
-  }
+function createStaged(tmp: string, direct: DirectWrites | undefined): Promise<FileWriter> {
+  return creatingFolder(tmp, () => FileWriter.create(Buffer.from(tmp), direct));
 }
 
 interface HandleEntry {
@@ -353,13 +346,13 @@ function close(e: HandleEntry): Promise<void> {
 }
 
 /**
- * Writes all of `data` at `position` (null: the file's current position), in one call where the
- * kernel takes it: FileHandle.writeFile writes 512 KiB per call, and each call waits in the thread
- * pool's queue behind compression jobs.
+ * Writes all of `data` at the file's position, in one call where the kernel takes it:
+ * FileHandle.writeFile writes 512 KiB per call, and each call waits in the thread pool's queue
+ * behind compression jobs.
  */
-async function writeAll(fh: fsp.FileHandle, data: Uint8Array, position: number | null): Promise<void> {
+async function writeAll(fh: fsp.FileHandle, data: Uint8Array): Promise<void> {
   for (let off = 0; off < data.length; ) {
-    off += (await fh.write(data, off, data.length - off, position === null ? null : position + off)).bytesWritten;
+    off += (await fh.write(data, off, data.length - off, null)).bytesWritten;
   }
 }
 
@@ -408,15 +401,21 @@ async function publish(tmp: string, final: string, h: Handle): Promise<void> {
   await fsp.unlink(tmp);
 }
 
-async function openForWrite(tmp: string, dir: string): Promise<fsp.FileHandle> {
-  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL;
+function openForWrite(tmp: string): Promise<fsp.FileHandle> {
+  return creatingFolder(tmp, () => fsp.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600));
+}
+
+/**
+ * Creates a new file with `create`, and again after making the folder of `file` when it is
+ * missing: a data/xx folder can be missing in repositories made by other tools.
+ */
+async function creatingFolder<T>(file: string, create: () => Promise<T>): Promise<T> {
   try {
-    return await fsp.open(tmp, flags, 0o600);
+    return await create();
   } catch (err) {
     if (!isErrnoError(err, "ENOENT")) throw err;
-    // A data/xx folder can be missing in repositories made by other tools; create it on demand.
-    await fsp.mkdir(dir, { recursive: true, mode: DIR_MODE });
-    return await fsp.open(tmp, flags, 0o600);
+    await fsp.mkdir(dirname(file), { recursive: true, mode: DIR_MODE });
+    return await create();
   }
 }
 
