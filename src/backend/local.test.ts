@@ -104,28 +104,32 @@ test("SITEKEEP_DIRECT_IO=0 and a file system without a disk (tmpfs) keep data pa
   }
 });
 
-test("an aborted data pack leaves nothing behind", async () => {
+/** Runs `fn` on a new local repository in a temporary folder, removed afterwards. */
+async function withNewBackend(fn: (backend: LocalBackend, root: string) => Promise<void>): Promise<void> {
   const root = mkdtempSync(join(tmpdir(), "sk-local-"));
   try {
     const backend = new LocalBackend(root);
     await backend.create();
+    await fn(backend, root);
+    await backend.close();
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
+test("an aborted data pack leaves nothing behind", () =>
+  withNewBackend(async (backend, root) => {
     const staged = await backend.stage("data");
     await staged.write(randomBytes(2 * 1024 * 1024 + 3));
     await staged.abort();
     await staged.abort(); // twice is harmless
     await assert.rejects(staged.write(Buffer.from("x")), /committed or aborted/);
     assert.deepEqual(readdirSync(root, { recursive: true }).map(String).filter((n) => n.includes("-tmp-")), []);
-    await backend.close();
-  } finally {
-    rmSync(root, { recursive: true, force: true });
-  }
-});
+  }),
+);
 
-test("without data/xx folders (a repository another tool made), a saved file and a staged pack create theirs", async () => {
-  const root = mkdtempSync(join(tmpdir(), "sk-local-"));
-  try {
-    const backend = new LocalBackend(root);
-    await backend.create();
+test("without data/xx folders (a repository another tool made), a saved file and a staged pack create theirs", () =>
+  withNewBackend(async (backend, root) => {
     for (const d of readdirSync(join(root, "data"))) rmSync(join(root, "data", d), { recursive: true });
     const saved = { type: "data" as const, name: randomBytes(32).toString("hex") };
     await backend.save(saved, Buffer.from("saved whole"));
@@ -135,8 +139,5 @@ test("without data/xx folders (a repository another tool made), a saved file and
     await staged.commit(committed);
     assert.equal(readFileSync(backend.path(saved), "utf8"), "saved whole");
     assert.equal(readFileSync(backend.path(committed), "utf8"), "staged");
-    await backend.close();
-  } finally {
-    rmSync(root, { recursive: true, force: true });
-  }
-});
+  }),
+);
