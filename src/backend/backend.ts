@@ -65,5 +65,11 @@ export interface Backend {
    * under temporary names). Only safe under an exclusive lock; returns how many bytes were freed.
    */
   removeTemporary?(): Promise<{ files: number; bytes: number }>;
+  /**
+   * How long a file one client saved may take to appear in another client's listing: taking a
+   * lock waits this long before its second look for other locks. Optional: without it, 200 ms
+   * (restic's wait, for object stores and network filesystems whose listings lag a little).
+   */
+  listingLagMs?(): Promise<number>;
   close(): Promise<void>;
 }

@@ -19,9 +19,10 @@ export class CachedBackend implements Backend {
   readonly location: string;
   // The inner backend's optional ways to read and write packs, passed through (packs are never
   // cached): without them a check read every pack into a fresh buffer and a backup held its packs
-  // in memory.
+  // in memory. Its listings' lag too: locks are never cached either.
   readonly loadInto?: Backend["loadInto"];
   readonly stage?: Backend["stage"];
+  readonly listingLagMs?: Backend["listingLagMs"];
 
   constructor(
     private readonly inner: Backend,
@@ -30,6 +31,7 @@ export class CachedBackend implements Backend {
     this.location = inner.location;
     if (inner.loadInto) this.loadInto = (h, into, offset) => inner.loadInto!(h, into, offset);
     if (inner.stage) this.stage = (type, readSoon) => inner.stage!(type, readSoon);
+    if (inner.listingLagMs) this.listingLagMs = () => inner.listingLagMs!();
   }
 
   private file(h: Handle): string {

@@ -75,6 +75,8 @@ export class FaultyBackend implements Backend {
    * written whole and packs streamed. Off, callers build every file in memory (as on S3).
    */
   readonly stage?: (type: FileType, readSoon?: boolean) => Promise<StagedFile>;
+  /** The inner backend's, when it has one: faults do not change how soon listings show a file. */
+  readonly listingLagMs?: Backend["listingLagMs"];
 
   constructor(
     readonly inner: Backend,
@@ -84,6 +86,7 @@ export class FaultyBackend implements Backend {
     this.setFaults(faults);
     const stage = inner.stage?.bind(inner);
     if (stage && opts.staging !== false) this.stage = async (type, readSoon) => this.faultyStage(await stage(type, readSoon), type);
+    if (inner.listingLagMs) this.listingLagMs = () => inner.listingLagMs!();
   }
 
   private faultyStage(file: StagedFile, type: FileType): StagedFile {

@@ -141,3 +141,14 @@ test("without data/xx folders (a repository another tool made), a saved file and
     assert.equal(readFileSync(backend.path(committed), "utf8"), "staged");
   }),
 );
+
+test("a lock on a local file system looks for other locks again at once; on a share (here procfs, not known to be local) after 200 ms", { skip: process.platform !== "linux" }, async () => {
+  const shm = mkdtempSync("/dev/shm/sk-lag-");
+  try {
+    assert.equal(await new LocalBackend(shm).listingLagMs(), 0);
+    assert.equal(await new LocalBackend("/proc/self").listingLagMs(), 200);
+    assert.equal(await new LocalBackend(join(shm, "not-yet-made")).listingLagMs(), 200, "a path statfs cannot examine is not known to be local");
+  } finally {
+    rmSync(shm, { recursive: true, force: true });
+  }
+});

@@ -7,10 +7,13 @@ import { SitekeepError, isErrnoError } from "../errors.js";
 import type { Backend, FileInfo, FileType, Handle, StagedFile } from "./backend.js";
 import { isIdHex } from "../repo/id.js";
 import { DirectWrites, FileWriter } from "../platform/file-writer.js";
+import { isOnLocalFilesystem } from "../platform/filesystem-kind.js";
 
 const DIR_MODE = 0o700;
 // Stored files are never modified; read-only modes guard against accidents, as restic does.
 const FILE_MODE = 0o400;
+/** What a lock waits for a listing on a share (restic's wait; see listingLagMs). */
+const LISTING_LAG_MS = 200;
 
 export class LocalBackend implements Backend {
   readonly location: string;
@@ -22,6 +25,7 @@ export class LocalBackend implements Backend {
    * a check comes later, or never. Tree packs stay cached (`readSoon`): the next backup reads them.
    */
   private dataWrites: DirectWrites | undefined;
+  private lag: Promise<number> | undefined;
 
   constructor(readonly root: string) {
     this.location = root;
@@ -207,6 +211,17 @@ export class LocalBackend implements Backend {
       }
     }
     return { files, bytes };
+  }
+
+  /**
+   * 0 on a local filesystem: a lock file is in every listing once its save returns, so of two
+   * processes that each save a lock and then list, the later lister always sees the other's
+   * lock, without a wait. A mounted share (NFS, SMB, FUSE) may cache its listings, and any
+   * filesystem not known to be local may be such a share: restic's 200 ms there.
+   */
+  async listingLagMs(): Promise<number> {
+    this.lag ??= isOnLocalFilesystem(this.root).then((local) => (local ? 0 : LISTING_LAG_MS));
+    return this.lag;
   }
 
   async close(): Promise<void> {

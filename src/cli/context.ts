@@ -63,7 +63,8 @@ export async function withRepository<T>(
   fn: (repo: Repository) => Promise<T>,
   opts: { loadIndex?: boolean } = {},
 ): Promise<T> {
-  // The index is read while the lock waits out its conflict check (200 ms otherwise idle).
+  // The index is read while the lock waits out its conflict check (on a share or object store,
+  // 200 ms otherwise idle).
   if (opts.loadIndex === false) return withPreparedRepository(g, lock, async () => undefined, async () => false, (repo) => fn(repo));
   return withPreparedRepository(g, lock, (repo) => repo.loadIndex(), indexFilesGone, (repo) => fn(repo));
 }

@@ -382,19 +382,35 @@ test("retryMs waits for the other lock to go away", async () => {
   await ex2.release();
 });
 
-test("two exclusive lockers racing never both win", async () => {
+test("lockers racing on a local file system, which look again without a wait: an exclusive lock never shares", async () => {
   const { repo, dir } = await newRepo();
-  for (let i = 0; i < 5; i++) {
-    const results = await Promise.allSettled([
-      acquireLock(repo, { exclusive: true }),
-      acquireLock(repo, { exclusive: true }),
-    ]);
-    const won = results.filter((r) => r.status === "fulfilled");
-    assert.ok(won.length <= 1, "both exclusive locks were granted");
-    for (const r of results) if (r.status === "rejected") assertLocked(r.reason, /locked exclusively/);
-    for (const r of won) await r.value.release();
+  assert.equal(await repo.backend.listingLagMs?.(), 0, "the test folder is on a local file system");
+  const others = await Promise.all([1, 2, 3].map(() => Repository.open(new LocalBackend(dir), "pw")));
+  for (let i = 0; i < 20; i++) {
+    // Two exclusive and two shared lockers, each on its own Repository, started together.
+    const exclusive = [true, true, false, false];
+    const results = await Promise.allSettled([repo, ...others].map((r, k) => acquireLock(r, { exclusive: exclusive[k]! })));
+    const won = results.flatMap((r, k) => (r.status === "fulfilled" ? [{ lock: r.value, exclusive: exclusive[k]! }] : []));
+    if (won.some((w) => w.exclusive)) assert.equal(won.length, 1, `an exclusive lock was granted beside ${won.length - 1} other(s)`);
+    for (const r of results) if (r.status === "rejected") assertLocked(r.reason, /locked/);
+    for (const w of won) await w.lock.release();
     assert.deepEqual(await lockFiles(dir), []);
   }
+});
+
+test("the lock's second look waits for the backend's listing lag", async () => {
+  const { dir } = await newRepo();
+  class LaggyBackend extends LocalBackend {
+    override async listingLagMs(): Promise<number> {
+      return 150;
+    }
+  }
+  const repo = await Repository.open(new LaggyBackend(dir), "pw");
+  let written = 0;
+  const lock = await acquireLock(repo, { exclusive: true, whileWaiting: async () => void (written = performance.now()) });
+  const waited = performance.now() - written;
+  await lock.release();
+  assert.ok(waited >= 140, `looked again after ${waited.toFixed(0)} ms`);
 });
 
 // ---- interop with restic ------------------------------------------------------------------------

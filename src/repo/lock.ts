@@ -23,7 +23,10 @@ export const REFRESH_EVERY_MS = 5 * 60_000;
  * minutes); from then on we must not commit a snapshot or delete anything under it.
  */
 export const LOST_AFTER_MS = 25 * 60_000;
-/** Pause between writing our lock and the second look, for backends whose listings lag a little. */
+/**
+ * Pause between writing our lock and the second look, for backends whose listings lag a little
+ * and do not say by how much (restic's waitBeforeLockCheck). A backend can say (listingLagMs).
+ */
 const DEFAULT_CHECK_DELAY_MS = 200;
 
 /** A lock file as restic writes it. uid and gid are omitted by restic when zero. */
@@ -54,7 +57,10 @@ export interface AcquireLockOptions {
   retryMs?: number;
   /** Refresh interval of the held lock (default 5 minutes; for tests). */
   refreshMs?: number;
-  /** Wait between writing the lock and checking again for conflicts (default 200 ms). */
+  /**
+   * Wait between writing the lock and checking again for conflicts (default: the backend's
+   * listingLagMs, 0 on a local filesystem; 200 ms when it does not say).
+   */
   checkDelayMs?: number;
   /**
    * Read-only work done during that wait instead of idling (loading the index, say). It runs again
@@ -188,7 +194,7 @@ async function tryLock(repo: Repository, opts: AcquireLockOptions): Promise<Lock
   // Refreshed from now on: whileWaiting may take long (an index on slow storage).
   const lock = new Lock(repo, opts.exclusive, id, opts.refreshMs ?? REFRESH_EVERY_MS, opts.onRefreshError, opts.lostAfterMs);
   try {
-    const delay = opts.checkDelayMs ?? DEFAULT_CHECK_DELAY_MS;
+    const delay = opts.checkDelayMs ?? (await repo.backend.listingLagMs?.()) ?? DEFAULT_CHECK_DELAY_MS;
     const [, work] = await Promise.allSettled([delay > 0 ? sleep(delay) : undefined, opts.whileWaiting?.()]);
     await checkForOtherLocks(repo, opts.exclusive, lock.id);
     if (work.status === "rejected") throw work.reason;
