@@ -1201,6 +1201,13 @@ static void writefiles_execute(napi_env env, void *arg) {
     job->err = errno;
     return;
   }
+  /* Who a new file here belongs to before any chown: us, with the folder's group when the folder
+   * is set-group-ID. A file that is to belong to them anyway needs no chown, and is created with
+   * its own permission bits (never more than they end up as: the umask only takes bits away). */
+  uid_t new_uid = geteuid();
+  gid_t new_gid = getegid();
+  struct stat dst;
+  if (fstat(dfd, &dst) == 0 && (dst.st_mode & S_ISGID)) new_gid = dst.st_gid;
   const char *name = job->names;
   size_t start = 0;
   for (size_t i = 0; i < job->count; i++, name += strlen(name) + 1) {
@@ -1210,9 +1217,14 @@ static void writefiles_execute(napi_env env, void *arg) {
     const uint8_t *d = job->data + start;
     size_t n = end - start;
     start = end;
+    bool ids_ok = in_range(m[1], 0, 4294967295.0) && in_range(m[2], 0, 4294967295.0);
+    bool mode_ok = in_range(m[0], 0, 07777);
+    bool owned = !(job->flags & SK_WRITE_CHOWN) || (ids_ok && (uid_t)m[1] == new_uid && (gid_t)m[2] == new_gid);
+    /* A file that changes hands is created 0600: its group (say) must not read it before chown. */
+    mode_t create_mode = owned && mode_ok ? ((mode_t)m[0] & 0777) : 0600;
     /* O_EXCL and O_NOFOLLOW: whatever already stands there (a planted symlink, say) is left to the
      * caller, which replaces it; this never writes through it. */
-    int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int fd = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, create_mode);
     if (fd < 0) {
       r[0] = errno, r[1] = SK_STEP_OPEN;
       continue;
@@ -1225,15 +1237,28 @@ static void writefiles_execute(napi_env env, void *arg) {
       continue;
     }
     /* Ownership first: chown clears the set-user-ID and set-group-ID bits that chmod sets. Numbers
-     * out of range (a damaged or crafted snapshot) fail their step with EINVAL, never reach a cast. */
+     * out of range (a damaged or crafted snapshot) fail their step with EINVAL, never reach a cast.
+     * chown and chmod only where fstat shows the file differs: each dirties the inode (a journal
+     * transaction on ext4), and for most files neither changes anything. */
+    struct stat st;
+    bool known = fstat(fd, &st) == 0;
+    bool chown_wanted = job->flags & SK_WRITE_CHOWN;
+    bool chowned = false;
     int step = 0;
     errno = 0;
-    if ((job->flags & SK_WRITE_CHOWN) && (!in_range(m[1], 0, 4294967295.0) || !in_range(m[2], 0, 4294967295.0) ||
-                                          fchown(fd, (uid_t)m[1], (gid_t)m[2]) != 0))
+    if (chown_wanted && !ids_ok) {
       step = SK_STEP_CHOWN;
-    else if (!in_range(m[0], 0, 07777) || fchmod(fd, (mode_t)m[0]) != 0)
+    } else if (chown_wanted && (!known || st.st_uid != (uid_t)m[1] || st.st_gid != (gid_t)m[2])) {
+      chowned = true;
+      if (fchown(fd, (uid_t)m[1], (gid_t)m[2]) != 0) step = SK_STEP_CHOWN;
+    }
+    if (step) {
+      /* reported below */
+    } else if (!mode_ok) {
       step = SK_STEP_CHMOD;
-    else if (m[3] == m[3]) { /* not NaN */
+    } else if ((chowned || !known || (st.st_mode & 07777) != (mode_t)m[0]) && fchmod(fd, (mode_t)m[0]) != 0) {
+      step = SK_STEP_CHMOD;
+    } else if (m[3] == m[3]) { /* not NaN */
       if (!in_range(m[3], -SK_SECONDS_MAX, SK_SECONDS_MAX) || !in_range(m[4], 0, 999999999) ||
           !in_range(m[5], -SK_SECONDS_MAX, SK_SECONDS_MAX) || !in_range(m[6], 0, 999999999)) {
         step = SK_STEP_UTIMES;

@@ -434,6 +434,33 @@ describe("writeFiles", () => {
     assert.equal(fs.statSync(path.join(at, "zeros")).blocks, 0);
   });
 
+  test("mode and owner come out as asked whatever the umask, also in a set-group-ID folder (ownership skipped only when already right)", async () => {
+    const at = fs.mkdtempSync(path.join(dir, "write-umask-"));
+    if (isRoot) {
+      fs.chownSync(at, 0, 5678);
+      fs.chmodSync(at, 0o2755); // new files get the folder's group 5678
+    }
+    const group = isRoot ? 5678 : process.getgid!();
+    const files = [
+      { name: Buffer.from("group-of-folder"), data: Buffer.from("a"), mode: 0o640, uid: isRoot ? 0 : process.getuid!(), gid: group },
+      { name: Buffer.from("other-group"), data: Buffer.from("b"), mode: 0o644, uid: isRoot ? 0 : process.getuid!(), gid: isRoot ? 0 : group },
+      { name: Buffer.from("setgid"), data: Buffer.from("c"), mode: 0o2775, uid: isRoot ? 0 : process.getuid!(), gid: group },
+      { name: Buffer.from("other-owner"), data: Buffer.from("d"), mode: 0o664, uid: isRoot ? 1234 : process.getuid!(), gid: isRoot ? 4321 : group },
+    ];
+    const old = process.umask(0o077); // the creation mode loses every group and other bit
+    let r;
+    try {
+      r = await writeFiles(Buffer.from(at), files, isRoot);
+    } finally {
+      process.umask(old);
+    }
+    assert.deepEqual(r, files.map(() => undefined));
+    for (const f of files) {
+      const st = fs.lstatSync(Buffer.concat([Buffer.from(at + "/"), f.name]));
+      assert.deepEqual([st.mode & 0o7777, st.uid, st.gid], [f.mode, f.uid, f.gid], f.name.toString());
+    }
+  });
+
   test("leaves whatever already stands at a name alone, never writing through a symlink", async () => {
     const at = fs.mkdtempSync(path.join(dir, "write-exists-"));
     const outside = path.join(dir, "outside-target");
