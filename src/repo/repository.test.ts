@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
@@ -207,6 +207,26 @@ test("trees queued in batches are each stored once and read back by their ID; ab
       assert.deepEqual(await other.listIds("data"), [], "nothing of an abandoned batch reaches the repository");
     });
   });
+});
+
+test("a pack write that fails while the next full pack waits its turn: the error reaches the caller and no staged pack is left, the open tree pack's neither", async () => {
+  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-upload-fails-"));
+  try {
+    const dir = join(tmp, "repo");
+    await Repository.init(new LocalBackend(dir), "pw", { kdf: { N: 1024, r: 8, p: 1 } });
+    // One pack written at a time; the first fails after 300 ms (a disk that filled up), while the
+    // second, full, waits for its turn and meets the failure there rather than in a later call.
+    const faulty = new FaultyBackend(new LocalBackend(dir), [{ op: "save", type: "data", nth: 1, code: "ENOSPC", delayMs: 300 }]);
+    const repo = await Repository.open(faulty, "pw", { packSize: 32 * 1024, uploadConcurrency: 1, compression: "off" });
+    await repo.loadIndex();
+    await repo.saveBlob("tree", Buffer.from('{"nodes":[]}\n')); // a tree pack, open and staged
+    await repo.saveBlob("data", randomBytes(64 * 1024)); // fills pack 1, whose write starts
+    await assert.rejects(repo.saveBlob("data", randomBytes(64 * 1024)), /no space left/);
+    assert.deepEqual(faulty.log.filter((e) => e.failed).map((e) => e.failed), ["ENOSPC"]);
+    assert.deepEqual(readdirSync(dir, { recursive: true }).map(String).filter((n) => n.includes("-tmp-")), []);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
 });
 
 test("a backup faster than its storage holds at most uploadConcurrency + 1 data packs in memory (packs built whole), and loses none", async () => {

@@ -816,7 +816,9 @@ export class Repository {
     if (this.uploadError || this.abandoned) {
       if (b instanceof StreamedPack) await b.abort();
       done();
-      if (this.uploadError) throw this.uploadError;
+      // The failure of a pack written meanwhile: the open packs go too (their staged files), as
+      // in every other call that meets it; its caller may never call the repository again.
+      if (this.uploadError) await this.failedWrites();
       return;
     }
     const p = this.store(b)
