@@ -1238,8 +1238,9 @@ static void writefiles_execute(napi_env env, void *arg) {
     }
     /* Ownership first: chown clears the set-user-ID and set-group-ID bits that chmod sets. Numbers
      * out of range (a damaged or crafted snapshot) fail their step with EINVAL, never reach a cast.
-     * chown and chmod only where fstat shows the file differs: each dirties the inode (a journal
-     * transaction on ext4), and for most files neither changes anything. */
+     * chown and chmod only where fstat shows the file differs: each is a system call that dirties the
+     * inode (on a journaled filesystem, a transaction too), and for most files neither changes
+     * anything. */
     struct stat st;
     bool known = fstat(fd, &st) == 0;
     bool chown_wanted = job->flags & SK_WRITE_CHOWN;
