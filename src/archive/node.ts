@@ -2,7 +2,7 @@
 // nanoseconds, names quoted as Go's strconv.Quote), and its conversion from and to a file's stat.
 import type { BigIntStats } from "node:fs";
 import { goQuote, goUnquote, isValidUtf8 } from "../util/goquote.js";
-import { formatTimeNs, formatTimeParts, parseTimeNs } from "../util/gotime.js";
+import { type TimeParts, formatTimeNs, formatTimeParts, parseTimeNs, parseTimeParts } from "../util/gotime.js";
 import { STAT_FIELDS, StatField } from "../platform/fsx.js";
 import { groupName, userName } from "../platform/users.js";
 
@@ -270,6 +270,11 @@ function sameContent(a: string[] | null | undefined, b: string[] | null | undefi
 export function linkTargetBytes(n: NodeJSON): Buffer {
   if (n.linktarget_raw) return Buffer.from(n.linktarget_raw, "base64");
   return Buffer.from(n.linktarget ?? "", "utf8");
+}
+
+/** timeNs as seconds and nanoseconds, without BigInts (a restore takes two per small file). */
+export function timeParts(s: string | undefined): TimeParts | undefined {
+  return s ? parseTimeParts(s) : undefined;
 }
 
 export function timeNs(s: string | undefined): bigint | undefined {

@@ -12,7 +12,7 @@ import { type NewFile, WriteStep, canWriteFiles, lutimesNs, mknod, setXattr, isU
 import { DirectWrites, FileWriter } from "../platform/file-writer.js";
 import { keepFreedMemoryForReuse, releaseBuffer } from "../platform/native.js";
 import { compileExcludes, type PathMatcher } from "./exclude.js";
-import { type NodeJSON, decodeName, linkTargetBytes, timeNs, unixPermFromGo, unixTypeBits } from "./node.js";
+import { type NodeJSON, decodeName, linkTargetBytes, timeNs, timeParts, unixPermFromGo, unixTypeBits } from "./node.js";
 import { joinPath, loadTree } from "./tree.js";
 import { Backlog, Semaphore, mapLimit, settleAll } from "../util/concurrency.js";
 
@@ -328,15 +328,15 @@ export class Restorer {
     }
     const data = new Map(withData.map((l, i) => [l, blobs[i]]));
     const files = batch.map((l): NewFile => {
-      const m = timeNs(l.node.mtime);
-      const a = timeNs(l.node.atime) ?? m;
+      const m = timeParts(l.node.mtime);
+      const a = timeParts(l.node.atime) ?? m;
       return {
         name: l.name,
         data: data.get(l) ?? EMPTY_DATA,
         mode: unixPermFromGo(l.node.mode ?? 0o600),
         uid: l.node.uid,
         gid: l.node.gid,
-        ...(m !== undefined && a !== undefined ? { atimeNs: a, mtimeNs: m } : {}),
+        ...(m !== undefined && a !== undefined ? { atime: a, mtime: m } : {}),
       };
     });
     let results: Awaited<ReturnType<typeof writeFiles>>;

@@ -7,6 +7,7 @@ import fs from "node:fs";
 import os from "node:os";
 import util from "node:util";
 import { nativeAddon } from "./native.js";
+import type { TimeParts } from "../util/gotime.js";
 
 export type PathLike = Buffer | string;
 
@@ -132,9 +133,9 @@ export interface NewFile {
   mode: number;
   uid: number;
   gid: number;
-  /** Nanoseconds since the epoch; both or neither. */
-  atimeNs?: bigint;
-  mtimeNs?: bigint;
+  /** Both or neither. */
+  atime?: TimeParts;
+  mtime?: TimeParts;
 }
 
 /** True when writeFiles is available (the addon is built). */
@@ -160,8 +161,14 @@ export async function writeFiles(dir: Buffer, files: readonly NewFile[], chown: 
     meta[m] = f.mode;
     meta[m + 1] = f.uid;
     meta[m + 2] = f.gid;
-    if (f.atimeNs === undefined || f.mtimeNs === undefined) meta[m + 3] = NaN;
-    else [meta[m + 3], meta[m + 4], meta[m + 5], meta[m + 6]] = [...splitNs(f.atimeNs), ...splitNs(f.mtimeNs)].map(Number);
+    if (f.atime === undefined || f.mtime === undefined) {
+      meta[m + 3] = NaN;
+    } else {
+      meta[m + 3] = f.atime.sec;
+      meta[m + 4] = f.atime.nsec;
+      meta[m + 5] = f.mtime.sec;
+      meta[m + 6] = f.mtime.nsec;
+    }
   });
   const r = await native.writefiles(dir, nulTerminated(files.map((f) => f.name)), Buffer.concat(files.map((f) => f.data), end), ends, meta, chown ? 1 : 0);
   return files.map((f, i) => {
