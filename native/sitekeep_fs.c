@@ -1219,8 +1219,14 @@ static void writefiles_execute(napi_env env, void *arg) {
     start = end;
     bool ids_ok = in_range(m[1], 0, 4294967295.0) && in_range(m[2], 0, 4294967295.0);
     bool mode_ok = in_range(m[0], 0, 07777);
-    bool owned = !(job->flags & SK_WRITE_CHOWN) || (ids_ok && (uid_t)m[1] == new_uid && (gid_t)m[2] == new_gid);
-    /* A file that changes hands is created 0600: its group (say) must not read it before chown. */
+    /* A file that changes hands is created 0600: its group (say) must not read it before chown.
+     * So is one whose group and others are to get different bits while chown is wanted: the
+     * predicted group can be wrong (a filesystem mounted grpid gives every new file its folder's
+     * group), and a wrong group then holds no more than others will, which is nothing beyond the
+     * final state (0644, 0755, 0600 and 0700 qualify; 0640 does not). */
+    bool group_as_others = mode_ok && ((((mode_t)m[0] >> 3) & 7) == ((mode_t)m[0] & 7));
+    bool owned = !(job->flags & SK_WRITE_CHOWN) ||
+                 (ids_ok && group_as_others && (uid_t)m[1] == new_uid && (gid_t)m[2] == new_gid);
     mode_t create_mode = owned && mode_ok ? ((mode_t)m[0] & 0777) : 0600;
     /* O_EXCL and O_NOFOLLOW: whatever already stands there (a planted symlink, say) is left to the
      * caller, which replaces it; this never writes through it. */
