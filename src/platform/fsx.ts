@@ -145,7 +145,8 @@ export const canWriteFiles = (): boolean => native?.writefiles !== undefined;
  * Creates new files in one folder on the thread pool: each with O_EXCL (never through whatever stands
  * there), its bytes (aligned zero blocks left as holes), then ownership when `chown`, mode and times
  * (ownership and mode only where the new file's differ: a file that keeps its creator's owner and
- * group is created with its permission bits; one that changes hands 0600 until then).
+ * group is created with its permission bits, when `chown` only if its group gets what others get;
+ * any other 0600 until then).
  * Returns per file undefined when all of it was done, else the error and the step that failed (after
  * a failed open or write nothing of the file is left); a folder that cannot be opened rejects.
  */
