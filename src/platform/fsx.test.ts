@@ -23,6 +23,7 @@ import {
   writeFiles,
 } from "./fsx.js";
 import { nativeAddon, releaseBuffer } from "./native.js";
+import { type TimeParts, splitTimeNs } from "../util/gotime.js";
 
 const { S_IFIFO, S_IFCHR } = fs.constants;
 const isRoot = process.getuid?.() === 0;
@@ -404,13 +405,9 @@ test("releaseBuffer frees a buffer's memory at once, and leaves a buffer it does
   assert.deepEqual([view.length, whole.length, whole[0]], [90, 100, 2]);
 });
 
-/** A NewFile with its times given in nanoseconds since the epoch (split by floor division). */
-function withTimes<F extends { atimeNs?: bigint; mtimeNs?: bigint }>(f: F): F & { atime?: { sec: number; nsec: number }; mtime?: { sec: number; nsec: number } } {
-  const parts = (ns: bigint): { sec: number; nsec: number } => {
-    const sec = ns / 1_000_000_000n - (ns % 1_000_000_000n < 0n ? 1n : 0n);
-    return { sec: Number(sec), nsec: Number(ns - sec * 1_000_000_000n) };
-  };
-  return f.atimeNs === undefined || f.mtimeNs === undefined ? f : { ...f, atime: parts(f.atimeNs), mtime: parts(f.mtimeNs) };
+/** A NewFile with its times given in nanoseconds since the epoch. */
+function withTimes<F extends { atimeNs?: bigint; mtimeNs?: bigint }>(f: F): F & { atime?: TimeParts; mtime?: TimeParts } {
+  return f.atimeNs === undefined || f.mtimeNs === undefined ? f : { ...f, atime: splitTimeNs(f.atimeNs), mtime: splitTimeNs(f.mtimeNs) };
 }
 
 describe("writeFiles", () => {

@@ -169,6 +169,11 @@ function slowTimeParts(s: string): TimeParts | undefined {
   } catch {
     return undefined;
   }
+  return splitTimeNs(ns);
+}
+
+/** Nanoseconds since the epoch as TimeParts (floor division: nsec stays in [0, 1e9) before 1970 too). */
+export function splitTimeNs(ns: bigint): TimeParts {
   let sec = ns / NS_PER_SEC;
   let nsec = ns % NS_PER_SEC;
   if (nsec < 0n) {
