@@ -31,18 +31,8 @@ const pad = (n: number, w = 2): string => String(n).padStart(w, "0");
 
 /** Formats nanoseconds since the epoch as RFC 3339 in UTC, trailing fractional zeros trimmed (Go's RFC3339Nano). */
 export function formatTimeNs(ns: bigint): string {
-  let secs = ns / NS_PER_SEC;
-  let frac = ns % NS_PER_SEC;
-  if (frac < 0n) {
-    frac += NS_PER_SEC;
-    secs -= 1n;
-  }
-  let days = secs / SEC_PER_DAY;
-  let sod = secs % SEC_PER_DAY;
-  if (sod < 0n) {
-    sod += SEC_PER_DAY;
-    days -= 1n;
-  }
+  const [secs, frac] = floorDivMod(ns, NS_PER_SEC);
+  const [days, sod] = floorDivMod(secs, SEC_PER_DAY);
   const [y, mo, d] = civilFromDays(Number(days));
   const s = Number(sod);
   let out = `${pad(y, 4)}-${pad(mo)}-${pad(d)}T${pad(Math.floor(s / 3600))}:${pad(Math.floor((s % 3600) / 60))}:${pad(s % 60)}`;
@@ -174,13 +164,15 @@ function slowTimeParts(s: string): TimeParts | undefined {
 
 /** Nanoseconds since the epoch as TimeParts (floor division: nsec stays in [0, 1e9) before 1970 too). */
 export function splitTimeNs(ns: bigint): TimeParts {
-  let sec = ns / NS_PER_SEC;
-  let nsec = ns % NS_PER_SEC;
-  if (nsec < 0n) {
-    nsec += NS_PER_SEC;
-    sec -= 1n;
-  }
+  const [sec, nsec] = floorDivMod(ns, NS_PER_SEC);
   return { sec: Number(sec), nsec: Number(nsec) };
+}
+
+/** Quotient and remainder of a / b (b > 0) rounded toward minus infinity: BigInt's / truncates toward zero. */
+function floorDivMod(a: bigint, b: bigint): [bigint, bigint] {
+  const q = a / b;
+  const r = a % b;
+  return r < 0n ? [q - 1n, r + b] : [q, r];
 }
 
 export function nowNs(): bigint {
