@@ -381,7 +381,11 @@ test("with keepFreedMemoryForReuse, 1 MiB buffers allocated and freed in turn re
     return JSON.parse(res.stdout.trim().split("\n").pop() ?? "");
   };
   const kept = run("keep");
-  const given = run("none");
+  // Whether freed memory is trimmed depends on what else sits at the heap's top (a helper thread's
+  // allocation there keeps it): once in a suite run under load the run without the setting saw 7
+  // faults. Up to three tries for that precondition; the assertion on `kept` is not retried.
+  let given = run("none");
+  for (let i = 0; i < 2 && given.faults < 64 * 100; i++) given = run("none");
   assert.equal(kept.left + given.left, 0, "every buffer was freed by releaseBuffer");
   // 64 buffers of 256 pages: given back, 12,000-16,000 faults here; kept, a few dozen of V8's own.
   assert.ok(given.faults >= 64 * 100, `without the setting: ${given.faults} faults (else this test proves nothing)`);
