@@ -46,18 +46,27 @@
  * sealblobAsync(key, data, level) -> Promise<[sealed, uncompressed length or 0]>: one blob
  *   compressed (when that makes it shorter) and sealed on the thread pool, without its ID (a large
  *   blob's ID is known before it is stored: chunkhash). `data` must not change until it settles.
+ * readdecodeblobsAsync(key, reads, spans, ids) -> Promise<[status, out, ends]>: decodeblobsAsync
+ *   over bytes it reads itself: `reads` holds (fd, position, length) per range of a file (a pack),
+ *   and `spans` offsets into those ranges laid end to end. A restore of small files read each range
+ *   into a Buffer of its own with a thread-pool hop of its own, then decoded it in another. The
+ *   descriptors must stay open until it settles; it rejects when a read fails or a file ends early.
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
 #define _GNU_SOURCE
 #endif
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
 
 #include "sk_napi.h"
 
@@ -861,19 +870,20 @@ typedef struct {
   size_t total; /* room for the plaintexts */
 } sk_decode_args;
 
-static bool get_decode_args(napi_env env, napi_value *argv, sk_decode_args *a) {
-  void *src, *ids;
+/* The key, spans and ids of a decode (src is the caller's: in memory, or read by the job). */
+static bool get_blob_args(napi_env env, napi_value key, napi_value spans_v, napi_value ids_v, sk_decode_args *a) {
+  void *ids;
   double *spans;
   size_t slen, idlen;
-  if (!get_key(env, argv[0], &a->key) || !get_bytes(env, argv[1], "src", &src, &a->srclen) ||
-      !get_f64s(env, argv[2], "spans", &spans, &slen) || !get_bytes(env, argv[3], "ids", &ids, &idlen)) {
+  if (!get_key(env, key, &a->key) || !get_f64s(env, spans_v, "spans", &spans, &slen) || !get_bytes(env, ids_v, "ids", &ids, &idlen)) {
     return false;
   }
   if (slen % 3 != 0 || idlen != slen / 3 * SK_ID) {
     throw_arg_range(env, "spans", "(offset, length, uncompressed length) per ID");
     return false;
   }
-  a->src = src;
+  a->src = NULL;
+  a->srclen = 0;
   a->spans = spans;
   a->ids = ids;
   a->n = slen / 3;
@@ -887,6 +897,15 @@ static bool get_decode_args(napi_env env, napi_value *argv, sk_decode_args *a) {
     }
     a->total += plain_room(len, ulen);
   }
+  return true;
+}
+
+static bool get_decode_args(napi_env env, napi_value *argv, sk_decode_args *a) {
+  void *src;
+  size_t srclen;
+  if (!get_blob_args(env, argv[0], argv[2], argv[3], a) || !get_bytes(env, argv[1], "src", &src, &srclen)) return false;
+  a->src = src;
+  a->srclen = srclen;
   return true;
 }
 
@@ -1044,6 +1063,133 @@ static napi_value sk_verifypack_async(napi_env env, napi_callback_info info) {
     return NULL;
   }
   return queue_decode(env, argv, &a, false, hash_src);
+}
+
+/* ---- readdecodeblobsAsync: ranges of packs read and their blobs decoded in one job ---- */
+
+typedef struct {
+  sk_decode_job d; /* d.src is `bytes` once read */
+  double *reads;   /* (fd, position, length) per range, copied */
+  size_t nreads;
+  uint8_t *bytes;  /* the ranges end to end */
+  size_t nbytes;
+  int read_errno;  /* a read failed with this */
+  bool ended;      /* a file ended before its range did */
+} sk_readdecode_job;
+
+static void free_readdecode_job(void *arg) {
+  sk_readdecode_job *job = arg;
+  lib.cleanse(job->d.key, sizeof job->d.key);
+  free(job->d.spans);
+  free(job->d.ids);
+  free(job->d.status);
+  free(job->d.ends);
+  free(job->d.out);
+  free(job->reads);
+  free(job->bytes);
+  free(job);
+}
+
+static void readdecode_execute(napi_env env, void *arg) {
+  sk_readdecode_job *job = arg;
+  size_t at = 0;
+  for (size_t r = 0; r < job->nreads; r++) {
+    int fd = (int)job->reads[3 * r];
+    off_t pos = (off_t)job->reads[3 * r + 1];
+    size_t len = (size_t)job->reads[3 * r + 2], got = 0;
+    while (got < len) {
+      ssize_t n = pread(fd, job->bytes + at + got, len - got, pos + (off_t)got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        job->read_errno = errno;
+        return;
+      }
+      if (n == 0) {
+        job->ended = true;
+        return;
+      }
+      got += (size_t)n;
+    }
+    at += len;
+  }
+  job->d.src = job->bytes;
+  job->d.srclen = at;
+  decode_execute(env, &job->d);
+}
+
+/* The error of a failed read: code ERR_SITEKEEP_READ, and `errno` the read's (0: a file ended before its range). */
+static void throw_read_error(napi_env env, int err) {
+  char text[160];
+  if (err) snprintf(text, sizeof text, "readdecodeblobsAsync: a read failed: %s", strerror(err));
+  else snprintf(text, sizeof text, "readdecodeblobsAsync: a file ends before the range to read");
+  napi_value code, msg, error, num;
+  if (napi_create_string_utf8(env, "ERR_SITEKEEP_READ", NAPI_AUTO_LENGTH, &code) != napi_ok ||
+      napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &msg) != napi_ok || napi_create_error(env, code, msg, &error) != napi_ok ||
+      napi_create_int32(env, err, &num) != napi_ok || napi_set_named_property(env, error, "errno", num) != napi_ok ||
+      napi_throw(env, error) != napi_ok) {
+    ensure_thrown(env);
+  }
+}
+
+static void readdecode_complete(napi_env env, napi_status status, void *arg) {
+  sk_readdecode_job *job = arg;
+  napi_value result = NULL;
+  if (status == napi_ok) {
+    if (job->read_errno || job->ended) {
+      throw_read_error(env, job->read_errno);
+    } else if (job->d.failed) {
+      napi_throw_error(env, NULL, job->d.failed);
+    } else {
+      result = decode_result(env, &job->d);
+    }
+  }
+  settle_holding(env, job->d.deferred, status, "readdecodeblobsAsync", result, job->d.src_ref, job->d.work);
+  free_readdecode_job(job);
+}
+
+static napi_value sk_readdecodeblobs_async(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  double *reads;
+  size_t rlen;
+  if (!get_args(env, info, 4, argv) || !get_f64s(env, argv[1], "reads", &reads, &rlen)) return NULL;
+  if (rlen % 3 != 0) {
+    throw_arg_range(env, "reads", "(fd, position, length) per range");
+    return NULL;
+  }
+  size_t nbytes = 0;
+  for (size_t r = 0; r < rlen / 3; r++) {
+    double fd = reads[3 * r], pos = reads[3 * r + 1], len = reads[3 * r + 2];
+    /* A damaged index's length must not size a buffer: ranges are at most SK_DECODE_MAX each. */
+    if (!(fd >= 0 && fd <= INT_MAX && fd == floor(fd)) || !(pos >= 0 && pos <= 9007199254740991.0 && pos == floor(pos)) ||
+        !(len >= 0 && len <= SK_DECODE_MAX && len == floor(len))) {
+      throw_arg_range(env, "reads", "a descriptor, a position and a length of at most 64 MiB per range");
+      return NULL;
+    }
+    nbytes += (size_t)len;
+  }
+  sk_decode_args a;
+  if (!get_blob_args(env, argv[0], argv[2], argv[3], &a)) return NULL;
+  sk_readdecode_job *job = calloc(1, sizeof *job);
+  if (job == NULL || (job->d.spans = malloc(a.n * 3 * sizeof(double) + 1)) == NULL || (job->d.ids = malloc(a.n * SK_ID + 1)) == NULL ||
+      (job->d.status = malloc(a.n * 4 + 1)) == NULL || (job->d.ends = malloc(a.n * 8 + 1)) == NULL ||
+      (job->d.out = malloc(a.total + 1)) == NULL || (job->reads = malloc(rlen * sizeof(double) + 1)) == NULL ||
+      (job->bytes = malloc(nbytes + 1)) == NULL) {
+    if (job) free_readdecode_job(job);
+    napi_throw_error(env, "ENOMEM", "readdecodeblobsAsync: out of memory");
+    return NULL;
+  }
+  memcpy(job->d.key, a.key, SK_KEY_BYTES);
+  memcpy(job->d.spans, a.spans, a.n * 3 * sizeof(double));
+  memcpy(job->d.ids, a.ids, a.n * SK_ID);
+  memcpy(job->reads, reads, rlen * sizeof(double));
+  job->nreads = rlen / 3;
+  job->nbytes = nbytes;
+  job->d.n = a.n;
+  job->d.total = a.total;
+  job->d.keep = true;
+  /* Everything it reads was copied; the reference (to `reads`) is only what queue_holding wants. */
+  return queue_holding(env, "sitekeep.readdecodeblobs", argv[1], readdecode_execute, readdecode_complete, job, free_readdecode_job,
+                       &job->d.src_ref, &job->d.work, &job->d.deferred);
 }
 
 /* ---- sha256Begin / sha256UpdateAsync / sha256End: a SHA-256 fed piece by piece ----------- */
@@ -1233,6 +1379,7 @@ bool sk_codec_define(napi_env env, napi_value exports) {
       {"encodeblobsAsync", NULL, sk_encodeblobs_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"decodeblobs", NULL, sk_decodeblobs, NULL, NULL, NULL, napi_enumerable, NULL},
       {"decodeblobsAsync", NULL, sk_decodeblobs_async, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"readdecodeblobsAsync", NULL, sk_readdecodeblobs_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"verifypackAsync", NULL, sk_verifypack_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sealblobAsync", NULL, sk_sealblob_async, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sha256Begin", NULL, sk_sha256_begin, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -359,6 +359,7 @@ export class Restorer {
         this.fail(l.path, `restored ${files[i].data.length} bytes but the snapshot records ${l.node.size}`);
       }
     });
+    this.repo.releaseBlobs(blobs); // written, and this batch's alone (the files done alone load their own)
     this.report(false);
     return alone;
   }

@@ -29,6 +29,12 @@ export interface StagedFile {
   abort(): Promise<void>;
 }
 
+/** An open file of a backend (openFile): its descriptor, valid until release(). */
+export interface OpenFile {
+  readonly fd: number;
+  release(): void;
+}
+
 export interface Backend {
   /** Where the repository is, for messages (never contains secrets). */
   readonly location: string;
@@ -56,6 +62,12 @@ export interface Backend {
    * without it, use load.
    */
   loadInto?(h: Handle, into: Uint8Array, offset?: number): Promise<number>;
+  /**
+   * The file open for reading, as a descriptor, for reads done outside JavaScript (a restore's
+   * small files: ranges of packs read and decoded in one thread-pool job). Optional: backends of
+   * local paths and mounted shares. Pair every call with the file's release().
+   */
+  openFile?(h: Handle): Promise<OpenFile>;
   stat(h: Handle): Promise<FileInfo>;
   remove(h: Handle): Promise<void>;
   /** Files of a type whose names are valid IDs (temporary files are not listed). */

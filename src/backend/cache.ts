@@ -21,6 +21,7 @@ export class CachedBackend implements Backend {
   // cached): without them a check read every pack into a fresh buffer and a backup held its packs
   // in memory. Its listings' lag too: locks are never cached either.
   readonly loadInto?: Backend["loadInto"];
+  readonly openFile?: Backend["openFile"];
   readonly stage?: Backend["stage"];
   readonly listingLagMs?: Backend["listingLagMs"];
 
@@ -30,6 +31,7 @@ export class CachedBackend implements Backend {
   ) {
     this.location = inner.location;
     if (inner.loadInto) this.loadInto = (h, into, offset) => inner.loadInto!(h, into, offset);
+    if (inner.openFile) this.openFile = (h) => inner.openFile!(h);
     if (inner.stage) this.stage = (type, readSoon) => inner.stage!(type, readSoon);
     if (inner.listingLagMs) this.listingLagMs = () => inner.listingLagMs!();
   }

@@ -42,6 +42,13 @@ export interface NativeAddon {
   decodeblobs?(key: Buffer, src: Buffer, spans: Float64Array, ids: Buffer, keep: boolean): [Int32Array, Buffer | null, Float64Array | null];
   /** decodeblobs with the plaintexts kept, on the thread pool. `src` must not change until it settles. */
   decodeblobsAsync?(key: Buffer, src: Buffer, spans: Float64Array, ids: Buffer): Promise<[Int32Array, Buffer, Float64Array]>;
+  /**
+   * decodeblobsAsync over bytes it reads itself: (fd, position, length) per range in `reads`, the
+   * spans' offsets counting through the ranges laid end to end. The descriptors must stay open
+   * until it settles; a failed read rejects with code ERR_SITEKEEP_READ and its `errno` (0: a file
+   * ended early).
+   */
+  readdecodeblobsAsync?(key: Buffer, reads: Float64Array, spans: Float64Array, ids: Buffer): Promise<[Int32Array, Buffer, Float64Array]>;
   /** decodeblobs without keeping the plaintexts, and with `hash` the SHA-256 of `pack` (else null), on the thread pool. `pack` must not change until it settles. */
   verifypackAsync?(key: Buffer, pack: Buffer, spans: Float64Array, ids: Buffer, hash: boolean): Promise<[Int32Array, Buffer | null]>;
   /** A SHA-256 fed piece by piece, each piece on the thread pool (one update at a time per hash). */

@@ -1,10 +1,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { type BlobCodec, type EncodedBatch, type PackEntry, batchBlob, decodeBlobsInBackground, encodeBatchInBackground, jsBlobCodec, nativeBlobCodec, packEntries, sealInBackground, verifyBlobsInBackground, verifyPackInBackground } from "./blob-codec.js";
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
+import { constants, tmpdir } from "node:os";
+import { join } from "node:path";
+import { type BlobCodec, type EncodedBatch, type PackEntry, batchBlob, decodeBlobsInBackground, decodeFromFiles, encodeBatchInBackground, jsBlobCodec, nativeBlobCodec, packEntries, sealInBackground, verifyBlobsInBackground, verifyPackInBackground } from "./blob-codec.js";
 import { compress, decompress } from "./compression.js";
 import { type MasterKey, newRandomKey, open, seal } from "./crypto.js";
 import { sha256 } from "./id.js";
+import { SitekeepError } from "../errors.js";
 import { nativeAddon } from "../platform/native.js";
 
 // Both forms of the codec, each against the other: what one writes the other must read, and both
@@ -19,6 +23,7 @@ test("the native codec is built where the addon is", () => {
   assert.ok(decodeBlobsInBackground, "decodeblobsAsync is missing");
   assert.ok(sealInBackground, "sealblobAsync is missing");
   assert.ok(encodeBatchInBackground, "encodeblobsAsync is missing");
+  assert.ok(decodeFromFiles, "readdecodeblobsAsync is missing");
   assert.ok(verifyPackInBackground, "verifypackAsync is missing");
 });
 
@@ -145,6 +150,43 @@ for (const [writer, w] of forms) {
     for (const decoded of results) assert.deepEqual(decoded, blobs);
   });
 }
+
+test("ranges of files read by descriptor are decoded on the thread pool, and failed reads say so", async (t) => {
+  if (!decodeFromFiles || !nativeAddon?.readdecodeblobsAsync) return t.skip("no native codec");
+  const key = newRandomKey();
+  const blobs = sampleBlobs();
+  const { data, offsets, lengths } = layout(blobs);
+  const enc = jsBlobCodec.encodeBatch(key, true, data, offsets, lengths);
+  const entries = entriesOf(enc, blobs.length);
+  const dir = mkdtempSync(join(tmpdir(), "sitekeep-readdecode-"));
+  const a = openSync(join(dir, "a"), "w+");
+  const b = openSync(join(dir, "b"), "w+");
+  try {
+    // File a holds the batch; file b holds it after 100 other bytes. Read b's copy, then a's.
+    writeSync(a, enc.sealed, 0, enc.sealed.length, 0);
+    writeSync(b, Buffer.concat([randomBytes(100), enc.sealed]), 0, enc.sealed.length + 100, 0);
+    const n = enc.sealed.length;
+    const reads = new Float64Array([b, 100, n, a, 0, n]);
+    const both = packEntries([...entries, ...entries.map((e) => ({ ...e, offset: e.offset + n }))]);
+    assert.deepEqual(await decodeFromFiles(key, reads, both), [...blobs, ...blobs]);
+
+    // A damaged byte fails its blob alone.
+    writeSync(a, Buffer.from([enc.sealed[entries[1].offset + 20] ^ 0xff]), 0, 1, entries[1].offset + 20);
+    const decoded = await decodeFromFiles(key, new Float64Array([a, 0, n]), packEntries(entries));
+    decoded.forEach((d, i) => (i === 1 ? assert.ok(d instanceof SitekeepError && d.code === "crypto.mac", String(d)) : assert.deepEqual(d, blobs[i])));
+
+    // A file that ends early, a descriptor that is not open, and arguments out of range.
+    const readFails = (errno: number) => (err: unknown) => err instanceof Error && (err as NodeJS.ErrnoException).code === "ERR_SITEKEEP_READ" && (err as NodeJS.ErrnoException).errno === errno;
+    await assert.rejects(decodeFromFiles(key, new Float64Array([a, 1, n]), packEntries(entries)), readFails(0));
+    await assert.rejects(decodeFromFiles(key, new Float64Array([999_999, 0, n]), packEntries(entries)), readFails(constants.errno.EBADF));
+    await assert.rejects(decodeFromFiles(key, new Float64Array([a, 0]), packEntries(entries)), /reads/);
+    await assert.rejects(decodeFromFiles(key, new Float64Array([a, 0, 65 * 1024 * 1024]), packEntries(entries)), /reads/);
+  } finally {
+    closeSync(a);
+    closeSync(b);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
 
 test("batches encoded on the thread pool are decoded and verified by each codec", async (t) => {
   if (!encodeBatchInBackground || !nativeAddon?.encodeblobsAsync) return t.skip("no native codec");

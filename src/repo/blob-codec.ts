@@ -318,6 +318,29 @@ export const decodeBlobsInBackground: BackgroundDecoder | undefined =
   codecAddon ? backgroundDecoder(codecAddon) : undefined;
 
 /**
+ * Reads ranges of files by descriptor and decodes the blobs in them, in one thread-pool job (the
+ * addon's form only): `reads` holds (fd, position, length) per range, and `entries`' offsets count
+ * through the ranges laid end to end. A blob the addon leaves to JavaScript (larger than it
+ * decodes) comes back undefined, for the caller to load alone.
+ */
+export type FileDecoder = (key: MasterKey, reads: Float64Array, entries: PackEntries) => Promise<(Buffer | Error | undefined)[]>;
+
+function fileDecoder(read: NonNullable<NativeAddon["readdecodeblobsAsync"]>): FileDecoder {
+  return async (key, reads, entries) => {
+    const [status, out, ends] = await read(keyBytes(key), reads, entries.spans, asBuffer(entries.ids));
+    return Array.from(status, (s, i) => {
+      if (s === Decoded.Ok) return out.subarray(i === 0 ? 0 : ends[i - 1], ends[i]);
+      if (s === Decoded.TooLarge) return undefined;
+      const e = entryAt(entries, i);
+      return decodeError(s, e.id, e.length);
+    });
+  };
+}
+
+export const decodeFromFiles: FileDecoder | undefined =
+  codecAddon && nativeAddon?.readdecodeblobsAsync ? fileDecoder(nativeAddon.readdecodeblobsAsync) : undefined;
+
+/**
  * Compresses (when `compressBlob` and it makes the blob shorter) and seals one blob on the thread
  * pool, in one job (the addon's form only). `plain` must not change until it settles.
  */

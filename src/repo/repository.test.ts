@@ -12,6 +12,7 @@ import { PackBuilder } from "./pack.js";
 import { sha256 } from "./id.js";
 import type { BlobLocation } from "./blob-index.js";
 import { nativeAddon } from "../platform/native.js";
+import { decodeFromFiles } from "./blob-codec.js";
 
 /** Flips a byte inside a stored blob's bytes in its pack file. */
 function damageBlob(dir: string, loc: BlobLocation): void {
@@ -182,6 +183,52 @@ test("loadBlobs reads neighbouring blobs of a pack together and returns each in 
     const fresh = await reopen(dir);
     await assert.rejects(fresh.loadBlobs("data", [sha256(blobs[39]), sha256(blobs[40])]), (err) => err instanceof SitekeepError && err.code === "repo.damaged" && err.message.includes(loc.packId));
     assert.deepEqual(await fresh.loadBlobs("data", [sha256(blobs[41])]), [blobs[41]]);
+  });
+});
+
+test("loadBlobs over a local path reads the packs' ranges by descriptor, and fails clearly on a damaged or short pack", async (t) => {
+  if (!decodeFromFiles) return t.skip("no native codec");
+  await withNewRepo("sitekeep-load-files-", 64 * 1024, async (repo, dir) => {
+    const blobs = Array.from({ length: 90 }, (_, i) => (i % 2 ? randomBytes(700 + ((i * 7919) % 7000)) : Buffer.alloc(2000 + i, i)));
+    for (const b of blobs) await repo.queueBlob("data", b, sha256(b));
+    await repo.flush();
+    const locs = blobs.map((b) => repo.lookup("data", sha256(b))!);
+    assert.ok(new Set(locs.map((l) => l.packId)).size >= 3);
+
+    // The local backend's descriptors are used (and each given back): no load() of a data pack.
+    const backend = new LocalBackend(dir);
+    let opened = 0;
+    let released = 0;
+    const openFile = backend.openFile.bind(backend);
+    backend.openFile = async (h) => {
+      const f = await openFile(h);
+      opened++;
+      return { fd: f.fd, release: () => (released++, f.release()) };
+    };
+    const load = backend.load.bind(backend);
+    backend.load = (h, offset, length) => (h.type === "data" ? Promise.reject(new Error("load() of a data pack")) : load(h, offset, length));
+    const again = await Repository.open(backend, "pw");
+    await again.loadIndex();
+    const order = blobs.map((_, i) => i).sort(() => Math.random() - 0.5);
+    order.push(order[3]);
+    const got = await again.loadBlobs("data", order.map((i) => sha256(blobs[i])));
+    order.forEach((i, k) => assert.deepEqual(got[k], blobs[i], `blob ${i} at position ${k}`));
+    assert.ok(opened >= 3 && released === opened, `${opened} opened, ${released} given back`);
+    await backend.close();
+
+    // A damaged blob names its pack; a pack cut short says so; both keep the other packs readable.
+    damageBlob(dir, locs[10]);
+    const damaged = await reopen(dir);
+    await assert.rejects(damaged.loadBlobs("data", [sha256(blobs[11]), sha256(blobs[10])]), (err) => err instanceof SitekeepError && err.code === "repo.damaged" && err.message.includes(locs[10].packId));
+    await damaged.backend.close();
+    const short = locs.find((l) => l.packId !== locs[10].packId)!;
+    const file = join(dir, "data", short.packId.slice(0, 2), short.packId);
+    writeFileSync(file, readFileSync(file).subarray(0, short.offset + 5));
+    const cut = await reopen(dir);
+    await assert.rejects(cut.loadBlobs("data", [sha256(blobs[locs.indexOf(short)])]), (err) => err instanceof SitekeepError && err.code === "repo.damaged" && /shorter than the index says/.test(err.message));
+    const elsewhere = blobs.findIndex((_, i) => locs[i].packId !== short.packId && locs[i].packId !== locs[10].packId);
+    assert.deepEqual(await cut.loadBlobs("data", [sha256(blobs[elsewhere])]), [blobs[elsewhere]]);
+    await cut.backend.close();
   });
 });
 
