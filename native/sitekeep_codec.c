@@ -1072,7 +1072,6 @@ typedef struct {
   double *reads;   /* (fd, position, length) per range, copied */
   size_t nreads;
   uint8_t *bytes;  /* the ranges end to end */
-  size_t nbytes;
   int read_errno;  /* a read failed with this */
   bool ended;      /* a file ended before its range did */
 } sk_readdecode_job;
@@ -1183,7 +1182,6 @@ static napi_value sk_readdecodeblobs_async(napi_env env, napi_callback_info info
   memcpy(job->d.ids, a.ids, a.n * SK_ID);
   memcpy(job->reads, reads, rlen * sizeof(double));
   job->nreads = rlen / 3;
-  job->nbytes = nbytes;
   job->d.n = a.n;
   job->d.total = a.total;
   job->d.keep = true;

@@ -298,13 +298,19 @@ const codec = nativeBlobCodec ?? jsBlobCodec;
  */
 export type BackgroundDecoder = (key: MasterKey, src: Buffer, entries: PackEntries) => Promise<(Buffer | Error)[]>;
 
+/** The addon's decode results per entry: its plaintext (a view of `out`), why it failed, or what `tooLarge` makes of a blob left to JavaScript. */
+function decodedEntries<T>(status: Int32Array, out: Buffer, ends: Float64Array, entries: PackEntries, tooLarge: (e: PackEntry) => T): (Buffer | Error | T)[] {
+  return Array.from(status, (s, i) => {
+    if (s === Decoded.Ok) return out.subarray(i === 0 ? 0 : ends[i - 1], ends[i]);
+    const e = entryAt(entries, i);
+    return s === Decoded.TooLarge ? tooLarge(e) : decodeError(s, e.id, e.length);
+  });
+}
+
 function backgroundDecoder(addon: CodecAddon): BackgroundDecoder {
   return async (key, src, entries) => {
     const [status, out, ends] = await addon.decodeblobsAsync(keyBytes(key), src, entries.spans, asBuffer(entries.ids));
-    return Array.from(status, (s, i) => {
-      if (s === Decoded.Ok) return out.subarray(i === 0 ? 0 : ends[i - 1], ends[i]);
-      const e = entryAt(entries, i);
-      if (s !== Decoded.TooLarge) return decodeError(s, e.id, e.length);
+    return decodedEntries(status, out, ends, entries, (e) => {
       try {
         return decodeBlobJS(key, e, src.subarray(e.offset, e.offset + e.length), e.id);
       } catch (err) {
@@ -328,12 +334,7 @@ export type FileDecoder = (key: MasterKey, reads: Float64Array, entries: PackEnt
 function fileDecoder(read: NonNullable<NativeAddon["readdecodeblobsAsync"]>): FileDecoder {
   return async (key, reads, entries) => {
     const [status, out, ends] = await read(keyBytes(key), reads, entries.spans, asBuffer(entries.ids));
-    return Array.from(status, (s, i) => {
-      if (s === Decoded.Ok) return out.subarray(i === 0 ? 0 : ends[i - 1], ends[i]);
-      if (s === Decoded.TooLarge) return undefined;
-      const e = entryAt(entries, i);
-      return decodeError(s, e.id, e.length);
-    });
+    return decodedEntries(status, out, ends, entries, () => undefined);
   };
 }
 

@@ -7,6 +7,7 @@
 import { randomBytes } from "node:crypto";
 import { getSystemErrorName } from "node:util";
 import type { Backend, FileType, OpenFile } from "../backend/backend.js";
+import { wrapIoError } from "../backend/local.js";
 import { ExitCode, SitekeepError, errorMessage } from "../errors.js";
 import { BlobIndex, type BlobLocation } from "./blob-index.js";
 import { type EncodedBatch, batchBlob, damagedBlob, decodeBlob, decodeBlobsInBackground, decodeFromFiles, encodeBatchInBackground, packEntries, sealInBackground } from "./blob-codec.js";
@@ -787,7 +788,8 @@ export class Repository {
         cause: err,
       });
     }
-    return new SitekeepError("backend.io", `${getSystemErrorName(-errno)} while reading data packs in ${this.backend.location}: ${err.message}`, { cause: err });
+    // As the backend reports its own read errors (ENOENT, EACCES... each with its hint).
+    return wrapIoError(Object.assign(new Error(err.message), { code: getSystemErrorName(-errno), errno }), "reading data packs", this.backend.location);
   }
 
   private locate(type: BlobType, id: Uint8Array): BlobLocation {
