@@ -19,6 +19,7 @@ import {
   ReadField,
   readFiles,
   setXattr,
+  WRITE_META,
   WriteStep,
   writeFiles,
 } from "./fsx.js";
@@ -513,6 +514,32 @@ describe("writeFiles", () => {
     r.push(...(await writeFiles(Buffer.from(at), [{ name: Buffer.from("owner"), data: Buffer.from("c"), mode: 0o644, uid: 2 ** 40, gid: 0 }], true)));
     assert.deepEqual(r.map((x) => [x?.step, x?.error.code]), [[WriteStep.chmod, "EINVAL"], [WriteStep.utimes, "EINVAL"], [WriteStep.chown, "EINVAL"]]);
     assert.deepEqual(["mode", "time", "owner"].map((n) => fs.readFileSync(path.join(at, n), "utf8")), ["a", "b", "c"]);
+  });
+
+  test("reads each file's bytes in place: views into one buffer, the same bytes twice; bad arrays are refused", async (t) => {
+    const at = fs.mkdtempSync(path.join(dir, "write-views-"));
+    const batch = Buffer.from("0123456789abcdefghij");
+    const meta = { mode: 0o600, uid: process.getuid!(), gid: process.getgid!() };
+    const files = [
+      { name: Buffer.from("head"), data: batch.subarray(0, 4), ...meta },
+      { name: Buffer.from("middle"), data: batch.subarray(4, 15), ...meta },
+      { name: Buffer.from("again"), data: batch.subarray(4, 15), ...meta },
+      { name: Buffer.from("none"), data: batch.subarray(20), ...meta },
+      { name: Buffer.from("tail"), data: batch.subarray(15), ...meta },
+    ];
+    assert.deepEqual(await writeFiles(Buffer.from(at), files, false), files.map(() => undefined));
+    assert.deepEqual(
+      files.map((f) => fs.readFileSync(path.join(at, f.name.toString()), "latin1")),
+      ["0123", "456789abcde", "456789abcde", "", "fghij"],
+    );
+    const writefiles = nativeAddon?.writefiles;
+    if (!writefiles) return t.skip("no addon");
+    const names = Buffer.from("x\0y\0");
+    const meta2 = new Float64Array(2 * WRITE_META).fill(NaN);
+    assert.throws(() => writefiles(Buffer.from(at), names, [Buffer.from("a"), "b" as unknown as Buffer], meta2, 0), TypeError);
+    assert.throws(() => writefiles(Buffer.from(at), names, [Buffer.from("a")], meta2, 0), RangeError);
+    assert.throws(() => writefiles(Buffer.from(at), names, Buffer.from("ab") as unknown as Buffer[], meta2, 0), TypeError);
+    assert.deepEqual(fs.readdirSync(at).sort(), ["again", "head", "middle", "none", "tail"]);
   });
 
   test("rejects when the folder cannot be opened", async () => {

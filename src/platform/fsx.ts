@@ -149,15 +149,12 @@ export const canWriteFiles = (): boolean => native?.writefiles !== undefined;
  * any other 0600 until then).
  * Returns per file undefined when all of it was done, else the error and the step that failed (after
  * a failed open or write nothing of the file is left); a folder that cannot be opened rejects.
+ * The files' bytes are read in place: their Buffers must not change until this settles.
  */
 export async function writeFiles(dir: Buffer, files: readonly NewFile[], chown: boolean): Promise<({ step: number; error: NodeJS.ErrnoException } | undefined)[]> {
   if (!native?.writefiles) throw errnoError("ENOSYS", "writefiles", dir, "function not implemented (native addon not built)");
-  const ends = new Float64Array(files.length);
   const meta = new Float64Array(files.length * WRITE_META);
-  let end = 0;
   files.forEach((f, i) => {
-    end += f.data.length;
-    ends[i] = end;
     const m = i * WRITE_META;
     meta[m] = f.mode;
     meta[m + 1] = f.uid;
@@ -171,7 +168,8 @@ export async function writeFiles(dir: Buffer, files: readonly NewFile[], chown: 
       meta[m + 6] = f.mtime.nsec;
     }
   });
-  const r = await native.writefiles(dir, nulTerminated(files.map((f) => f.name)), Buffer.concat(files.map((f) => f.data), end), ends, meta, chown ? 1 : 0);
+  // The bytes are read where they are, on the thread pool: a fresh array, so nothing changes it meanwhile.
+  const r = await native.writefiles(dir, nulTerminated(files.map((f) => f.name)), files.map((f) => f.data), meta, chown ? 1 : 0);
   return files.map((f, i) => {
     const errno = r[i * WRITE_RESULT];
     if (!errno) return undefined;

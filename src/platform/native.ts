@@ -20,7 +20,7 @@ export interface NativeAddon {
   lsetxattr(p: PathLike, name: string, value: Buffer): void;
   lstatdirAsync?(p: PathLike): Promise<[Buffer, Float64Array, boolean]>;
   readfiles?(dir: PathLike, names: Buffer, limits: Float64Array): Promise<[Buffer, Float64Array]>;
-  writefiles?(dir: PathLike, names: Buffer, data: Buffer, ends: Float64Array, meta: Float64Array, flags: number): Promise<Float64Array>;
+  writefiles?(dir: PathLike, names: Buffer, datas: Buffer[], meta: Float64Array, flags: number): Promise<Float64Array>;
   /** Present when the process has OpenSSL's SHA-256 (native/sitekeep_chunk.c). */
   chunkhash?(buf: Buffer, start: number, end: number, eof: boolean, params: Buffer): Promise<Buffer>;
   /** Marks the calling thread SCHED_BATCH on Linux (helper threads yield to the main thread; see sitekeep_fs.c). */
