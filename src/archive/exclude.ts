@@ -44,3 +44,26 @@ export function compileExcludes(patterns: readonly string[]): PathMatcher {
   if (res.length === 0) return () => false;
   return (path) => res.some((r) => r.test(path));
 }
+
+/**
+ * For include patterns: whether something below the folder `dir` (an absolute path) could match
+ * one of them. A restore of one item then walks only the folders on its way instead of every
+ * folder of the snapshot (a site of a million files loaded every tree to restore one file). Only
+ * anchored patterns made of plain elements, "*" and "?" prune; a pattern that can match at any
+ * depth (relative, or with "**", a class or an escape) answers true everywhere.
+ */
+export function compileMayMatchBelow(patterns: readonly string[]): (dir: string) => boolean {
+  const anchored: RegExp[][] = [];
+  for (const raw of patterns) {
+    const p = raw.trim().replace(/\/+$/, "");
+    if (!p || p.startsWith("#")) continue;
+    if (!p.startsWith("/") || /\*\*|\[|\\/.test(p)) return () => true;
+    anchored.push(p.split("/").filter(Boolean).map((e) => new RegExp("^" + globToRegex(e) + "$")));
+  }
+  return (dir) => {
+    const parts = dir.split("/").filter(Boolean);
+    // Below dir lie paths with more elements than dir: the pattern must be longer, and its first
+    // elements must match dir's.
+    return anchored.some((els) => els.length > parts.length && parts.every((part, i) => els[i].test(part)));
+  };
+}

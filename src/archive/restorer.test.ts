@@ -247,3 +247,42 @@ test("while the walk runs ahead of the writes, every folder gets its times after
     await fsp.rm(tmp, { recursive: true, force: true });
   }
 });
+
+test("restore with an anchored include loads only the folders on the way to what it includes", async () => {
+  const tmp = mkdtempSync(join(tmpdir(), "sitekeep-restore-include-"));
+  try {
+    const src = join(tmp, "src");
+    for (const d of ["keep/deep", "skip/a", "skip/b", "other"]) await fsp.mkdir(join(src, d), { recursive: true });
+    writeFileSync(join(src, "keep/deep/wanted.txt"), "wanted\n");
+    writeFileSync(join(src, "keep/deep/unwanted.txt"), "no\n");
+    for (const d of ["skip/a", "skip/b", "other"]) writeFileSync(join(src, d, "f.txt"), d);
+    const repo = await Repository.init(new LocalBackend(join(tmp, "repo")), "pw", { kdf });
+    await repo.loadIndex();
+    const s = await new Archiver(repo, { paths: [src] }).run();
+    const tree = (await repo.loadSnapshot(s.snapshot_id)).tree;
+    const trees: string[] = [];
+    const load = repo.loadBlob.bind(repo);
+    repo.loadBlob = (type, id) => {
+      if (type === "tree") trees.push(Buffer.from(id).toString("hex"));
+      return load(type, id);
+    };
+    const restore = async (includes: string[], target: string): Promise<number> => {
+      trees.length = 0;
+      const r = await new Restorer(repo, { target: join(tmp, target), includes }).restore(tree);
+      assert.deepEqual(r.errors, []);
+      return trees.length;
+    };
+    // The folders of src's own path, src, keep and keep/deep: not skip, skip/a, skip/b or other.
+    const onTheWay = src.split("/").filter(Boolean).length + 3;
+    assert.equal(await restore([join(src, "keep/deep/wanted.txt")], "t1"), onTheWay);
+    assert.equal(readFileSync(join(tmp, "t1", src, "keep/deep/wanted.txt"), "utf8"), "wanted\n");
+    assert.equal(existsSync(join(tmp, "t1", src, "keep/deep/unwanted.txt")), false);
+    assert.equal(existsSync(join(tmp, "t1", src, "skip")), false);
+    // A pattern that can match at any depth still finds its files everywhere.
+    assert.equal(await restore(["f.txt"], "t2"), onTheWay + 4);
+    assert.deepEqual(["skip/a", "skip/b", "other"].map((d) => readFileSync(join(tmp, "t2", src, d, "f.txt"), "utf8")), ["skip/a", "skip/b", "other"]);
+    assert.equal(existsSync(join(tmp, "t2", src, "keep")), false);
+  } finally {
+    await fsp.rm(tmp, { recursive: true, force: true });
+  }
+});

@@ -11,7 +11,7 @@ import type { Repository } from "../repo/repository.js";
 import { type NewFile, WriteStep, canWriteFiles, lutimesNs, mknod, setXattr, isUnsupportedXattrError, writeFiles } from "../platform/fsx.js";
 import { DirectWrites, FileWriter } from "../platform/file-writer.js";
 import { keepFreedMemoryForReuse, releaseBuffer } from "../platform/native.js";
-import { compileExcludes, type PathMatcher } from "./exclude.js";
+import { compileExcludes, compileMayMatchBelow, type PathMatcher } from "./exclude.js";
 import { type NodeJSON, decodeName, linkTargetBytes, timeNs, timeParts, unixPermFromGo, unixTypeBits } from "./node.js";
 import { joinPath, loadTree } from "./tree.js";
 import { Backlog, Semaphore, mapLimit, settleAll } from "../util/concurrency.js";
@@ -87,6 +87,8 @@ const EMPTY: Promise<Buffer> = Promise.resolve(Buffer.alloc(0));
 
 export class Restorer {
   private readonly include: PathMatcher | undefined;
+  /** Whether something below a folder could be included (with include patterns only). */
+  private readonly mayIncludeBelow: (dir: string) => boolean;
   private readonly exclude: PathMatcher;
   private readonly ownership: boolean;
   private readonly errors: RestoreError[] = [];
@@ -108,6 +110,7 @@ export class Restorer {
     private readonly opts: RestoreOptions,
   ) {
     this.include = opts.includes?.length ? compileExcludes(opts.includes) : undefined;
+    this.mayIncludeBelow = compileMayMatchBelow(opts.includes ?? []);
     this.exclude = compileExcludes(opts.excludes ?? []);
     this.ownership = opts.ownership ?? process.getuid?.() === 0;
   }
@@ -153,7 +156,7 @@ export class Restorer {
     if (!this.include) return "all";
     if (this.include(path)) return "all";
     // A folder is entered when an include pattern could match something below it.
-    return isDir ? "some" : "none";
+    return isDir && this.mayIncludeBelow(path) ? "some" : "none";
   }
 
   /**
