@@ -148,7 +148,7 @@ test("an existing file is not replaced", async () => {
   }
 });
 
-test("direct writes are used on disk file systems only, and SITEKEEP_DIRECT_IO=0 turns them off", (t) => {
+test("direct writes are used on disk file systems only; SITEKEEP_DIRECT_IO=0 turns them off, =1 on where they are off by default", (t) => {
   const dir = mkdtempSync(join(tmpdir(), "sitekeep-file-writer-"));
   try {
     if (existsSync("/dev/shm") && statfsSync("/dev/shm").type === 0x01021994) {
@@ -165,9 +165,13 @@ test("direct writes are used on disk file systems only, and SITEKEEP_DIRECT_IO=0
     );
     if (!directPossible || statfsSync(dir).type !== 0xef53) return t.skip(`${dir} is not on ext4 here`);
     assert.equal(DirectWrites.forFolder(dir).enabled, true, "ext4");
+    assert.equal(DirectWrites.forFolder(dir, false).enabled, false, "off by default (a restore)");
     process.env.SITEKEEP_DIRECT_IO = "0";
     try {
       assert.equal(DirectWrites.forFolder(dir).enabled, false);
+      process.env.SITEKEEP_DIRECT_IO = "1";
+      assert.equal(DirectWrites.forFolder(dir, false).enabled, true);
+      assert.equal(DirectWrites.forFolder("/dev/shm", false).enabled, false, "never where the file system has no disk");
     } finally {
       delete process.env.SITEKEEP_DIRECT_IO;
     }

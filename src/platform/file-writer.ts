@@ -6,7 +6,8 @@
 // of the mixed bench restore: 23 % of all samples in the kernel's copy, more on memory the host
 // has to hand back first), and a restore of a whole site would push the server's working set out
 // of the cache. `dd` of a 321 MB file here: 0.6-0.8 s of system time buffered, 0.07 s direct, no
-// slower in wall time with 1 MiB writes.
+// slower in wall time with 1 MiB writes. A restore then waits for the disk, though: restores write
+// through the cache unless asked (see Restorer), local repositories' data packs past it.
 import {
   closeSync,
   constants,
@@ -68,17 +69,19 @@ export class DirectWrites {
   }
 
   /**
-   * Direct writes for files created under `dir`: on when its file system is one of
-   * DIRECT_FILE_SYSTEMS, unless `SITEKEEP_DIRECT_IO=0`.
+   * Direct writes for files created under `dir`: where its file system is one of
+   * DIRECT_FILE_SYSTEMS, on when `byDefault` (a local repository's data packs) or when
+   * `SITEKEEP_DIRECT_IO=1` (restores: see Restorer); `SITEKEEP_DIRECT_IO=0` turns them off.
    */
-  static forFolder(dir: string): DirectWrites {
+  static forFolder(dir: string, byDefault = true): DirectWrites {
     let type: number;
     try {
       type = statfsSync(dir).type;
     } catch {
       return new DirectWrites(false);
     }
-    return new DirectWrites(process.env.SITEKEEP_DIRECT_IO !== "0" && DIRECT_FILE_SYSTEMS.has(type));
+    const asked = process.env.SITEKEEP_DIRECT_IO;
+    return new DirectWrites((asked === undefined || asked === "" ? byDefault : asked !== "0") && DIRECT_FILE_SYSTEMS.has(type));
   }
 
   get enabled(): boolean {
