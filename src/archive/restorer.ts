@@ -142,7 +142,7 @@ export class Restorer {
     }
     if (!this.opts.dryRun) {
       // Through the page cache unless asked (SITEKEEP_DIRECT_IO=1). Past it, large files cost less
-      // CPU (no copy into the cache: 0.6-0.8 s of system time per 321 MB on session 12's VM) but the
+      // CPU (no copy into the cache: 0.6-0.8 s of system time per 321 MB with dd on an earlier VM) but the
       // restore waits for the disk, as restic's does not: on session 23's VM (a disk of ~460 MB/s,
       // 1.7 GB of large files) the mixed restore took 9.9-10.6 s direct, 7.7-8.7 s cached.
       this.direct = DirectWrites.forFolder(this.opts.target, false);
