@@ -33,14 +33,18 @@ function globToRegex(glob: string): string {
   return re;
 }
 
-export function compileExcludes(patterns: readonly string[]): PathMatcher {
-  const res = patterns
+/** The patterns that count (no blanks, no "#" comments), trimmed, without trailing slashes. */
+function cleanPatterns(patterns: readonly string[]): string[] {
+  return patterns
     .map((p) => p.trim())
     .filter((p) => p && !p.startsWith("#"))
-    .map((p) => {
-      const clean = p.replace(/\/+$/, "");
-      return clean.startsWith("/") ? new RegExp("^" + globToRegex(clean) + "$") : new RegExp("(?:^|/)" + globToRegex(clean) + "$");
-    });
+    .map((p) => p.replace(/\/+$/, ""));
+}
+
+export function compileExcludes(patterns: readonly string[]): PathMatcher {
+  const res = cleanPatterns(patterns).map((clean) =>
+    clean.startsWith("/") ? new RegExp("^" + globToRegex(clean) + "$") : new RegExp("(?:^|/)" + globToRegex(clean) + "$"),
+  );
   if (res.length === 0) return () => false;
   return (path) => res.some((r) => r.test(path));
 }
@@ -54,9 +58,7 @@ export function compileExcludes(patterns: readonly string[]): PathMatcher {
  */
 export function compileMayMatchBelow(patterns: readonly string[]): (dir: string) => boolean {
   const anchored: RegExp[][] = [];
-  for (const raw of patterns) {
-    const p = raw.trim().replace(/\/+$/, "");
-    if (!p || p.startsWith("#")) continue;
+  for (const p of cleanPatterns(patterns)) {
     if (!p.startsWith("/") || /\*\*|\[|\\/.test(p)) return () => true;
     anchored.push(p.split("/").filter(Boolean).map((e) => new RegExp("^" + globToRegex(e) + "$")));
   }
