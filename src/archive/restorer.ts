@@ -74,6 +74,7 @@ const BLOBS_AHEAD = 1;
  * (DirectWrites) when SITEKEEP_DIRECT_IO=1 asks for it.
  */
 const LARGE_FILE_MIN = 1024 * 1024;
+const isLarge = (node: NodeJSON): boolean => (node.size ?? 0) >= LARGE_FILE_MIN;
 /**
  * Large files written at once, beside WRITE_CONCURRENCY others. Sharing those slots, a folder of
  * large files (the mixed set's archives, 900 MB) took all of them, and the small files the walk
@@ -398,7 +399,7 @@ export class Restorer {
             this.hardlinks.set(key, { at, written });
           }
           try {
-            const slots = (node.size ?? 0) >= LARGE_FILE_MIN ? this.largeSlots : this.writeSlots;
+            const slots = isLarge(node) ? this.largeSlots : this.writeSlots;
             await slots.run(() => this.writeFile(node, at, path));
             settle?.(true);
           } catch (err) {
@@ -448,7 +449,7 @@ export class Restorer {
     // Creating a file took 200-400 µs on ext4 here, so files are created on the thread pool, several
     // at once (WRITE_CONCURRENCY over the whole restore). Large blobs are loaded ahead and written
     // on the pool; large files past the page cache when that was asked for and the file system takes it.
-    const file = await FileWriter.create(at, (node.size ?? 0) >= LARGE_FILE_MIN ? this.direct : undefined);
+    const file = await FileWriter.create(at, isLarge(node) ? this.direct : undefined);
     // The next blobs are loaded and decoded (on the thread pool) while this one is written.
     const ids = node.content ?? [];
     const pending: Promise<Buffer>[] = [];

@@ -74,14 +74,15 @@ export class DirectWrites {
    * `SITEKEEP_DIRECT_IO=1` (restores: see Restorer); `SITEKEEP_DIRECT_IO=0` turns them off.
    */
   static forFolder(dir: string, byDefault = true): DirectWrites {
+    const asked = process.env.SITEKEEP_DIRECT_IO;
+    if (!(asked === undefined || asked === "" ? byDefault : asked !== "0")) return new DirectWrites(false);
     let type: number;
     try {
       type = statfsSync(dir).type;
     } catch {
       return new DirectWrites(false);
     }
-    const asked = process.env.SITEKEEP_DIRECT_IO;
-    return new DirectWrites((asked === undefined || asked === "" ? byDefault : asked !== "0") && DIRECT_FILE_SYSTEMS.has(type));
+    return new DirectWrites(DIRECT_FILE_SYSTEMS.has(type));
   }
 
   get enabled(): boolean {
