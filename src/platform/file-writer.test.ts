@@ -194,3 +194,21 @@ test("without aligned memory for a stage, the file is written through the page c
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("a block of zeros but for bytes inside it is written; only an all-zero block becomes a hole", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "sitekeep-file-writer-"));
+  try {
+    // Three aligned blocks: zero at both ends with data inside, all zeros, a single byte in the middle.
+    const data = Buffer.alloc(3 * DIRECT_ALIGN);
+    data.fill(7, 100, DIRECT_ALIGN - 100);
+    data[2 * DIRECT_ALIGN + DIRECT_ALIGN / 2] = 1;
+    for (const [name, direct] of [["buffered", undefined], ["direct", new DirectWrites(true)]] as const) {
+      const r = await writeAll(Buffer.from(join(dir, name)), direct, [data]);
+      assert.equal(r.length, data.length, name);
+      assert.ok(readFileSync(join(dir, name)).equals(data), `${name}: the bytes inside zero-ended blocks`);
+      assert.ok(statSync(join(dir, name)).blocks * 512 < data.length, `${name}: the all-zero block is a hole`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

