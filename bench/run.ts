@@ -25,6 +25,7 @@ import {
 } from "node:fs";
 import { availableParallelism, cpus, release, totalmem } from "node:os";
 import { delimiter, dirname, join, resolve } from "node:path";
+import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import {
   generateDataset,
@@ -37,6 +38,11 @@ import {
 } from "./dataset.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+/** bin/sitekeep.js's own test of whether it would run the TypeScript source instead of dist/. */
+const { runsSource } = createRequire(import.meta.url)("../bin/dist-fresh.js") as { runsSource: (root: string) => boolean };
+const STALE_DIST =
+  "dist/ is older than src/ or missing: bin/sitekeep.js would run the TypeScript through tsx, and the " +
+  "bench would time tsx's start-up and memory";
 const TIME = "/usr/bin/time";
 const PASSWORD = "sitekeep-bench-password";
 
@@ -60,6 +66,8 @@ interface Tool {
   backup(repo: string, source: string, label: string): Invocation;
   restore(repo: string, target: string, lastLabel: string): Invocation;
   check(repo: string): Invocation;
+  /** Why the tool cannot be measured right now, or null (checked before each step). */
+  unfit?: () => string | null;
 }
 
 function which(cmd: string): string | null {
@@ -98,6 +106,7 @@ function makeTools(names: string[]): Tool[] {
         backup: (repo, source) => ({ argv: sk("-r", repo, "backup", source, "--json") }),
         restore: (repo, target) => ({ argv: sk("-r", repo, "restore", "latest", "--target", target) }),
         check: (repo) => ({ argv: sk("-r", repo, "check", "--read-data") }),
+        unfit: () => (runsSource(ROOT) ? `${STALE_DIST} (src/ changed during the bench?)` : null),
       });
     } else if (name === "restic") {
       const bin = which("restic");
@@ -159,6 +168,12 @@ interface Measure {
   repoBytes?: number;
   /** the tool's JSON summary, when it prints one */
   summary?: unknown;
+  /**
+   * Free memory when the step started (MemFree, MiB; Linux). On a VM that hands free pages back to
+   * its host, a step that fills the page cache from free memory pays more kernel time than one that
+   * reclaims cached pages (see bench/README.md, "A property of this VM").
+   */
+  memFreeMiB?: number;
 }
 
 const haveTime = existsSync(TIME);
@@ -166,6 +181,7 @@ const haveTime = existsSync(TIME);
 function measure(inv: Invocation, env: NodeJS.ProcessEnv, logBase: string, dropCaches: boolean): Measure {
   spawnSync("sync"); // writes of the previous step must not land in this one's time
   if (dropCaches) writeFileSync("/proc/sys/vm/drop_caches", "3\n");
+  const memFreeMiB = memFree();
   const out = openSync(`${logBase}.out`, "w");
   const err = openSync(`${logBase}.err`, "w");
   const timeFile = `${logBase}.time`;
@@ -183,6 +199,7 @@ function measure(inv: Invocation, env: NodeJS.ProcessEnv, logBase: string, dropC
     cpu: null,
     rssMiB: null,
     exit: r.status,
+    ...(memFreeMiB !== undefined ? { memFreeMiB } : {}),
   };
   if (haveTime && existsSync(timeFile)) {
     const last = readFileSync(timeFile, "utf8").trim().split("\n").pop() ?? "";
@@ -200,6 +217,16 @@ function measure(inv: Invocation, env: NodeJS.ProcessEnv, logBase: string, dropC
   }
   m.summary = parseSummary(readFileSync(`${logBase}.out`, "utf8").trim());
   return m;
+}
+
+/** MemFree of /proc/meminfo in MiB, where there is one. */
+function memFree(): number | undefined {
+  try {
+    const kb = /^MemFree:\s+(\d+) kB$/m.exec(readFileSync("/proc/meminfo", "utf8"))?.[1];
+    return kb === undefined ? undefined : Math.round(Number(kb) / 1024);
+  } catch {
+    return undefined;
+  }
 }
 
 /** The whole output as JSON (borg), else its last JSON line (restic's and sitekeep's summary). */
@@ -510,6 +537,9 @@ function main(): void {
   const all = makeTools(args.tools);
   for (const t of all) if (t.missing) notes.push(`skipping ${t.name}: ${t.missing}`);
   const tools = all.filter((t) => !t.missing);
+  if (tools.some((t) => t.name === "sitekeep") && runsSource(ROOT)) {
+    throw new Error(`${STALE_DIST}; run \`npm run build\` first`);
+  }
   for (const n of notes) console.log(`note: ${n}`);
   if (!tools.length) return;
 
@@ -586,6 +616,13 @@ function main(): void {
       for (const t of order) {
         if (broken.has(t.name)) continue;
         const log = join(runDir, t.name, name);
+        const unfit = t.unfit?.();
+        if (unfit) {
+          broken.add(t.name);
+          result[name][t.name] = { ok: false, wall: null, user: null, sys: null, cpu: null, rssMiB: null, exit: null, error: unfit };
+          console.log(`[run ${run + 1}/${args.runs}] ${STEP_TITLES[name].padEnd(22)} ${t.name.padEnd(9)} NOT MEASURED: ${unfit}`);
+          continue;
+        }
         const i = inv(t);
         if (BACKUP_STEPS.has(name) && !args.dropCaches) warmDataset(source);
         const m = measure(i, envs.get(t.name)!, log, args.dropCaches);
@@ -594,7 +631,8 @@ function main(): void {
         result[name][t.name] = m;
         const fig = m.ok
           ? `${fmt(m.wall, "wall")}  cpu ${fmt(m.cpu, "cpu")}  rss ${fmt(m.rssMiB, "rssMiB")}` +
-            (m.repoBytes !== undefined ? `  repo ${fmt(m.repoBytes, "repoBytes")}` : "")
+            (m.repoBytes !== undefined ? `  repo ${fmt(m.repoBytes, "repoBytes")}` : "") +
+            (m.memFreeMiB !== undefined ? `  (free memory at start ${(m.memFreeMiB / 1024).toFixed(1)} GiB)` : "")
           : `FAILED ${m.error ?? ""}`;
         console.log(
           `[run ${run + 1}/${args.runs}] ${STEP_TITLES[name].padEnd(22)} ${t.name.padEnd(9)} ${fig}`,

@@ -13,38 +13,17 @@
 // with 4 threads, reads and writes waited behind compression jobs. An explicit setting wins.
 process.env.UV_THREADPOOL_SIZE ??= "6";
 
-const { existsSync, readdirSync, statSync } = require("node:fs");
 const { join } = require("node:path");
 const { pathToFileURL } = require("node:url");
-
-/**
- * True when dist/ was built (its stamp written) after the last change to src/, package.json and
- * the TypeScript configuration; false when anything cannot be read (then the source runs).
- */
-function distIsFresh(root) {
-  try {
-    const built = statSync(join(root, "dist", ".built")).mtimeMs;
-    const newer = (dir) =>
-      readdirSync(dir, { withFileTypes: true }).some((e) => {
-        const p = join(dir, e.name);
-        return e.isDirectory() ? newer(p) : statSync(p).mtimeMs > built;
-      });
-    const configs = ["package.json", "tsconfig.json", "tsconfig.build.json"].map((f) => join(root, f));
-    return configs.every((f) => !existsSync(f) || statSync(f).mtimeMs <= built) && !newer(join(root, "src"));
-  } catch {
-    return false;
-  }
-}
+const { runsSource } = require("./dist-fresh.js");
 
 async function main() {
   const root = join(__dirname, "..");
   const compiled = join(root, "dist", "cli", "main.js");
-  const source = join(root, "src", "cli", "main.ts");
-  const tsx = join(root, "node_modules", "tsx");
-  if (existsSync(source) && existsSync(tsx) && !distIsFresh(root)) {
+  if (runsSource(root)) {
     const { register } = await import("tsx/esm/api");
     register();
-    await import(pathToFileURL(source).href);
+    await import(pathToFileURL(join(root, "src", "cli", "main.ts")).href);
   } else {
     await import(pathToFileURL(compiled).href);
   }
