@@ -1,7 +1,8 @@
-// Whether dist/ is the build of the current source: its stamp (dist/.built, written by
-// `npm run build`) is newer than every file under src/ and the package and TypeScript
-// configuration. bin/sitekeep.js runs the source through tsx when it is not; the bench refuses to
-// measure that (it would time tsx's start-up and memory, not Sitekeep's).
+// Whether bin/sitekeep.js runs the TypeScript source instead of dist/: in a checkout with tsx,
+// when dist/ is not the build of the current source (its stamp, dist/.built, written by
+// `npm run build`, is older than a file under src/ or the package and TypeScript configuration).
+// bin/sitekeep.js asks it at each start; the bench refuses to measure the source (it would time
+// tsx's start-up and memory, not Sitekeep's).
 "use strict";
 
 const { existsSync, readdirSync, statSync } = require("node:fs");
@@ -28,4 +29,4 @@ function runsSource(root) {
   return existsSync(join(root, "src", "cli", "main.ts")) && existsSync(join(root, "node_modules", "tsx")) && !distIsFresh(root);
 }
 
-module.exports = { distIsFresh, runsSource };
+module.exports = { runsSource };
