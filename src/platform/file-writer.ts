@@ -75,7 +75,8 @@ export class DirectWrites {
    */
   static forFolder(dir: string, byDefault = true): DirectWrites {
     const asked = process.env.SITEKEEP_DIRECT_IO;
-    if (!(asked === undefined || asked === "" ? byDefault : asked !== "0")) return new DirectWrites(false);
+    const wanted = asked === undefined || asked === "" ? byDefault : asked !== "0";
+    if (!wanted) return new DirectWrites(false);
     let type: number;
     try {
       type = statfsSync(dir).type;
