@@ -479,7 +479,52 @@ function machine(work: string): Record<string, unknown> {
     kernel: release(),
     workFilesystem: df[1] ?? "?",
     workDevice: df[0] ?? "?",
+    ...memoryReclaim(),
   };
+}
+
+/** The text of a file under /sys, or undefined. */
+function sysText(path: string): string | undefined {
+  try {
+    return readFileSync(path, "utf8").trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * What takes a VM's memory back while the bench runs, each of which makes the next write into
+ * that memory cost more (bench/README.md, "A property of this VM"): free pages reported to the
+ * host (virtio-balloon's free page reporting, feature bit 5), and DAMON schemes that page out
+ * memory left idle (what turns a page cache that fills memory into free memory within minutes).
+ */
+function memoryReclaim(): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const virtio = "/sys/bus/virtio/devices";
+  for (const d of existsSync(virtio) ? readdirSync(virtio) : []) {
+    if (sysText(join(virtio, d, "device")) !== "0x0005") continue; // the balloon
+    out.freePageReporting = sysText(join(virtio, d, "features"))?.[5] === "1";
+  }
+  const kdamonds = "/sys/kernel/mm/damon/admin/kdamonds";
+  const pageout: string[] = [];
+  for (const k of existsSync(kdamonds) ? readdirSync(kdamonds).filter((n) => /^\d+$/.test(n)) : []) {
+    if (sysText(join(kdamonds, k, "state")) !== "on") continue;
+    const contexts = join(kdamonds, k, "contexts");
+    for (const c of readdirSync(contexts).filter((n) => /^\d+$/.test(n))) {
+      const aggrUs = Number(sysText(join(contexts, c, "monitoring_attrs", "intervals", "aggr_us")));
+      const schemes = join(contexts, c, "schemes");
+      for (const s of readdirSync(schemes).filter((n) => /^\d+$/.test(n))) {
+        if (sysText(join(schemes, s, "action")) !== "pageout") continue;
+        const ageMin = Number(sysText(join(schemes, s, "access_pattern", "age", "min")));
+        const bytes = Number(sysText(join(schemes, s, "quotas", "bytes")));
+        const perMs = Number(sysText(join(schemes, s, "quotas", "reset_interval_ms")));
+        const quota = bytes > 0 && perMs > 0 ? `, up to ${round(bytes / 2 ** 20 / (perMs / 1000), 0)} MiB/s` : "";
+        pageout.push(`${sysText(join(contexts, c, "operations"))}: pages idle for ${round((ageMin * aggrUs) / 1e6, 1)} s${quota}`);
+      }
+    }
+  }
+  if (pageout.length) out.damonPageout = pageout.join("; ");
+  return out;
 }
 
 export function ensureDataset(
