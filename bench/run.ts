@@ -500,6 +500,15 @@ function sysText(path: string): string | undefined {
  */
 function memoryReclaim(): Record<string, unknown> {
   const out: Record<string, unknown> = {};
+  try {
+    describeReclaim(out);
+  } catch {
+    // a /sys laid out otherwise: the machine line says what could be read
+  }
+  return out;
+}
+
+function describeReclaim(out: Record<string, unknown>): void {
   const virtio = "/sys/bus/virtio/devices";
   for (const d of existsSync(virtio) ? readdirSync(virtio) : []) {
     if (sysText(join(virtio, d, "device")) !== "0x0005") continue; // the balloon
@@ -524,7 +533,6 @@ function memoryReclaim(): Record<string, unknown> {
     }
   }
   if (pageout.length) out.damonPageout = pageout.join("; ");
-  return out;
 }
 
 export function ensureDataset(
