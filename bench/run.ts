@@ -508,6 +508,7 @@ function memoryReclaim(): Record<string, unknown> {
   return out;
 }
 
+/** memoryReclaim's reading of /sys, into `out`. */
 function describeReclaim(out: Record<string, unknown>): void {
   const virtio = "/sys/bus/virtio/devices";
   for (const d of existsSync(virtio) ? readdirSync(virtio) : []) {
@@ -528,7 +529,9 @@ function describeReclaim(out: Record<string, unknown>): void {
         const bytes = Number(sysText(join(schemes, s, "quotas", "bytes")));
         const perMs = Number(sysText(join(schemes, s, "quotas", "reset_interval_ms")));
         const quota = bytes > 0 && perMs > 0 ? `, up to ${round(bytes / 2 ** 20 / (perMs / 1000), 0)} MiB/s` : "";
-        pageout.push(`${sysText(join(contexts, c, "operations"))}: pages idle for ${round((ageMin * aggrUs) / 1e6, 1)} s${quota}`);
+        const idleS = (ageMin * aggrUs) / 1e6;
+        const idle = Number.isFinite(idleS) ? `pages idle for ${round(idleS, 1)} s` : "idle pages";
+        pageout.push(`${sysText(join(contexts, c, "operations"))}: ${idle}${quota}`);
       }
     }
   }
