@@ -221,9 +221,14 @@ function measure(inv: Invocation, env: NodeJS.ProcessEnv, logBase: string, dropC
 
 /** MemFree of /proc/meminfo in MiB, where there is one. */
 function memFree(): number | undefined {
+  const kb = /^MemFree:\s+(\d+) kB$/m.exec(readText("/proc/meminfo") ?? "")?.[1];
+  return kb === undefined ? undefined : Math.round(Number(kb) / 1024);
+}
+
+/** The text of a file (of /proc or /sys), trimmed, or undefined where it cannot be read. */
+function readText(path: string): string | undefined {
   try {
-    const kb = /^MemFree:\s+(\d+) kB$/m.exec(readFileSync("/proc/meminfo", "utf8"))?.[1];
-    return kb === undefined ? undefined : Math.round(Number(kb) / 1024);
+    return readFileSync(path, "utf8").trim();
   } catch {
     return undefined;
   }
@@ -483,12 +488,12 @@ function machine(work: string): Record<string, unknown> {
   };
 }
 
-/** The text of a file under /sys, or undefined. */
-function sysText(path: string): string | undefined {
+/** The numbered entries of a /sys folder (kdamonds, contexts, schemes), none where it cannot be read. */
+function sysEntries(dir: string): string[] {
   try {
-    return readFileSync(path, "utf8").trim();
+    return readdirSync(dir).filter((n) => /^\d+$/.test(n));
   } catch {
-    return undefined;
+    return [];
   }
 }
 
@@ -497,45 +502,37 @@ function sysText(path: string): string | undefined {
  * that memory cost more (bench/README.md, "A property of this VM"): free pages reported to the
  * host (virtio-balloon's free page reporting, feature bit 5), and DAMON schemes that page out
  * memory left idle (what turns a page cache that fills memory into free memory within minutes).
+ * What /sys does not have (or lays out otherwise) is left out.
  */
 function memoryReclaim(): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  try {
-    describeReclaim(out);
-  } catch {
-    // a /sys laid out otherwise: the machine line says what could be read
-  }
-  return out;
-}
-
-/** memoryReclaim's reading of /sys, into `out`. */
-function describeReclaim(out: Record<string, unknown>): void {
   const virtio = "/sys/bus/virtio/devices";
   for (const d of existsSync(virtio) ? readdirSync(virtio) : []) {
-    if (sysText(join(virtio, d, "device")) !== "0x0005") continue; // the balloon
-    out.freePageReporting = sysText(join(virtio, d, "features"))?.[5] === "1";
+    if (readText(join(virtio, d, "device")) !== "0x0005") continue; // the balloon
+    out.freePageReporting = readText(join(virtio, d, "features"))?.[5] === "1";
   }
   const kdamonds = "/sys/kernel/mm/damon/admin/kdamonds";
   const pageout: string[] = [];
-  for (const k of existsSync(kdamonds) ? readdirSync(kdamonds).filter((n) => /^\d+$/.test(n)) : []) {
-    if (sysText(join(kdamonds, k, "state")) !== "on") continue;
+  for (const k of sysEntries(kdamonds)) {
+    if (readText(join(kdamonds, k, "state")) !== "on") continue;
     const contexts = join(kdamonds, k, "contexts");
-    for (const c of readdirSync(contexts).filter((n) => /^\d+$/.test(n))) {
-      const aggrUs = Number(sysText(join(contexts, c, "monitoring_attrs", "intervals", "aggr_us")));
+    for (const c of sysEntries(contexts)) {
+      const aggrUs = Number(readText(join(contexts, c, "monitoring_attrs", "intervals", "aggr_us")));
       const schemes = join(contexts, c, "schemes");
-      for (const s of readdirSync(schemes).filter((n) => /^\d+$/.test(n))) {
-        if (sysText(join(schemes, s, "action")) !== "pageout") continue;
-        const ageMin = Number(sysText(join(schemes, s, "access_pattern", "age", "min")));
-        const bytes = Number(sysText(join(schemes, s, "quotas", "bytes")));
-        const perMs = Number(sysText(join(schemes, s, "quotas", "reset_interval_ms")));
+      for (const sc of sysEntries(schemes)) {
+        if (readText(join(schemes, sc, "action")) !== "pageout") continue;
+        const ageMin = Number(readText(join(schemes, sc, "access_pattern", "age", "min")));
+        const bytes = Number(readText(join(schemes, sc, "quotas", "bytes")));
+        const perMs = Number(readText(join(schemes, sc, "quotas", "reset_interval_ms")));
         const quota = bytes > 0 && perMs > 0 ? `, up to ${round(bytes / 2 ** 20 / (perMs / 1000), 0)} MiB/s` : "";
         const idleS = (ageMin * aggrUs) / 1e6;
         const idle = Number.isFinite(idleS) ? `pages idle for ${round(idleS, 1)} s` : "idle pages";
-        pageout.push(`${sysText(join(contexts, c, "operations"))}: ${idle}${quota}`);
+        pageout.push(`${readText(join(contexts, c, "operations"))}: ${idle}${quota}`);
       }
     }
   }
   if (pageout.length) out.damonPageout = pageout.join("; ");
+  return out;
 }
 
 export function ensureDataset(
