@@ -1391,7 +1391,7 @@ NAPI_MODULE_INIT() {
       {"alignedBuffer", NULL, sk_aligned_buffer, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok ||
-      !sk_chunk_define(env, exports) || !sk_codec_define(env, exports)) {
+      !sk_chunk_define(env, exports) || !sk_codec_define(env, exports) || !sk_index_define(env, exports)) {
     ensure_thrown(env);
     return NULL;
   }

@@ -14,6 +14,9 @@
 #define SK_HIDDEN __attribute__((visibility("hidden")))
 #else
 #define SK_HIDDEN
+/* Adds scanindexAsync (sitekeep_index.c). */
+SK_HIDDEN bool sk_index_define(napi_env env, napi_value exports);
+
 #endif
 
 /* After a failed napi_* call: make sure some exception is pending. */
@@ -63,5 +66,8 @@ SK_HIDDEN bool sk_chunk_define(napi_env env, napi_value exports);
 
 /* Adds encodeblobs and decodeblobs (sitekeep_codec.c) when OpenSSL and zstd are available. */
 SK_HIDDEN bool sk_codec_define(napi_env env, napi_value exports);
+
+/* Adds scanindexAsync (sitekeep_index.c). */
+SK_HIDDEN bool sk_index_define(napi_env env, napi_value exports);
 
 #endif

@@ -18,7 +18,7 @@ import { verifyPackInWorker } from "../repo/blob-workers.js";
 import { EXTENSION } from "../repo/crypto.js";
 import { ID_SIZE, isIdHex, shortId } from "../repo/id.js";
 import { type IndexFileJSON, parseIndexFile } from "../repo/index-file.js";
-import { type IndexTable, scanIndexText } from "../repo/index-table.js";
+import { type IndexTable, scanIndex } from "../repo/index-table.js";
 import { type BlobTable, type PackedBlob, headerSize, parsePackTailTable, tableEntry } from "../repo/pack.js";
 import { PieceBuffers, type StreamedVerdict, streamable, verifyPackStreamed } from "../repo/pack-verifier.js";
 import { type Repository, mapLimit } from "../repo/repository.js";
@@ -245,7 +245,7 @@ class Checker {
       try {
         const text = await this.repo.loadUnpacked("index", id);
         // Straight into arrays; as JSON (checked entry by entry) when not in the shape restic writes.
-        table = scanIndexText(text);
+        table = await scanIndex(text);
         if (!table) file = parseIndexFile(JSON.parse(text.toString("utf8")), id);
       } catch (err) {
         this.indexProblems.push(

@@ -55,6 +55,12 @@ export interface NativeAddon {
   sha256Begin?(): NativeHash;
   sha256UpdateAsync?(hash: NativeHash, data: Buffer): Promise<void>;
   sha256End?(hash: NativeHash): Buffer;
+  /**
+   * An index file's text read into arrays on the thread pool (native/sitekeep_index.c): [ids, packOf,
+   * trees, numbers, packIds], or null when the text is not in the shape it reads. `text` must not
+   * change until it settles.
+   */
+  scanindexAsync?(text: Uint8Array): Promise<[Uint8Array, Uint32Array, Uint8Array, Float64Array, Uint8Array] | null>;
   /** One blob compressed (level > 0, when shorter) and sealed on the thread pool: [sealed, uncompressed length or 0]. */
   sealblobAsync?(key: Buffer, data: Buffer, level: number): Promise<[Buffer, number]>;
 }

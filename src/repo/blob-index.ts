@@ -2,6 +2,8 @@
 // Kept in typed arrays (a BlobSet for the IDs, an array per field beside it), so a repository with
 // millions of blobs costs about 60 bytes per blob rather than a Map of objects.
 import { BlobSet } from "./blob-set.js";
+import { ID_SIZE } from "./id.js";
+import type { IndexTable } from "./index-table.js";
 import type { BlobType } from "./pack.js";
 
 export interface BlobLocation {
@@ -111,8 +113,34 @@ export class BlobIndex {
     return true;
   }
 
-  private grow(): void {
-    const cap = this.packOf.length * 2;
+  /**
+   * add for every blob of an index file's table, in its order: the arrays grow once and each pack
+   * is looked up once, and no view is made per ID.
+   */
+  addTable(t: IndexTable): void {
+    this.keys.reserve(t.count);
+    if (this.keys.size + t.count > this.packOf.length) this.grow(this.keys.size + t.count);
+    // A pack is numbered at its first blob added, as add does (one whose blobs were all known is not).
+    const packs = new Int32Array(t.packs.length).fill(-1);
+    for (let b = 0; b < t.count; b++) {
+      if (!this.keys.addAt(t.ids, b * ID_SIZE, t.trees[b])) {
+        this.duplicates++;
+        continue;
+      }
+      const i = this.keys.size - 1;
+      const p = t.packOf[b];
+      if (packs[p] < 0) packs[p] = this.packNumber(t.packs[p]);
+      this.packOf[i] = packs[p];
+      this.offsets[i] = t.numbers[3 * b];
+      this.lengths[i] = t.numbers[3 * b + 1];
+      this.ulens[i] = t.numbers[3 * b + 2];
+    }
+  }
+
+  /** Capacity for at least `n` entries (doubling). */
+  private grow(n = this.packOf.length + 1): void {
+    let cap = this.packOf.length * 2;
+    while (cap < n) cap *= 2;
     for (const k of ["packOf", "offsets", "lengths", "ulens"] as const) {
       const a = new Uint32Array(cap);
       a.set(this[k]);

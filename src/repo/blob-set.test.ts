@@ -28,3 +28,24 @@ test("BlobSet: members by ID and type, through many resizes, in insertion order"
   assert.deepEqual(Buffer.from(all[5][0]), id(5));
   assert.equal(all[6][1], "tree");
 });
+
+test("BlobSet: addAt reads an ID inside a larger array, and reserve changes nothing but the room", () => {
+  const a = new BlobSet();
+  const b = new BlobSet();
+  const n = 5_000;
+  const all = new Uint8Array(7 + n * 32); // IDs at an odd offset, as in no view of its own
+  for (let i = 0; i < n; i++) all.set(id(i), 7 + i * 32);
+  b.reserve(3);
+  for (let i = 0; i < n; i++) {
+    const t = i % 4 === 0 ? 1 : 0;
+    assert.equal(a.add(id(i), t ? "tree" : "data"), true);
+    if (i === 100) b.reserve(n); // room for more than are left, mid-way
+    assert.equal(b.addAt(all, 7 + i * 32, t), true);
+  }
+  assert.equal(b.addAt(all, 7 + 32, 0), false, "already there");
+  assert.equal(b.addAt(all, 7 + 32, 1), true, "the same ID as a tree is another blob");
+  assert.equal(b.size, n + 1);
+  for (let i = 0; i < n; i++) assert.equal(b.find(id(i), i % 4 === 0 ? "tree" : "data"), a.find(id(i), i % 4 === 0 ? "tree" : "data"));
+  assert.deepEqual(Buffer.from(b.idAt(n)), id(1));
+  assert.equal(b.typeAt(n), "tree");
+});

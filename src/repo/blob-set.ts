@@ -19,7 +19,7 @@ export class BlobSet {
 
   /** The member's ordinal, or -1. */
   find(id: Uint8Array, type: BlobType): number {
-    return this.table[this.slot(id, type === "tree" ? 1 : 0)] - 1;
+    return this.table[this.slot(id, 0, type === "tree" ? 1 : 0)] - 1;
   }
 
   /** The ID of member i (a view valid until the next add). */
@@ -33,16 +33,30 @@ export class BlobSet {
 
   /** Adds the ID (as ordinal size - 1); false when it was already there. */
   add(id: Uint8Array, type: BlobType): boolean {
-    const t = type === "tree" ? 1 : 0;
-    const s = this.slot(id, t);
+    return this.addAt(id, 0, type === "tree" ? 1 : 0);
+  }
+
+  /**
+   * add for the ID at src[at..at + 32) and a type as a number (1: tree, 0: data), without a view
+   * per ID: an index file's table adds tens of thousands at once.
+   */
+  addAt(src: Uint8Array, at: number, t: number): boolean {
+    const s = this.slot(src, at, t);
     if (this.table[s] !== 0) return false;
-    if (this.n === this.types.length) this.grow();
-    this.ids.set(id.subarray(0, 32), this.n * 32);
+    if (this.n === this.types.length) this.grow(this.n + 1);
+    this.ids.set(src.subarray(at, at + 32), this.n * 32);
     this.types[this.n] = t;
     this.n++;
-    if (this.n * 2 > this.table.length) this.rehash();
+    if (this.n * 2 > this.table.length) this.rehash(this.n);
     else this.table[s] = this.n;
     return true;
+  }
+
+  /** Makes room for `more` members beyond the current ones at once (not needed for correctness). */
+  reserve(more: number): void {
+    const n = this.n + more;
+    if (n > this.types.length) this.grow(n);
+    if (n * 2 > this.table.length) this.rehash(n);
   }
 
   /** Every member, in insertion order (the ID is a view valid until the next add). */
@@ -50,36 +64,43 @@ export class BlobSet {
     for (let i = 0; i < this.n; i++) yield [this.idAt(i), this.typeAt(i)];
   }
 
-  private slot(id: Uint8Array, t: number): number {
+  /** The table slot of the ID at src[at..at + 32) with type t: its member's, or the empty one where it would go. */
+  private slot(src: Uint8Array, at: number, t: number): number {
     const mask = this.table.length - 1;
     // IDs are SHA-256 digests: their first bytes are already uniformly spread.
-    let h = ((id[0] | (id[1] << 8) | (id[2] << 16) | (id[3] << 24)) >>> 0) & mask;
+    let h = ((src[at] | (src[at + 1] << 8) | (src[at + 2] << 16) | (src[at + 3] << 24)) >>> 0) & mask;
     for (;;) {
       const e = this.table[h];
       if (e === 0) return h;
       const i = e - 1;
-      if (this.types[i] === t && this.same(i, id)) return h;
+      if (this.types[i] === t && this.same(i, src, at)) return h;
       h = (h + 1) & mask;
     }
   }
 
-  private same(i: number, id: Uint8Array): boolean {
+  private same(i: number, src: Uint8Array, at: number): boolean {
     const o = i * 32;
-    for (let k = 0; k < 32; k++) if (this.ids[o + k] !== id[k]) return false;
+    for (let k = 0; k < 32; k++) if (this.ids[o + k] !== src[at + k]) return false;
     return true;
   }
 
-  private grow(): void {
-    const ids = new Uint8Array(this.ids.length * 2);
+  /** Capacity for at least `n` members (doubling). */
+  private grow(n: number): void {
+    let cap = this.types.length * 2;
+    while (cap < n) cap *= 2;
+    const ids = new Uint8Array(cap * 32);
     ids.set(this.ids);
     this.ids = ids;
-    const types = new Uint8Array(this.types.length * 2);
+    const types = new Uint8Array(cap);
     types.set(this.types);
     this.types = types;
   }
 
-  private rehash(): void {
-    this.table = new Int32Array(this.table.length * 2);
+  /** A table of at least twice `n` slots, every member placed again. */
+  private rehash(n: number): void {
+    let size = this.table.length * 2;
+    while (size < n * 2) size *= 2;
+    this.table = new Int32Array(size);
     const mask = this.table.length - 1;
     for (let i = 0; i < this.n; i++) {
       const o = i * 32;

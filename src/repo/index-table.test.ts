@@ -3,7 +3,8 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { ID_SIZE } from "./id.js";
 import { UnindexedPacks } from "./index-file.js";
-import { type IndexTable, scanIndexText } from "./index-table.js";
+import { nativeAddon } from "../platform/native.js";
+import { type IndexTable, scanIndex, scanIndexText } from "./index-table.js";
 import type { PackedBlob } from "./pack.js";
 
 interface BlobJSON {
@@ -29,8 +30,20 @@ function expected(packs: { id: string; blobs: BlobJSON[] }[]): IndexTable {
   };
 }
 
-function scan(text: string): IndexTable | undefined {
-  return scanIndexText(Buffer.from(text));
+// Both readers, held to the same cases: the JavaScript one, and the addon's (native/sitekeep_index.c)
+// where it is built (scanIndex uses it then).
+const native = nativeAddon?.scanindexAsync !== undefined;
+const readers: [string, (text: Uint8Array) => Promise<IndexTable | undefined>][] = [
+  ["JavaScript", async (text) => scanIndexText(text)],
+  ...(native ? [["addon", scanIndex] as [string, (text: Uint8Array) => Promise<IndexTable | undefined>]] : []),
+];
+
+/** The table both readers make of `text` (they must agree). */
+async function scan(text: string | Uint8Array): Promise<IndexTable | undefined> {
+  const bytes = typeof text === "string" ? Buffer.from(text) : text;
+  const [first, ...rest] = await Promise.all(readers.map(([, read]) => read(bytes)));
+  rest.forEach((t, i) => assert.deepEqual(t, first, `${readers[i + 1][0]} reads it as ${readers[0][0]} does: ${Buffer.from(bytes).toString().slice(0, 200)}`));
+  return first;
 }
 
 const hex = (): string => randomBytes(32).toString("hex");
@@ -51,7 +64,7 @@ function randomPacks(n: number): { id: string; blobs: BlobJSON[] }[] {
   });
 }
 
-test("an index file as Sitekeep writes it reads the same as through JSON", () => {
+test("an index file as Sitekeep writes it reads the same as through JSON", async () => {
   const u = new UnindexedPacks();
   const packs = randomPacks(50);
   for (const p of packs) {
@@ -62,11 +75,11 @@ test("an index file as Sitekeep writes it reads the same as through JSON", () =>
   }
   const text = u.take();
   assert.ok(text);
-  assert.deepEqual(scanIndexText(text), expected((JSON.parse(text.toString()) as { packs: { id: string; blobs: BlobJSON[] }[] }).packs));
-  assert.deepEqual(scanIndexText(text), expected(packs));
+  assert.deepEqual(await scan(text), expected((JSON.parse(text.toString()) as { packs: { id: string; blobs: BlobJSON[] }[] }).packs));
+  assert.deepEqual(await scan(text), expected(packs));
 });
 
-test("any spacing, key order, unknown keys and restic v1's bare list read the same as through JSON", () => {
+test("any spacing, key order, unknown keys and restic v1's bare list read the same as through JSON", async () => {
   for (let round = 0; round < 20; round++) {
     const packs = randomPacks(1 + (round % 7));
     const shuffled = packs.map((p) => {
@@ -75,17 +88,17 @@ test("any spacing, key order, unknown keys and restic v1's bare list read the sa
     });
     const doc = Math.random() < 0.5 ? { supersedes: [hex()], packs: shuffled, other: {} } : { packs: shuffled };
     const want = expected(packs);
-    assert.deepEqual(scan(JSON.stringify(doc)), want, "compact");
-    assert.deepEqual(scan(JSON.stringify(doc, null, round % 2 ? 2 : "\t") + "\n"), want, "spaced");
-    assert.deepEqual(scan(JSON.stringify(shuffled)), want, "v1: a bare list");
+    assert.deepEqual(await scan(JSON.stringify(doc)), want, "compact");
+    assert.deepEqual(await scan(JSON.stringify(doc, null, round % 2 ? 2 : "\t") + "\n"), want, "spaced");
+    assert.deepEqual(await scan(JSON.stringify(shuffled)), want, "v1: a bare list");
   }
-  assert.deepEqual(scan('{"packs":[]}'), expected([]));
-  assert.deepEqual(scan(' { "packs" : [ { "blobs" : [ ] , "id" : "' + "ab".repeat(32) + '" } ] } '), expected([{ id: "ab".repeat(32), blobs: [] }]));
+  assert.deepEqual(await scan('{"packs":[]}'), expected([]));
+  assert.deepEqual(await scan(' { "packs" : [ { "blobs" : [ ] , "id" : "' + "ab".repeat(32) + '" } ] } '), expected([{ id: "ab".repeat(32), blobs: [] }]));
   const big = { id: hex(), type: "data", offset: 2 ** 53 - 1, length: 4503599627370496 };
-  assert.deepEqual(scan(JSON.stringify({ packs: [{ id: "cd".repeat(32), blobs: [big] }] })), expected([{ id: "cd".repeat(32), blobs: [big] }]));
+  assert.deepEqual(await scan(JSON.stringify({ packs: [{ id: "cd".repeat(32), blobs: [big] }] })), expected([{ id: "cd".repeat(32), blobs: [big] }]));
 });
 
-test("anything else is left to JSON: undefined, never a wrong table", () => {
+test("anything else is left to JSON: undefined, never a wrong table", async () => {
   const id = "ab".repeat(32);
   const blob = (extra: string): string => `{"packs":[{"id":"${id}","blobs":[{"id":"${id}","type":"data","offset":0,"length":40${extra}}]}]}`;
   const cases: [string, string][] = [
@@ -116,5 +129,28 @@ test("anything else is left to JSON: undefined, never a wrong table", () => {
     [`{"p\\u0061cks":[]}`, "an escaped key"],
     ["", "empty"],
   ];
-  for (const [text, what] of cases) assert.equal(scan(text), undefined, what);
+  for (const [text, what] of cases) assert.equal(await scan(text), undefined, what);
+});
+
+test("damaged text: both readers give the same table or both leave it to JSON, and what they read JSON reads alike", { skip: !native && "the addon is not built" }, async () => {
+  const valid = JSON.stringify({ supersedes: [hex()], packs: randomPacks(3).map((p) => ({ ...p, note: [1.5e-3, "x\\u00e9\\n", null, { a: [true] }] })) }, null, 1);
+  const alphabet = Buffer.from('{}[],:" \n\\0123456789aefnlrstu.-+E');
+  let read = 0;
+  for (let round = 0; round < 3000; round++) {
+    const bytes = Buffer.from(valid);
+    let text: Buffer = bytes;
+    const at = Math.floor(Math.random() * bytes.length);
+    const what = round % 4;
+    if (what === 0) bytes[at] = alphabet[Math.floor(Math.random() * alphabet.length)];
+    else if (what === 1) text = bytes.subarray(0, at); // cut short
+    else if (what === 2) text = Buffer.concat([bytes.subarray(0, at), bytes.subarray(at + 1 + Math.floor(Math.random() * 8))]);
+    else text = Buffer.concat([bytes.subarray(0, at), alphabet.subarray(Math.floor(Math.random() * alphabet.length)).subarray(0, 3), bytes.subarray(at)]);
+    const table = await scan(text); // asserts that both agree
+    if (table === undefined) continue;
+    read++;
+    // Whatever is read must be what JSON.parse makes of the text.
+    const doc = JSON.parse(text.toString()) as { packs: { id: string; blobs: BlobJSON[] }[] };
+    assert.deepEqual(table, expected(doc.packs));
+  }
+  assert.ok(read > 0, "some damage leaves valid JSON of the same shape (a changed digit, an added space)");
 });

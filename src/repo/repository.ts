@@ -17,7 +17,7 @@ import { type RepoConfig, SUPPORTED_VERSIONS } from "./config.js";
 import { type MasterKey, newRandomKey, open, openAsync, seal, sealAsync } from "./crypto.js";
 import { ID_SIZE, hashHex, hashHexAsync, isIdHex, sha256, sha256Async } from "./id.js";
 import { type IndexFileJSON, UnindexedPacks, parseIndexFile } from "./index-file.js";
-import { type IndexTable, scanIndexText } from "./index-table.js";
+import { type IndexTable, scanIndex } from "./index-table.js";
 import { addKey, openWithPassword, type KdfParams } from "./keyfile.js";
 import { type BlobType, PackBuilder, type PackedBlob } from "./pack.js";
 import { StreamedPack } from "./pack-stream.js";
@@ -332,7 +332,7 @@ export class Repository {
       try {
         const text = await this.loadUnpacked("index", id);
         // Straight into arrays; as JSON only when it is not in the shape restic writes.
-        table = scanIndexText(text);
+        table = await scanIndex(text);
         if (!table) file = parseIndexFile(JSON.parse(text.toString("utf8")), id);
       } catch (err) {
         if (onError) return onError(id, err);
@@ -341,7 +341,7 @@ export class Repository {
           cause: err,
         });
       }
-      if (table) addIndexTable(fresh, table);
+      if (table) fresh.addTable(table);
       else if (file) addIndexFile(fresh, file);
     });
     this.#index = fresh;
@@ -1040,12 +1040,6 @@ export class Repository {
 }
 
 export { mapLimit } from "../util/concurrency.js";
-
-function addIndexTable(index: BlobIndex, t: IndexTable): void {
-  for (let i = 0; i < t.count; i++) {
-    index.add(t.ids.subarray(i * ID_SIZE, (i + 1) * ID_SIZE), t.trees[i] ? "tree" : "data", t.packs[t.packOf[i]], t.numbers[3 * i], t.numbers[3 * i + 1], t.numbers[3 * i + 2]);
-  }
-}
 
 function addIndexFile(index: BlobIndex, file: IndexFileJSON): void {
   for (const p of file.packs) {
