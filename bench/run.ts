@@ -485,7 +485,26 @@ function machine(work: string): Record<string, unknown> {
     workFilesystem: df[1] ?? "?",
     workDevice: df[0] ?? "?",
     ...memoryReclaim(),
+    ...nodeStart(),
   };
+}
+
+/**
+ * What an empty Node process takes to start and exit here (the median of three): every Sitekeep
+ * step pays it before any of Sitekeep's code runs, and restic's Go binary pays nothing like it.
+ * With NODE_EXTRA_CA_CERTS set, Node reads and parses that bundle while it starts (on session 27's
+ * VM, whose environment sets it, 0.12-0.16 s against 0.04-0.05 s without; bench/README.md,
+ * "Machine and versions"). The bench measures the tools in the environment it was given.
+ */
+function nodeStart(): Record<string, unknown> {
+  const walls = [0, 1, 2]
+    .map(() => {
+      const t0 = performance.now();
+      spawnSync(process.execPath, ["-e", ""]);
+      return (performance.now() - t0) / 1000;
+    })
+    .sort((a, b) => a - b);
+  return { nodeStartSeconds: round(walls[1], 2), ...(process.env.NODE_EXTRA_CA_CERTS ? { nodeExtraCaCerts: true } : {}) };
 }
 
 /** The numbered entries of a /sys folder (kdamonds, contexts, schemes), none where it cannot be read. */
