@@ -4,35 +4,15 @@ import { openBackend } from "../backend/open.js";
 import { CachedBackend, cacheDirFor, defaultCacheDir } from "../backend/cache.js";
 import { Repository } from "../repo/repository.js";
 import { indexFilesGone, withLockPrepared } from "../repo/lock.js";
-import { readPassword } from "./password.js";
+import { type GlobalOptions, repoPassword, repoUrl } from "./global-options.js";
+import { takeKeyAhead } from "./key-ahead.js";
 import { type OutputOptions, printWarning } from "./output.js";
 import { errorMessage } from "../errors.js";
 
-export interface GlobalOptions {
-  repo?: string;
-  passwordFile?: string;
-  passwordCommand?: string;
-  json?: boolean;
-  quiet?: boolean;
-  cache?: boolean; // commander turns --no-cache into cache: false
-  appendOnly?: boolean;
-  packSize?: string;
-}
+export { type GlobalOptions, repoPassword, repoUrl } from "./global-options.js";
 
 export function outputOptions(g: GlobalOptions): OutputOptions {
   return { json: Boolean(g.json), quiet: Boolean(g.quiet) };
-}
-
-export function repoUrl(g: GlobalOptions): string {
-  return g.repo ?? process.env.SITEKEEP_REPOSITORY ?? "";
-}
-
-export async function repoPassword(g: GlobalOptions, confirm = false): Promise<string> {
-  return readPassword(
-    { passwordFile: g.passwordFile ?? process.env.SITEKEEP_PASSWORD_FILE, passwordCommand: g.passwordCommand ?? process.env.SITEKEEP_PASSWORD_COMMAND },
-    "enter password for repository: ",
-    { confirm },
-  );
 }
 
 export function packSizeBytes(g: GlobalOptions): number | undefined {
@@ -44,13 +24,15 @@ export function packSizeBytes(g: GlobalOptions): number | undefined {
 }
 
 export async function openRepository(g: GlobalOptions, opts: { loadIndex?: boolean } = {}): Promise<Repository> {
-  const backend = openBackend(repoUrl(g));
+  const url = repoUrl(g);
+  const backend = openBackend(url);
   const password = await repoPassword(g);
   const useCache = g.cache !== false && !process.env.SITEKEEP_NO_CACHE;
   const repo = await Repository.open(backend, password, {
     appendOnly: Boolean(g.appendOnly),
     packSize: packSizeBytes(g),
     wrapBackend: useCache ? (b, id) => new CachedBackend(b, cacheDirFor(defaultCacheDir(), id)) : undefined,
+    key: (await takeKeyAhead(url, password))?.key,
   });
   if (opts.loadIndex !== false) await repo.loadIndex();
   return repo;

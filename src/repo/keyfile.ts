@@ -91,12 +91,14 @@ export async function listKeys(backend: Backend): Promise<StoredKey[]> {
   return keys;
 }
 
+/** A repository's master key, unlocked with a password, and the key file that unlocked it. */
+export interface UnlockedKey {
+  master: MasterKey;
+  keyId: string;
+}
+
 /** Tries the password against every key file (a hinted one first); returns the master key and the key used. */
-export async function openWithPassword(
-  backend: Backend,
-  password: string,
-  hint?: string,
-): Promise<{ master: MasterKey; keyId: string }> {
+export async function openWithPassword(backend: Backend, password: string, hint?: string): Promise<UnlockedKey> {
   const keys = await listKeys(backend);
   if (keys.length === 0) {
     throw new SitekeepError("repo.nokeys", `repository at ${backend.location} has no key files`, {

@@ -18,7 +18,7 @@ import { type MasterKey, newRandomKey, open, openAsync, seal, sealAsync } from "
 import { ID_SIZE, hashHex, hashHexAsync, isIdHex, sha256, sha256Async } from "./id.js";
 import { type IndexFileJSON, UnindexedPacks, parseIndexFile } from "./index-file.js";
 import { type IndexTable, scanIndex } from "./index-table.js";
-import { addKey, openWithPassword, type KdfParams } from "./keyfile.js";
+import { addKey, openWithPassword, type KdfParams, type UnlockedKey } from "./keyfile.js";
 import { type BlobType, PackBuilder, type PackedBlob } from "./pack.js";
 import { StreamedPack } from "./pack-stream.js";
 import { formatPolynomial, parsePolynomial, randomPolynomial } from "./polynomial.js";
@@ -38,6 +38,11 @@ export interface RepositoryOptions {
   compression?: "auto" | "off";
   /** Wraps the backend once the repository ID is known (the local cache of index/snapshot files). */
   wrapBackend?: (backend: Backend, repoId: string) => Backend;
+  /**
+   * The master key as openWithPassword gives it for this backend and password, already on its way
+   * (the CLI starts deriving it while its modules load: cli/key-ahead.ts). open derives it otherwise.
+   */
+  key?: Promise<UnlockedKey>;
 }
 
 export interface InitOptions extends RepositoryOptions {
@@ -221,7 +226,7 @@ export class Repository {
         exitCode: ExitCode.noRepository,
       });
     }
-    const { master, keyId } = await openWithPassword(backend, password);
+    const { master, keyId } = await (opts.key ?? openWithPassword(backend, password));
     let config: RepoConfig;
     try {
       const raw = await backend.load({ type: "config", name: "config" });
