@@ -23,7 +23,14 @@ export function deriveKeyAhead(g: GlobalOptions): void {
   const url = repoUrl(g);
   if (!url || !passwordReadsQuietly(g)) return;
   const password = repoPassword(g);
-  const key = password.then((pw) => openWithPassword(openBackend(url), pw));
+  const key = password.then(async (pw) => {
+    const backend = openBackend(url);
+    try {
+      return await openWithPassword(backend, pw);
+    } finally {
+      await backend.close().catch(() => undefined); // an S3 client's sockets would keep the process up
+    }
+  });
   // Whatever fails here fails again, and is reported, where the command opens the repository
   // (or was never needed): neither promise may reject unhandled.
   password.catch(() => undefined);
