@@ -210,23 +210,46 @@ static bool skip_number(scanner *s) {
   return true;
 }
 
+/* For each member of the object that starts here: its key read, member() reads its value. */
+typedef bool (*member_fn)(scanner *s, key_kind k, void *ctx);
+
+static bool each_member(scanner *s, member_fn member, void *ctx) {
+  if (!expect(s, '{')) return false;
+  if (empty(s, '}')) return true;
+  bool again;
+  do {
+    key_kind k;
+    if (!key(s, &k) || !member(s, k, ctx) || !more(s, '}', &again)) return false;
+  } while (again);
+  return true;
+}
+
+/* For each element of the array that starts here: element() reads it. */
+typedef bool (*element_fn)(scanner *s, void *ctx);
+
+static bool each_element(scanner *s, element_fn element, void *ctx) {
+  if (!expect(s, '[')) return false;
+  if (empty(s, ']')) return true;
+  bool again;
+  do {
+    if (!element(s, ctx) || !more(s, ']', &again)) return false;
+  } while (again);
+  return true;
+}
+
+static bool skip_value(scanner *s, int depth);
+
+static bool skip_member(scanner *s, key_kind k, void *depth) { return skip_value(s, *(int *)depth + 1); }
+
+static bool skip_element(scanner *s, void *depth) { return skip_value(s, *(int *)depth + 1); }
+
 /* Skips any JSON value (strictly: what JSON.parse would refuse is unfit). */
 static bool skip_value(scanner *s, int depth) {
   if (depth > MAX_DEPTH) return unfit(s);
   int c = peek(s);
   if (c == '"') return skip_string(s);
-  if (c == '{' || c == '[') {
-    int close = c == '{' ? '}' : ']';
-    s->pos++;
-    if (empty(s, close)) return true;
-    bool again;
-    do {
-      key_kind k;
-      if (close == '}' && !key(s, &k)) return false;
-      if (!skip_value(s, depth + 1) || !more(s, close, &again)) return false;
-    } while (again);
-    return true;
-  }
+  if (c == '{') return each_member(s, skip_member, &depth);
+  if (c == '[') return each_element(s, skip_element, &depth);
   if (literal(s, "true") || literal(s, "false") || literal(s, "null")) return true;
   return skip_number(s);
 }
@@ -250,57 +273,73 @@ static bool grow_blobs(scanner *s) {
   return true;
 }
 
-static bool scan_blob(scanner *s, uint32_t pack) {
+/* A blob's entry, the blob's place in the tables, and which of its fields were seen. */
+typedef struct {
+  size_t i;
+  unsigned seen; /* 1 id, 2 type, 4 offset, 8 length */
+  double ulen;
+} blob_entry;
+
+static bool blob_member(scanner *s, key_kind k, void *ctx) {
+  blob_entry *b = ctx;
+  tables *o = &s->out;
+  switch (k) {
+    case K_ID:
+      b->seen |= 1;
+      return hex_id(s, o->ids + b->i * ID_SIZE);
+    case K_TYPE:
+      b->seen |= 2;
+      peek(s);
+      if (literal(s, "\"tree\"")) o->trees[b->i] = 1;
+      else if (literal(s, "\"data\"")) o->trees[b->i] = 0;
+      else return unfit(s);
+      return true;
+    case K_OFFSET:
+      b->seen |= 4;
+      return integer(s, &o->numbers[3 * b->i]);
+    case K_LENGTH:
+      b->seen |= 8;
+      return integer(s, &o->numbers[3 * b->i + 1]);
+    case K_ULENGTH:
+      return integer(s, &b->ulen);
+    default:
+      return skip_value(s, 0);
+  }
+}
+
+/* One element of a pack's "blobs": ctx is the pack's number. */
+static bool scan_blob(scanner *s, void *ctx) {
   tables *o = &s->out;
   if (o->count == o->cap && !grow_blobs(s)) return false;
-  size_t i = o->count;
-  unsigned seen = 0;
-  double ulen = 0;
-  if (!expect(s, '{')) return false;
-  if (!empty(s, '}')) {
-    bool again;
-    do {
-      key_kind k;
-      if (!key(s, &k)) return false;
-      bool ok;
-      switch (k) {
-        case K_ID:
-          ok = hex_id(s, o->ids + i * ID_SIZE);
-          seen |= 1;
-          break;
-        case K_TYPE:
-          peek(s);
-          if (literal(s, "\"tree\"")) o->trees[i] = 1;
-          else if (literal(s, "\"data\"")) o->trees[i] = 0;
-          else return unfit(s);
-          ok = true;
-          seen |= 2;
-          break;
-        case K_OFFSET:
-          ok = integer(s, &o->numbers[3 * i]);
-          seen |= 4;
-          break;
-        case K_LENGTH:
-          ok = integer(s, &o->numbers[3 * i + 1]);
-          seen |= 8;
-          break;
-        case K_ULENGTH:
-          ok = integer(s, &ulen);
-          break;
-        default:
-          ok = skip_value(s, 0);
-      }
-      if (!ok || !more(s, '}', &again)) return false;
-    } while (again);
-  }
-  if (seen != 15) return unfit(s);
-  o->numbers[3 * i + 2] = ulen;
-  o->pack_of[i] = pack;
+  blob_entry b = {o->count, 0, 0};
+  if (!each_member(s, blob_member, &b)) return false;
+  if (b.seen != 15) return unfit(s);
+  o->numbers[3 * b.i + 2] = b.ulen;
+  o->pack_of[b.i] = *(uint32_t *)ctx;
   o->count++;
   return true;
 }
 
-static bool scan_pack(scanner *s) {
+typedef struct {
+  uint32_t pack;
+  bool id, blobs;
+} pack_entry;
+
+static bool pack_member(scanner *s, key_kind k, void *ctx) {
+  pack_entry *p = ctx;
+  if (k == K_ID) {
+    p->id = true;
+    return hex_id(s, s->out.pack_ids + (size_t)p->pack * ID_SIZE);
+  }
+  if (k == K_BLOBS) {
+    if (p->blobs) return unfit(s); /* twice: JSON.parse keeps the last list, this reader both */
+    p->blobs = true;
+    return each_element(s, scan_blob, &p->pack);
+  }
+  return skip_value(s, 0);
+}
+
+static bool scan_pack(scanner *s, void *ctx) {
   tables *o = &s->out;
   if (o->packs == o->pack_cap) {
     size_t cap = o->pack_cap ? 2 * o->pack_cap : 256;
@@ -312,71 +351,25 @@ static bool scan_pack(scanner *s) {
     o->pack_ids = ids;
     o->pack_cap = cap;
   }
-  size_t pack = o->packs++;
-  bool id = false, blobs = false;
-  if (!expect(s, '{')) return false;
-  if (!empty(s, '}')) {
-    bool again;
-    do {
-      key_kind k;
-      if (!key(s, &k)) return false;
-      if (k == K_ID) {
-        if (!hex_id(s, o->pack_ids + pack * ID_SIZE)) return false;
-        id = true;
-      } else if (k == K_BLOBS) {
-        if (blobs) return unfit(s); /* twice: JSON.parse keeps the last list, this reader both */
-        blobs = true;
-        if (!expect(s, '[')) return false;
-        if (!empty(s, ']')) {
-          bool next;
-          do {
-            if (!scan_blob(s, (uint32_t)pack) || !more(s, ']', &next)) return false;
-          } while (next);
-        }
-      } else if (!skip_value(s, 0)) {
-        return false;
-      }
-      if (!more(s, '}', &again)) return false;
-    } while (again);
-  }
-  if (!id || !blobs) return unfit(s);
+  pack_entry p = {(uint32_t)o->packs++, false, false};
+  if (!each_member(s, pack_member, &p)) return false;
+  if (!p.id || !p.blobs) return unfit(s);
   return true;
 }
 
-static bool scan_packs(scanner *s) {
-  if (!expect(s, '[')) return false;
-  if (empty(s, ']')) return true;
-  bool again;
-  do {
-    if (!scan_pack(s) || !more(s, ']', &again)) return false;
-  } while (again);
-  return true;
+static bool document_member(scanner *s, key_kind k, void *packs) {
+  if (k != K_PACKS) return skip_value(s, 0);
+  if (*(bool *)packs) return unfit(s);
+  *(bool *)packs = true;
+  return each_element(s, scan_pack, NULL);
 }
 
 static void scan_document(scanner *s) {
   if (peek(s) == '[') {
-    if (!scan_packs(s)) return; /* restic v1: a bare list of packs */
+    if (!each_element(s, scan_pack, NULL)) return; /* restic v1: a bare list of packs */
   } else {
     bool packs = false;
-    if (!expect(s, '{')) return;
-    if (!empty(s, '}')) {
-      bool again;
-      do {
-        key_kind k;
-        if (!key(s, &k)) return;
-        if (k == K_PACKS) {
-          if (packs) {
-            unfit(s);
-            return;
-          }
-          packs = true;
-          if (!scan_packs(s)) return;
-        } else if (!skip_value(s, 0)) {
-          return;
-        }
-        if (!more(s, '}', &again)) return;
-      } while (again);
-    }
+    if (!each_member(s, document_member, &packs)) return;
     if (!packs) {
       unfit(s);
       return;
