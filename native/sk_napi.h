@@ -14,9 +14,6 @@
 #define SK_HIDDEN __attribute__((visibility("hidden")))
 #else
 #define SK_HIDDEN
-/* Adds scanindexAsync (sitekeep_index.c). */
-SK_HIDDEN bool sk_index_define(napi_env env, napi_value exports);
-
 #endif
 
 /* After a failed napi_* call: make sure some exception is pending. */
