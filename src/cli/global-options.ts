@@ -1,7 +1,7 @@
 // The global options of every command, and the repository and password they name. Kept apart from
 // context.ts (which loads the repository's whole engine) so that key-ahead.ts can read them before
 // a command's modules are loaded.
-import { readPassword } from "./password.js";
+import { readPassword, readsQuietly } from "./password.js";
 
 export interface GlobalOptions {
   repo?: string;
@@ -26,11 +26,7 @@ export async function repoPassword(g: GlobalOptions, confirm = false): Promise<s
   return readPassword(passwordSource(g), "enter password for repository: ", { confirm });
 }
 
-/**
- * Whether repoPassword reads a file or the environment: nothing a user would see or a system
- * would log (no prompt, no password command run), so it may be read ahead of need.
- */
+/** Whether repoPassword reads a file or the environment (see readsQuietly). */
 export function passwordReadsQuietly(g: GlobalOptions): boolean {
-  const src = passwordSource(g);
-  return Boolean(src.passwordFile) || (!src.passwordCommand && Boolean(process.env.SITEKEEP_PASSWORD));
+  return readsQuietly(passwordSource(g));
 }

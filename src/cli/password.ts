@@ -10,6 +10,17 @@ export interface PasswordSource {
   envVar?: string;
 }
 
+/**
+ * Whether readPassword reads a file or the environment: nothing a user would see or a system would
+ * log (no prompt, no command run), so the password may be read ahead of need.
+ */
+export function readsQuietly(src: PasswordSource): boolean {
+  if (src.passwordFile) return true;
+  if (src.passwordCommand) return false;
+  const env = process.env[src.envVar ?? "SITEKEEP_PASSWORD"];
+  return env !== undefined && env !== "";
+}
+
 export async function readPassword(src: PasswordSource, prompt: string, opts: { confirm?: boolean } = {}): Promise<string> {
   if (src.passwordFile) {
     try {
