@@ -352,7 +352,11 @@ test("with returnLargeBuffersToTheSystem, a freed 8 MiB buffer goes back to the 
   const set = run("set");
   assert.equal(set.released, true);
   assert.ok(set.added >= 8 << 20 && set.returned === set.added, `mapped for the buffer: ${set.added} bytes, returned: ${set.returned}`);
-  const unset = run("none");
+  // The precondition is glibc's, and it held in all but one of many runs: there the 16 MiB block was
+  // seemingly not yet freed when the 8 MiB one was taken (V8 may free a detached buffer's memory on
+  // a helper thread). It gets three tries; what it checks is unchanged.
+  let unset = run("none");
+  for (let tries = 1; tries < 3 && unset.added !== 0; tries++) unset = run("none");
   assert.equal(unset.added, 0, "without the setting the buffer came from the heap (else this test proves nothing)");
 });
 
