@@ -174,6 +174,13 @@ interface Measure {
    * reclaims cached pages (see bench/README.md, "A property of this VM").
    */
   memFreeMiB?: number;
+  /**
+   * CPU time the whole machine was busy during the step, all cores together (seconds; Linux
+   * /proc/stat, steal not counted). Beyond the command's own `cpu`, it holds what the kernel did
+   * for it in threads of its own (write-back of what it wrote, reclaim of the page cache it
+   * filled), which /usr/bin/time does not see, and anything else that ran.
+   */
+  machineBusy?: number;
 }
 
 const haveTime = existsSync(TIME);
@@ -182,6 +189,7 @@ function measure(inv: Invocation, env: NodeJS.ProcessEnv, logBase: string, dropC
   spawnSync("sync"); // writes of the previous step must not land in this one's time
   if (dropCaches) writeFileSync("/proc/sys/vm/drop_caches", "3\n");
   const memFreeMiB = memFree();
+  const busy0 = machineBusySeconds();
   const out = openSync(`${logBase}.out`, "w");
   const err = openSync(`${logBase}.err`, "w");
   const timeFile = `${logBase}.time`;
@@ -189,6 +197,7 @@ function measure(inv: Invocation, env: NodeJS.ProcessEnv, logBase: string, dropC
   const t0 = process.hrtime.bigint();
   const r = spawnSync(cmd, args, { cwd: inv.cwd, env, stdio: ["ignore", out, err] });
   const wall = Number(process.hrtime.bigint() - t0) / 1e9;
+  const busy1 = machineBusySeconds();
   closeSync(out);
   closeSync(err);
   const m: Measure = {
@@ -200,6 +209,7 @@ function measure(inv: Invocation, env: NodeJS.ProcessEnv, logBase: string, dropC
     rssMiB: null,
     exit: r.status,
     ...(memFreeMiB !== undefined ? { memFreeMiB } : {}),
+    ...(busy0 !== undefined && busy1 !== undefined ? { machineBusy: round(busy1 - busy0, 2) } : {}),
   };
   if (haveTime && existsSync(timeFile)) {
     const last = readFileSync(timeFile, "utf8").trim().split("\n").pop() ?? "";
@@ -223,6 +233,19 @@ function measure(inv: Invocation, env: NodeJS.ProcessEnv, logBase: string, dropC
 function memFree(): number | undefined {
   const kb = /^MemFree:\s+(\d+) kB$/m.exec(readText("/proc/meminfo") ?? "")?.[1];
   return kb === undefined ? undefined : Math.round(Number(kb) / 1024);
+}
+
+/** Clock ticks per second of /proc/stat's figures (USER_HZ: 100 on every common Linux build). */
+const CLOCK_TICKS = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout?.trim()) || 100;
+
+/** Busy CPU time of the whole machine since boot, all cores together, in seconds (Linux). */
+function machineBusySeconds(): number | undefined {
+  const line = readText("/proc/stat")?.split("\n")[0];
+  if (!line?.startsWith("cpu ")) return undefined;
+  // user nice system idle iowait irq softirq steal ...: busy is what ran, not idle, waits or steal.
+  const [user, nice, system, , , irq, softirq] = line.trim().split(/\s+/).slice(1).map(Number);
+  const ticks = user + nice + system + irq + softirq;
+  return Number.isFinite(ticks) ? ticks / CLOCK_TICKS : undefined;
 }
 
 /** The text of a file (of /proc or /sys), trimmed, or undefined where it cannot be read. */
@@ -704,6 +727,9 @@ function main(): void {
         const fig = m.ok
           ? `${fmt(m.wall, "wall")}  cpu ${fmt(m.cpu, "cpu")}  rss ${fmt(m.rssMiB, "rssMiB")}` +
             (m.repoBytes !== undefined ? `  repo ${fmt(m.repoBytes, "repoBytes")}` : "") +
+            (m.machineBusy !== undefined && m.wall && m.cpu !== null
+              ? `  machine ${(m.machineBusy / m.wall).toFixed(2)} cores busy, ${Math.max(0, m.machineBusy - m.cpu).toFixed(1)} s outside it`
+              : "") +
             (m.memFreeMiB !== undefined ? `  (free memory at start ${(m.memFreeMiB / 1024).toFixed(1)} GiB)` : "")
           : `FAILED ${m.error ?? ""}`;
         console.log(
