@@ -25,18 +25,20 @@ function program(): Command {
     .exitOverride();
 
   const g = (cmd: Command): GlobalOptions => cmd.optsWithGlobals<GlobalOptions>();
-  // For a command that opens the repository the global options name: its key is unlocked while the
-  // command's modules load (key-ahead.ts, itself loaded here so that other commands, --help and
-  // --version do not load the backends and the key files' code).
-  const opening = async (cmd: Command): Promise<GlobalOptions> => {
-    const o = g(cmd);
-    (await import("./key-ahead.js")).deriveKeyAhead(o);
-    return o;
-  };
   const run = (fn: (...a: never[]) => Promise<number>) =>
     async (...args: unknown[]): Promise<void> => {
       process.exitCode = await (fn as (...a: unknown[]) => Promise<number>)(...args);
     };
+  // The action of a command that opens the repository the global options name, given those options
+  // first and then commander's arguments: its key is unlocked while the command's modules load
+  // (key-ahead.ts, itself loaded here so that other commands, --help and --version do not load the
+  // backends and the key files' code).
+  const opensRepository = (fn: (gl: GlobalOptions, ...a: never[]) => Promise<number>) =>
+    run(async (...args: never[]) => {
+      const gl = g(args[args.length - 1] as Command); // commander passes the command last
+      (await import("./key-ahead.js")).deriveKeyAhead(gl);
+      return fn(gl, ...args);
+    });
 
   p.command("init")
     .description("create a new repository")
@@ -56,7 +58,7 @@ function program(): Command {
     .option("--time <time>", "record this time instead of now (\"2006-01-02 15:04:05\", local time, or RFC 3339)")
     .option("--stdin-from-command <cmd>", "back up the standard output of a command, streamed")
     .option("--stdin-filename <name>", "file name for --stdin-from-command", "stdin")
-    .action(run(async (paths: string[], o, cmd: Command) => { const gl = await opening(cmd); return (await import("./commands/backup.js")).backupCommand(gl, paths, o); }));
+    .action(opensRepository(async (gl, paths: string[], o) => (await import("./commands/backup.js")).backupCommand(gl, paths, o)));
 
   p.command("snapshots")
     .description("list snapshots")
@@ -64,7 +66,7 @@ function program(): Command {
     .option("--host <name>", "only snapshots of this host (repeatable)", collect)
     .option("--tag <tags>", "only snapshots with these tags (repeatable)", collect)
     .option("--path <path>", "only snapshots of this path (repeatable)", collect)
-    .action(run(async (ids: string[], o, cmd: Command) => { const gl = await opening(cmd); return (await import("./commands/snapshots.js")).snapshotsCommand(gl, ids, o); }));
+    .action(opensRepository(async (gl, ids: string[], o) => (await import("./commands/snapshots.js")).snapshotsCommand(gl, ids, o)));
 
   p.command("ls")
     .description("list the files in a snapshot")
@@ -73,7 +75,7 @@ function program(): Command {
     .option("--host <name>", "with latest: only this host", collect)
     .option("--tag <tags>", "with latest: only these tags", collect)
     .option("--path <path>", "with latest: only this path", collect)
-    .action(run(async (ref: string, o, cmd: Command) => { const gl = await opening(cmd); return (await import("./commands/snapshots.js")).lsCommand(gl, ref, o); }));
+    .action(opensRepository(async (gl, ref: string, o) => (await import("./commands/snapshots.js")).lsCommand(gl, ref, o)));
 
   p.command("restore")
     .description("restore a snapshot")
@@ -86,7 +88,7 @@ function program(): Command {
     .option("--host <name>", "with latest: only this host", collect)
     .option("--tag <tags>", "with latest: only these tags", collect)
     .option("--path <path>", "with latest: only this path", collect)
-    .action(run(async (ref: string, o, cmd: Command) => { const gl = await opening(cmd); return (await import("./commands/restore.js")).restoreCommand(gl, ref, o); }));
+    .action(opensRepository(async (gl, ref: string, o) => (await import("./commands/restore.js")).restoreCommand(gl, ref, o)));
 
   p.command("copy")
     .description("copy snapshots from another repository into this one (-r is the destination)")
@@ -97,13 +99,13 @@ function program(): Command {
     .option("--host <name>", "only snapshots of this host (repeatable)", collect)
     .option("--tag <tags>", "only snapshots with these tags (repeatable)", collect)
     .option("--path <path>", "only snapshots of this path (repeatable)", collect)
-    .action(run(async (ids: string[], o, cmd: Command) => { const gl = await opening(cmd); return (await import("./commands/copy.js")).copyCommand(gl, ids, o); }));
+    .action(opensRepository(async (gl, ids: string[], o) => (await import("./commands/copy.js")).copyCommand(gl, ids, o)));
 
   p.command("check")
     .description("verify the repository's structure (and with --read-data every byte)")
     .option("--read-data", "read and verify all data")
     .option("--read-data-subset <subset>", "read a subset of the data: n/m or x%")
-    .action(run(async (o, cmd: Command) => { const gl = await opening(cmd); return (await import("./commands/check.js")).checkCommand(gl, o); }));
+    .action(opensRepository(async (gl, o) => (await import("./commands/check.js")).checkCommand(gl, o)));
 
   const forget = p
     .command("forget")
@@ -121,34 +123,34 @@ function program(): Command {
     .option("--prune", "prune the repository afterwards")
     .option("--max-unused <limit>", "with --prune: tolerated unused data (5%, 1G, unlimited)")
     .option("--max-repack-size <size>", "with --prune: repack at most this much")
-    .action(run(async (ids: string[], o, cmd: Command) => { const gl = await opening(cmd); return (await import("./commands/forget.js")).forgetCommand(gl, ids, o); }));
+    .action(opensRepository(async (gl, ids: string[], o) => (await import("./commands/forget.js")).forgetCommand(gl, ids, o)));
 
   p.command("prune")
     .description("remove data that no snapshot needs")
     .option("-n, --dry-run", "show what would be removed")
     .option("--max-unused <limit>", "tolerated unused data: a percentage, a size or unlimited", "5%")
     .option("--max-repack-size <size>", "repack at most this much data")
-    .action(run(async (o, cmd: Command) => { const gl = await opening(cmd); return (await import("./commands/forget.js")).pruneCommand(gl, o); }));
+    .action(opensRepository(async (gl, o) => (await import("./commands/forget.js")).pruneCommand(gl, o)));
 
   p.command("unlock")
     .description("remove stale locks")
     .option("--remove-all", "remove all locks, also those of running processes")
-    .action(run(async (o, cmd: Command) => { const gl = await opening(cmd); return (await import("./commands/unlock.js")).unlockCommand(gl, o); }));
+    .action(opensRepository(async (gl, o) => (await import("./commands/unlock.js")).unlockCommand(gl, o)));
 
   const key = p.command("key").description("manage the passwords (keys) of the repository");
-  key.command("list").description("list keys").action(run(async (_o, cmd: Command) => { const gl = await opening(cmd); return (await import("./commands/key.js")).keyListCommand(gl); }));
+  key.command("list").description("list keys").action(opensRepository(async (gl) => (await import("./commands/key.js")).keyListCommand(gl)));
   key.command("add")
     .description("add a password (env SITEKEEP_NEW_PASSWORD or --new-password-file)")
     .option("--new-password-file <file>", "read the new password from a file")
-    .action(run(async (o, cmd: Command) => { const gl = await opening(cmd); return (await import("./commands/key.js")).keyAddCommand(gl, o); }));
+    .action(opensRepository(async (gl, o) => (await import("./commands/key.js")).keyAddCommand(gl, o)));
   key.command("remove")
     .description("remove a key")
     .argument("<id>", "key ID (prefix)")
-    .action(run(async (id: string, _o, cmd: Command) => { const gl = await opening(cmd); return (await import("./commands/key.js")).keyRemoveCommand(gl, id); }));
+    .action(opensRepository(async (gl, id: string) => (await import("./commands/key.js")).keyRemoveCommand(gl, id)));
   key.command("passwd")
     .description("change the password: adds the new key and removes the current one")
     .option("--new-password-file <file>", "read the new password from a file")
-    .action(run(async (o, cmd: Command) => { const gl = await opening(cmd); return (await import("./commands/key.js")).keyPasswdCommand(gl, o); }));
+    .action(opensRepository(async (gl, o) => (await import("./commands/key.js")).keyPasswdCommand(gl, o)));
 
   const site = p.command("site").description("the site backup task: control file, backups, status (see docs/control-file.md)");
   const siteCmd = (name: string, description: string): Command =>
