@@ -72,7 +72,8 @@ test("prune removes what no snapshot needs, repacks partly used packs, and leave
     }
     // Nothing left to do: a second prune changes nothing but the staged pack of a killed backup.
     const staged = await new LocalBackend(dir).stage("data");
-    // More than a 1 MiB stage: a pack written past the page cache has its full stages on disk.
+    // More than a 1 MiB stage: through the page cache all of it is in the file at once, past it
+    // (SITEKEEP_DIRECT_IO=1) its full stages.
     await staged.write(randomBytes(1_500_000));
     const stagedNames = (): string[] => readdirSync(join(dir, "data"), { recursive: true }).map(String).filter((f) => f.includes("-tmp-"));
     assert.equal(stagedNames().length, 1);

@@ -225,7 +225,7 @@ test("while the walk runs ahead of the writes, every folder gets its times after
         mkdirSync(dir, { recursive: true });
         dirs.push(dir);
         for (let f = 0; f < 20; f++) files.set(join(dir, `f${f}`), Buffer.from(`${a}/${b}/${f}\n`.repeat(f * 50 + 1)));
-        // Large files (written one at a time, past the page cache where possible) in some folders,
+        // Large files (written on slots of their own) in some folders,
         // next to small ones: the walk goes on to the next folders while they are written.
         if (b === 1) {
           const big = Buffer.alloc(3 * 1024 * 1024 + 333);

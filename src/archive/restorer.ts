@@ -146,7 +146,7 @@ export class Restorer {
       // CPU (no copy into the cache: 0.6-0.8 s of system time per 321 MB with dd on an earlier VM) but the
       // restore waits for the disk, as restic's does not: on session 23's VM (a disk of ~460 MB/s,
       // 1.7 GB of large files) the mixed restore took 9.9-10.6 s direct, 7.7-8.7 s cached.
-      this.direct = DirectWrites.forFolder(this.opts.target, false);
+      this.direct = DirectWrites.forFolder(this.opts.target);
       keepFreedMemoryForReuse(); // a sealed and a plain buffer per blob, freed as soon as it is written
     }
     if (this.opts.onProgress && !this.opts.dryRun) {

@@ -19,10 +19,15 @@ export class LocalBackend implements Backend {
   readonly location: string;
   private readonly handles = new HandleCache(32);
   /**
-   * Direct writes (O_DIRECT) for data packs, decided on the first one. Copying a backup's packs
-   * into the page cache was 13-22 % of an initial backup's CPU here (more on a VM, whose fresh
-   * page-cache pages the host backs afresh), and the packs are not read again soon: a restore or
-   * a check comes later, or never. Tree packs stay cached (`readSoon`): the next backup reads them.
+   * Direct writes (O_DIRECT) for data packs when asked (SITEKEEP_DIRECT_IO=1), decided on the
+   * first one. By default data packs go through the page cache and are dropped from it once
+   * durable (LocalStagedFile.commit): they are not read again soon (a restore or a check comes
+   * later, or never), so they do not push the server's working set out, and the next pack's
+   * writes reuse their pages instead of fresh ones (which a VM's host backs afresh). Direct writes
+   * were the default from session 18 to 28; they left the disk's latency in every blob's path
+   * (its encode slot is held until the blob is written): on session 29's VM an initial backup of
+   * the bench's mixed set took 12.5-13.5 s that way and 11.0-11.3 s through the cache, with the
+   * same CPU time. Tree packs stay cached (`readSoon`): the next backup reads them.
    */
   private dataWrites: DirectWrites | undefined;
   private lag: Promise<number> | undefined;
@@ -92,11 +97,11 @@ export class LocalBackend implements Backend {
     // as the final name is not known yet (commit links it across, on the same filesystem).
     const fake = randomBytes(32).toString("hex");
     const tmp = `${this.path({ type, name: fake })}-tmp-${randomBytes(8).toString("hex")}`;
-    // Data packs go past the page cache where the file system allows it: see dataWrites.
-    const direct =
-      type === "data" && !readSoon ? (this.dataWrites ??= DirectWrites.forFolder(join(this.root, "data"))) : undefined;
+    // Data packs leave the page cache once written, or go past it when asked: see dataWrites.
+    const notReadSoon = type === "data" && !readSoon;
+    const direct = notReadSoon ? (this.dataWrites ??= DirectWrites.forFolder(join(this.root, "data"))) : undefined;
     try {
-      return new LocalStagedFile(this, await createStaged(tmp, direct), tmp);
+      return new LocalStagedFile(this, await createStaged(tmp, direct), tmp, notReadSoon);
     } catch (err) {
       throw wrapIoError(err, `saving a new ${type} file`, this.root);
     }
@@ -259,6 +264,8 @@ class LocalStagedFile implements StagedFile {
     private readonly backend: LocalBackend,
     writer: FileWriter,
     private readonly tmp: string,
+    /** Dropped from the page cache once durable (a data pack: see LocalBackend.dataWrites). */
+    private readonly uncache: boolean,
   ) {
     this.writer = writer;
   }
@@ -280,6 +287,7 @@ class LocalStagedFile implements StagedFile {
       await fsp.mkdir(dirname(final), { recursive: true, mode: DIR_MODE });
       await w.finish();
       await w.sync();
+      if (this.uncache && !w.isDirect) w.dropCache();
       w.close();
       this.writer = undefined;
       await publishClosed(this.tmp, final, h);

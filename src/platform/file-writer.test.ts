@@ -148,33 +148,31 @@ test("an existing file is not replaced", async () => {
   }
 });
 
-test("direct writes are used on disk file systems only; SITEKEEP_DIRECT_IO=0 turns them off, =1 on where they are off by default", (t) => {
+test("direct writes only when SITEKEEP_DIRECT_IO=1, and then on disk file systems only", (t) => {
   const dir = mkdtempSync(join(tmpdir(), "sitekeep-file-writer-"));
   try {
-    if (existsSync("/dev/shm") && statfsSync("/dev/shm").type === 0x01021994) {
-      assert.equal(
-        DirectWrites.forFolder("/dev/shm").enabled,
-        false,
-        "tmpfs: no disk to write past the cache to",
-      );
-    }
-    assert.equal(
-      DirectWrites.forFolder(join(dir, "missing")).enabled,
-      false,
-      "a folder that cannot be looked at",
-    );
-    if (!directPossible || statfsSync(dir).type !== 0xef53) return t.skip(`${dir} is not on ext4 here`);
-    assert.equal(DirectWrites.forFolder(dir).enabled, true, "ext4");
-    assert.equal(DirectWrites.forFolder(dir, false).enabled, false, "off by default (a restore)");
-    process.env.SITEKEEP_DIRECT_IO = "0";
+    process.env.SITEKEEP_DIRECT_IO = "1";
     try {
-      assert.equal(DirectWrites.forFolder(dir).enabled, false);
-      process.env.SITEKEEP_DIRECT_IO = "1";
-      assert.equal(DirectWrites.forFolder(dir, false).enabled, true);
-      assert.equal(DirectWrites.forFolder("/dev/shm", false).enabled, false, "never where the file system has no disk");
+      if (existsSync("/dev/shm") && statfsSync("/dev/shm").type === 0x01021994) {
+        assert.equal(
+          DirectWrites.forFolder("/dev/shm").enabled,
+          false,
+          "tmpfs: no disk to write past the cache to",
+        );
+      }
+      assert.equal(
+        DirectWrites.forFolder(join(dir, "missing")).enabled,
+        false,
+        "a folder that cannot be looked at",
+      );
+      if (!directPossible || statfsSync(dir).type !== 0xef53) return t.skip(`${dir} is not on ext4 here`);
+      assert.equal(DirectWrites.forFolder(dir).enabled, true, "ext4, asked");
+      process.env.SITEKEEP_DIRECT_IO = "0";
+      assert.equal(DirectWrites.forFolder(dir).enabled, false, "=0");
     } finally {
       delete process.env.SITEKEEP_DIRECT_IO;
     }
+    assert.equal(DirectWrites.forFolder(dir).enabled, false, "off unless asked");
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -6,8 +6,9 @@
 // of the mixed bench restore: 23 % of all samples in the kernel's copy, more on memory the host
 // has to hand back first), and a restore of a whole site would push the server's working set out
 // of the cache. `dd` of a 321 MB file here: 0.6-0.8 s of system time buffered, 0.07 s direct, no
-// slower in wall time with 1 MiB writes. A restore then waits for the disk, though: restores write
-// through the cache unless asked (see Restorer), local repositories' data packs past it.
+// slower in wall time with 1 MiB writes. A writer then waits for the disk, though, so neither
+// restores nor local repositories' data packs write past the cache unless asked (see Restorer and
+// LocalBackend; a pack written through it is dropped from it once durable: dropCache).
 import {
   closeSync,
   constants,
@@ -69,14 +70,12 @@ export class DirectWrites {
   }
 
   /**
-   * Direct writes for files created under `dir`: where its file system is one of
-   * DIRECT_FILE_SYSTEMS, on when `byDefault` (a local repository's data packs) or when
-   * `SITEKEEP_DIRECT_IO=1` (restores: see Restorer); `SITEKEEP_DIRECT_IO=0` turns them off.
+   * Direct writes for files created under `dir` when asked (`SITEKEEP_DIRECT_IO=1`) and where its
+   * file system is one of DIRECT_FILE_SYSTEMS; off otherwise (restores and local repositories' data
+   * packs write through the page cache by default: see Restorer and LocalBackend).
    */
-  static forFolder(dir: string, byDefault = true): DirectWrites {
-    const asked = process.env.SITEKEEP_DIRECT_IO;
-    const wanted = asked === undefined || asked === "" ? byDefault : asked !== "0";
-    if (!wanted) return new DirectWrites(false);
+  static forFolder(dir: string): DirectWrites {
+    if (process.env.SITEKEEP_DIRECT_IO !== "1") return new DirectWrites(false);
     let type: number;
     try {
       type = statfsSync(dir).type;
@@ -189,6 +188,14 @@ export class FileWriter {
   /** Makes what was written durable (after finish). */
   sync(): Promise<void> {
     return fsyncAsync(this.fd);
+  }
+
+  /**
+   * Drops the file's pages from the page cache (after sync, so that all of them are clean and
+   * go). False where the addon or the advice is missing: the pages stay, as any file's would.
+   */
+  dropCache(): boolean {
+    return nativeAddon?.dropCache?.(this.fd) ?? false;
   }
 
   /** Closes the file after finish (no write may be in flight). */

@@ -31,6 +31,8 @@ export interface NativeAddon {
   release?(buf: Uint8Array): boolean;
   /** `size` zeroed bytes at a multiple of `align` (a power of two), for O_DIRECT writes (see sitekeep_fs.c). */
   alignedBuffer?(size: number, align: number): Buffer;
+  /** Drops a file's clean pages from the page cache (POSIX_FADV_DONTNEED); false where it cannot (see sitekeep_fs.c). */
+  dropCache?(fd: number): boolean;
   /** Poly1305-AES of `msg` under a 64-byte codec key's k and r and `iv`, on this thread (with the codec, below). */
   poly1305aes?(key: Buffer, iv: Uint8Array, msg: Uint8Array): Buffer;
   /** SHA-256 on the thread pool, without a copy of `buf` (same condition as chunkhash). */
