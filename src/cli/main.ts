@@ -2,6 +2,7 @@
 // thin; every error becomes one line (or a JSON object with --json) and restic's exit codes.
 import { Command, CommanderError, Option } from "commander";
 import { printError } from "./output.js";
+import { guardOutput, takeOutputFailure } from "./closed-output.js";
 import { heapPolicyFor, keepHeapCompact } from "../platform/heap-policy.js";
 import { returnLargeBuffersToTheSystem } from "../platform/native.js";
 import type { GlobalOptions } from "./global-options.js";
@@ -230,17 +231,24 @@ function program(): Command {
 
 export async function main(argv: string[]): Promise<number> {
   returnLargeBuffersToTheSystem();
+  guardOutput();
   const wantsJson = argv.includes("--json");
+  let code: number;
   try {
     await program().parseAsync(argv, { from: "user" });
-    return typeof process.exitCode === "number" ? process.exitCode : 0;
+    code = typeof process.exitCode === "number" ? process.exitCode : 0;
   } catch (err) {
     if (err instanceof CommanderError) {
       // Help and version are not errors; usage errors already printed their message.
       return err.exitCode === 0 || err.code === "commander.helpDisplayed" || err.code === "commander.version" ? 0 : 1;
     }
-    return printError(err, wantsJson);
+    code = printError(err, wantsJson);
   }
+  // A failed write is reported on the next turn of the event loop (Node emits the stream's error
+  // then), so the last line's failure is seen too.
+  await new Promise((resolve) => setImmediate(resolve));
+  const failed = takeOutputFailure();
+  return failed && code === 0 ? printError(failed, wantsJson) : code;
 }
 
 const code = await main(process.argv.slice(2));
