@@ -26,8 +26,8 @@ export class LocalBackend implements Backend {
    * writes reuse their pages instead of fresh ones (which a VM's host backs afresh). Direct writes
    * were the default from session 18 to 28; they left the disk's latency in every blob's path
    * (its encode slot is held until the blob is written): on session 29's VM an initial backup of
-   * the bench's mixed set took 12.5-13.5 s that way and 11.0-11.3 s through the cache, with the
-   * same CPU time. Tree packs stay cached (`readSoon`): the next backup reads them.
+   * the bench's mixed set took 12.5-14.1 s that way and 11.0-11.8 s through the cache, with the
+   * same CPU time (bench/README.md, "What session 29 changed"). Tree packs stay cached (`readSoon`): the next backup reads them.
    */
   private dataWrites: DirectWrites | undefined;
   private lag: Promise<number> | undefined;

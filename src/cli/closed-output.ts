@@ -18,8 +18,13 @@ export function guardOutput(): void {
   installed = true;
   for (const stream of [process.stdout, process.stderr]) {
     stream.on("error", (err: NodeJS.ErrnoException) => {
-      // Nothing more goes to it: a write to the closed stream would only fail again.
-      stream.write = (() => true) as typeof stream.write;
+      // Nothing more goes to it: a write to the closed stream would only fail again. A caller
+      // waiting for its write's callback still gets it.
+      stream.write = ((_chunk: unknown, encodingOrDone?: unknown, done?: unknown) => {
+        const callback = typeof encodingOrDone === "function" ? encodingOrDone : done;
+        if (typeof callback === "function") process.nextTick(callback as () => void);
+        return true;
+      }) as typeof stream.write;
       if (err.code === "EPIPE") return;
       failure ??= new SitekeepError(
         "output.write",
