@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { promises as fsp, existsSync, readdirSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
-import { describeRun, runCommand, runSitekeep, tempDir, SITEKEEP_BIN, type RunResult, type TempDir } from "./helpers/run.js";
+import { describeRun, runCommand, runSitekeep, tempDir, SITEKEEP_BIN, type TempDir, ok } from "./helpers/run.js";
 
 let tmp: TempDir;
 let env: Record<string, string>;
@@ -27,11 +27,6 @@ before(async () => {
 });
 
 after(async () => tmp.cleanup());
-
-function ok(r: RunResult): RunResult {
-  assert.equal(r.code, 0, describeRun(r));
-  return r;
-}
 
 /**
  * Runs sitekeep with its stdout piped to `true`, which exits at once: every line it writes

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { promises as fsp } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
-import { describeRun, runRestic, runSitekeep, tempDir, type RunResult, type TempDir } from "./helpers/run.js";
+import { describeRun, runRestic, runSitekeep, tempDir, type RunResult, type TempDir, ok } from "./helpers/run.js";
 import { LocalBackend } from "../src/backend/local.js";
 import { Repository } from "../src/repo/repository.js";
 import { compareTrees } from "./helpers/compare.js";
@@ -28,11 +28,6 @@ interface SnapJSON {
   hostname: string;
   tags?: string[];
   original?: string;
-}
-
-function ok(r: RunResult): RunResult {
-  assert.equal(r.code, 0, describeRun(r));
-  return r;
 }
 
 function lastJSON(r: RunResult): Record<string, unknown> {

@@ -7,15 +7,7 @@ import assert from "node:assert/strict";
 import { promises as fsp } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
-import {
-  describeRun,
-  runCommand,
-  runRestic,
-  runSitekeep,
-  tempDir,
-  type RunResult,
-  type TempDir,
-} from "./helpers/run.js";
+import { describeRun, runCommand, runRestic, runSitekeep, tempDir, type TempDir, ok } from "./helpers/run.js";
 import { compareTrees } from "./helpers/compare.js";
 import { LocalBackend } from "../src/backend/local.js";
 import { Repository } from "../src/repo/repository.js";
@@ -34,11 +26,6 @@ after(async () => {
   }
   await tmp?.cleanup();
 });
-
-function ok(r: RunResult): RunResult {
-  assert.equal(r.code, 0, describeRun(r));
-  return r;
-}
 
 /** Pack files in the repository, and those that some index file names. */
 async function packs(repoDir: string): Promise<{ files: Set<string>; indexed: Set<string> }> {

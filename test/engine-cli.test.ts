@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { promises as fsp, readdirSync } from "node:fs";
 import { createHash, randomBytes } from "node:crypto";
 import { join } from "node:path";
-import { describeRun, runRestic, runSitekeep, tempDir, type RunResult, type TempDir } from "./helpers/run.js";
+import { describeRun, runRestic, runSitekeep, tempDir, type RunResult, type TempDir, ok } from "./helpers/run.js";
 import { LocalBackend } from "../src/backend/local.js";
 import { Repository } from "../src/repo/repository.js";
 import { seal } from "../src/repo/crypto.js";
@@ -28,11 +28,6 @@ before(async () => {
 });
 
 after(async () => tmp.cleanup());
-
-function ok(r: RunResult): RunResult {
-  assert.equal(r.code, 0, describeRun(r));
-  return r;
-}
 
 function lastJSON(r: RunResult): Record<string, unknown> {
   return JSON.parse(r.stdout.trim().split("\n").pop() as string);

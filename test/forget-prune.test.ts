@@ -5,12 +5,7 @@ import assert from "node:assert/strict";
 import { promises as fsp } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
-import { describeRun, runRestic, runSitekeep, tempDir, type RunResult } from "./helpers/run.js";
-
-function ok(r: RunResult): RunResult {
-  assert.equal(r.code, 0, describeRun(r));
-  return r;
-}
+import { runRestic, runSitekeep, tempDir, ok } from "./helpers/run.js";
 
 test("forget --keep-daily keeps one per day, --prune frees space, restic agrees; append-only refuses", async () => {
   const tmp = await tempDir("forget");

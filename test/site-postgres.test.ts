@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, promises as fsp } from "node:fs";
 import { join } from "node:path";
-import { describeRun, runCommand, runRestic, runSitekeep, tempDir, type RunResult, type TempDir } from "./helpers/run.js";
+import { describeRun, runCommand, runRestic, runSitekeep, tempDir, type RunResult, type TempDir, ok } from "./helpers/run.js";
 import { freePort, startPostgres, type PgServer } from "./helpers/dbservers.js";
 import type { SiteManifest } from "../src/site/task.js";
 
@@ -44,11 +44,6 @@ after(async () => {
   await pg?.stop();
   await tmp?.cleanup();
 });
-
-function ok(r: RunResult): RunResult {
-  assert.equal(r.code, 0, describeRun(r));
-  return r;
-}
 
 function lastJSON<T = Record<string, unknown>>(r: RunResult): T {
   return JSON.parse(r.stdout.trim().split("\n").pop() as string) as T;

@@ -1,4 +1,5 @@
 // Runs the sitekeep CLI and the reference restic binary as child processes, and makes temp dirs.
+import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import * as fsp from "node:fs/promises";
 import * as os from "node:os";
@@ -101,6 +102,12 @@ export function runRestic(args: string[], opts?: RunOptions): Promise<RunResult>
 /** Formats a result for assertion messages. */
 export function describeRun(r: RunResult): string {
   return `exit ${r.code ?? r.signal}${r.timedOut ? " (timed out)" : ""}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
+}
+
+/** Asserts that the command exited 0 (the message shows its output otherwise); returns the result. */
+export function ok(r: RunResult): RunResult {
+  assert.equal(r.code, 0, describeRun(r));
+  return r;
 }
 
 export interface TempDir {
